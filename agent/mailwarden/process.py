@@ -1,0 +1,66 @@
+"""The one way the agent runs another program: argv lists, checked exit codes, typed errors.
+
+No shell, ever: arguments are passed as a list, so a domain name or a file path can never
+become a command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import CommandError
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    check: bool = True,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run argv, capture stdout+stderr together; raise CommandError on failure if check."""
+    args = [str(a) for a in argv]
+    full_env = {**os.environ, **env} if env else None
+    try:
+        result = subprocess.run(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            input=input_text,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise CommandError(args, 127, f"{args[0]}: command not found") from None
+    except subprocess.TimeoutExpired as exc:
+        out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else ""
+        raise CommandError(args, -1, f"timed out after {timeout} s\n{out}") from None
+    if check and result.returncode != 0:
+        raise CommandError(args, result.returncode, result.stdout)
+    return result
+
+
+def run_tty(
+    argv: Sequence[str | Path], *, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that prints its errors only to a terminal (`postfix check`).
+
+    `script` gives it a pseudo-terminal and keeps its exit code (FIELD-NOTES: Postfix).
+    """
+    command = " ".join(_quote(str(a)) for a in argv)
+    return run(["script", "-qefc", command, "/dev/null"], timeout=timeout)
+
+
+def _quote(arg: str) -> str:
+    # `script -c` takes one command line; quote each argument for /bin/sh.
+    import shlex
+
+    return shlex.quote(arg)

@@ -1,0 +1,1 @@
+"""State -> service configuration files, and the transaction that puts them live."""

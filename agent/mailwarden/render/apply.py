@@ -1,0 +1,203 @@
+"""The apply transaction: a new state goes live completely, or not at all.
+
+1. validate the state and check that the secrets it names exist;
+2. render every file; refuse if a file we wrote earlier was edited by hand (unless forced);
+3. write the files into a staging folder and run each changed service's own checker there;
+4. swap the changed files in atomically (rename), reload only the services they belong to,
+   and probe each one until it answers;
+5. if anything fails after the swap, put the previous files back and reload again;
+6. record the revision and write the live state file.
+
+Writers serialise on the revision store's lock and name the revision they started from.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import FieldError, MailwardenError, ServiceError, StateError
+from ..state.load import load_state_text
+from ..state.revisions import Revision, RevisionStore, write_atomic
+from ..state.schema import State
+from .checks import CHECKERS
+from .engine import SERVICES, RenderedFile, render
+from .health import wait_healthy
+from .layout import Layout
+
+
+class Controller(Protocol):
+    """Reloads a managed service (systemd on the appliance, the harness in a sandbox)."""
+
+    def reload(self, service: str) -> None: ...
+
+    def is_running(self, service: str) -> bool: ...
+
+
+class NoController:
+    """For a first render before any daemon runs: nothing to reload."""
+
+    def reload(self, service: str) -> None:
+        return None
+
+    def is_running(self, service: str) -> bool:
+        return False
+
+
+class LocallyModified(MailwardenError):
+    code = "locally_modified"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    revision: Revision
+    changed: list[Path] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+
+
+def missing_secrets(state: State, layout: Layout) -> list[FieldError]:
+    secrets = layout.secrets_dir
+    errors = []
+    if state.tls.inbound.enabled:
+        name = state.tls.inbound.certificate
+        for suffix in (".crt", ".key"):
+            if not (secrets / f"{name}{suffix}").is_file():
+                errors.append(FieldError("tls.inbound.certificate",
+                                         f"secret file {secrets / (name + suffix)} is missing"))
+    for index, key in enumerate(state.dkim.sign):
+        if not (secrets / key.key).is_file():
+            errors.append(FieldError(f"dkim.sign[{index}].key",
+                                     f"secret file {secrets / key.key} is missing "
+                                     f"(mailwarden dkim generate {key.domain} {key.selector})"))
+    return errors
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def apply_state(
+    text: str,
+    *,
+    layout: Layout,
+    controller: Controller,
+    author: str,
+    comment: str,
+    base: int | None,
+    force: bool = False,
+) -> ApplyResult:
+    state = load_state_text(text, "new state")
+    missing = missing_secrets(state, layout)
+    if missing:
+        raise StateError(missing, "new state")
+    files = render(state, layout, layout.templates_dir)
+    store = RevisionStore(layout.revisions_dir)
+
+    with store.lock():
+        store.check_base(base)
+        current = store.current()
+        written = store.get(current).files if current else {}
+        on_disk = {f.path: _read(f.path) for f in files}
+
+        edited = [f.path for f in files
+                  if str(f.path) in written and on_disk[f.path] is not None
+                  and _sha(on_disk[f.path] or b"") != written[str(f.path)]]
+        if edited and not force:
+            raise LocallyModified(
+                "these files were edited by hand since Mailwarden wrote them; move the "
+                "changes into the state or a template override, or apply with --force to "
+                "overwrite them:\n" + "\n".join(f"  {p}" for p in edited)
+            )
+
+        changed = [f for f in files if on_disk[f.path] != f.content.encode()]
+        services = [s for s in SERVICES if any(f.target.service == s for f in changed)]
+        if changed:
+            _check_staged(files, services, layout)
+            reloaded = _swap_and_reload(changed, on_disk, services, layout, controller)
+        else:
+            reloaded = []
+
+        revision = store.record(text, author, comment, {str(f.path): f.sha256 for f in files})
+        write_atomic(layout.state_file, text.encode(), 0o640)
+        return ApplyResult(revision, [f.path for f in changed], reloaded)
+
+
+def _check_staged(files: list[RenderedFile], services: list[str], layout: Layout) -> None:
+    staging_parent = layout.path("/var/lib/mailwarden/staging")
+    staging_parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix="apply-", dir=staging_parent))
+    try:
+        # Checkers read as the services' users (clamconf, unbound-checkconf drop privileges).
+        stage.chmod(0o755)
+        for f in files:
+            target = stage / f.path.relative_to(layout.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f.content)
+        for service in services:
+            CHECKERS[service](stage, layout)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_and_reload(
+    changed: list[RenderedFile],
+    previous: dict[Path, bytes | None],
+    services: list[str],
+    layout: Layout,
+    controller: Controller,
+) -> list[str]:
+    reloaded: list[str] = []
+    try:
+        for f in changed:
+            write_atomic(f.path, f.content.encode(), f.target.mode)
+        for service in services:
+            if controller.is_running(service):
+                controller.reload(service)
+                reloaded.append(service)
+        for service in reloaded:
+            wait_healthy(service, layout)
+    except MailwardenError as exc:
+        _restore(changed, previous)
+        problems = []
+        for service in reloaded:
+            try:
+                controller.reload(service)
+                wait_healthy(service, layout)
+            except MailwardenError as again:
+                problems.append(str(again))
+        note = ("; the previous configuration is back in place"
+                if not problems else "; restoring the previous configuration ALSO failed: "
+                + "; ".join(problems))
+        raise ServiceError(getattr(exc, "service", "apply"), f"{exc.message}{note}") from exc
+    return reloaded
+
+
+def _restore(changed: list[RenderedFile], previous: dict[Path, bytes | None]) -> None:
+    for f in changed:
+        old = previous[f.path]
+        if old is None:
+            f.path.unlink(missing_ok=True)
+        else:
+            write_atomic(f.path, old, f.target.mode)
+
+
+def rollback(
+    number: int, *, layout: Layout, controller: Controller, author: str, base: int | None,
+) -> ApplyResult:
+    """Apply the text of an earlier revision as a new revision."""
+    store = RevisionStore(layout.revisions_dir)
+    text = store.text(number)
+    return apply_state(text, layout=layout, controller=controller, author=author,
+                       comment=f"rollback to revision {number}", base=base)

@@ -1,0 +1,88 @@
+"""Protocol-level health checks: is each service really answering, not just running?
+
+Shared by the apply transaction (after a reload), the sandbox harness (start-up) and,
+later, the API's service status.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import dns.message
+import dns.query
+import dns.rcode
+
+from ..errors import ServiceError
+from .layout import Layout
+
+Probe = Callable[[Layout], None]
+
+
+def _exchange(port: int, send: bytes | None, expect: bytes, timeout: float = 3.0) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        if send:
+            sock.sendall(send)
+        data = b""
+        while expect not in data and len(data) < 65536:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    if expect not in data:
+        raise ConnectionError(f"expected {expect!r}, got {data[:200]!r}")
+
+
+def postfix(layout: Layout) -> None:
+    # The reinjection smtpd answers without postscreen's delays.
+    _exchange(layout.ports.reinject, None, b"220 ")
+
+
+def rspamd(layout: Layout) -> None:
+    request = b"GET /ping HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    _exchange(layout.ports.rspamd_normal, request, b"pong")
+    _exchange(layout.ports.rspamd_controller, request, b"pong")
+
+
+def clamav(layout: Layout) -> None:
+    _exchange(layout.ports.clamd, b"zPING\0", b"PONG")
+
+
+def redis(layout: Layout) -> None:
+    _exchange(layout.ports.redis, b"PING\r\n", b"+PONG")
+
+
+def unbound(layout: Layout) -> None:
+    query = dns.message.make_query("localhost.", "A")
+    answer = dns.query.udp(query, "127.0.0.1", port=layout.ports.dns, timeout=3)
+    if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        raise ConnectionError(f"answered {dns.rcode.to_text(answer.rcode())}")
+
+
+def freshclam(layout: Layout) -> None:
+    """freshclam has no protocol to probe; its health is the signatures' age (the API's)."""
+
+
+PROBES: dict[str, Probe] = {
+    "postfix": postfix,
+    "rspamd": rspamd,
+    "clamav": clamav,
+    "redis": redis,
+    "unbound": unbound,
+    "freshclam": freshclam,
+}
+
+
+def wait_healthy(service: str, layout: Layout, timeout: float = 30.0) -> None:
+    """Probe until the service answers; ServiceError with the last failure otherwise."""
+    probe = PROBES[service]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe(layout)
+            return
+        except (OSError, ConnectionError, dns.exception.DNSException) as exc:
+            if time.monotonic() > deadline:
+                raise ServiceError(service, f"not healthy after {timeout:.0f} s: {exc}") from exc
+        time.sleep(0.1)

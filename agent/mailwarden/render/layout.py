@@ -1,0 +1,164 @@
+"""Where rendered files go, which ports and users the services use.
+
+The same templates serve the appliance (files under /, standard ports) and sandboxes
+(everything under one folder, unprivileged loopback ports, private queues and data) so that a
+private instance of every daemon runs beside any other, for tests and `build.sh dev`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Ports:
+    smtp: int = 25  # inbound from the internet (postscreen -> smtpd)
+    submission: int = 26  # outbound from trusted networks
+    policy: int = 10022  # agent policy service
+    filter_out: int = 10023  # agent content filter, outbound
+    filter_in: int = 10024  # agent content filter, inbound
+    reinject: int = 10025  # Postfix smtpd without filter
+    api: int = 8006  # API and web UI
+    rspamd_normal: int = 11333
+    rspamd_controller: int = 11334
+    rspamd_proxy: int = 11332
+    redis: int = 6379
+    dns: int = 53  # Unbound
+    clamd: int = 3310  # clamd also listens on its unix socket; TCP is loopback only
+
+
+@dataclass(frozen=True)
+class Users:
+    postfix: str = "postfix"
+    postdrop: str = "postdrop"
+    rspamd: str = "_rspamd"
+    clamav: str = "clamav"
+    redis: str = "redis"
+    unbound: str = "unbound"
+    mailwarden: str = "mailwarden"
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: Literal["appliance", "sandbox"]
+    root: Path
+    ports: Ports = field(default_factory=Ports)
+    users: Users = field(default_factory=Users)
+    # Sandboxes listen on loopback only; the appliance on every interface (nftables decides).
+    public_interfaces: str = "all"
+    inet_protocols: str = "all"
+    # Sandboxes have no internet: Unbound forwards everything to the test name server.
+    dns_upstream: tuple[str, ...] = ()
+    # Until the agent's filter and policy service run, a sandbox may render Postfix without
+    # them (mail then flows straight to the relay transports).
+    agent_services: bool = True
+    # Loopback clients that may claim another address (XCLIENT): tests pose as outside hosts.
+    xclient_hosts: tuple[str, ...] = ()
+    # Postfix logs to this file instead of syslog when set (no /dev/log in sandboxes).
+    postfix_log: bool = False
+
+    def path(self, absolute: str) -> Path:
+        """Where the appliance path `absolute` lives in this layout."""
+        return self.root / absolute.lstrip("/")
+
+    # Well-known places, named once.
+    @property
+    def state_dir(self) -> Path:
+        return self.path("/etc/mailwarden")
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.yaml"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.state_dir / "templates"
+
+    @property
+    def revisions_dir(self) -> Path:
+        return self.path("/var/lib/mailwarden/revisions")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path("/run/mailwarden")
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["root"] = str(self.root)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Layout:
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            root=Path(data["root"]),
+            ports=Ports(**data["ports"]),
+            users=Users(**data["users"]),
+            public_interfaces=data["public_interfaces"],
+            inet_protocols=data["inet_protocols"],
+            dns_upstream=tuple(data["dns_upstream"]),
+            agent_services=data["agent_services"],
+            xclient_hosts=tuple(data["xclient_hosts"]),
+            postfix_log=data["postfix_log"],
+        )
+
+
+LAYOUT_FILE = "layout.json"
+
+
+def appliance() -> Layout:
+    return Layout(name="appliance", root=Path("/"))
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback TCP ports (bound together, so no duplicates)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def sandbox(
+    root: Path, *, agent_services: bool = True, dns_upstream: tuple[str, ...] = ()
+) -> Layout:
+    """A private layout under root with fresh loopback ports."""
+    names = [f.name for f in Ports.__dataclass_fields__.values()]
+    ports = Ports(**dict(zip(names, free_ports(len(names)), strict=True)))
+    return Layout(
+        name="sandbox",
+        root=root.resolve(),
+        ports=ports,
+        public_interfaces="127.0.0.1",
+        inet_protocols="ipv4",
+        dns_upstream=dns_upstream,
+        agent_services=agent_services,
+        xclient_hosts=("127.0.0.1",),
+        postfix_log=True,
+    )
+
+
+def load_layout(root: Path | None) -> Layout:
+    """The appliance layout, or the sandbox whose layout.json lies in root."""
+    if root is None:
+        return appliance()
+    return Layout.from_json((root / LAYOUT_FILE).read_text())
+
+
+__all__ = [
+    "LAYOUT_FILE", "Layout", "Ports", "Users", "appliance", "load_layout", "replace", "sandbox",
+]

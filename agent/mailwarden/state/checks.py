@@ -1,0 +1,95 @@
+"""Checks that span several fields: duplicates, references between rules and objects.
+
+They run per section, on sections that validated on their own, so one pass over a broken
+file reports its structural and its semantic mistakes together, each with its exact path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import FieldError
+from .rules import Entry, Rule
+from .schema import Dkim, RelayDomain, Tls
+
+Check = Callable[[Any], Iterator[FieldError]]
+
+
+def _duplicates(
+    items: list[Any], key: Callable[[Any], str], path: str, what: str
+) -> Iterator[FieldError]:
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item is None:  # invalid on its own; reported already
+            continue
+        value = key(item)
+        if value in first:
+            yield FieldError(
+                f"{path.format(index)}",
+                f"{what} '{value}' is already at {path.format(first[value]).rsplit('.', 1)[0]}",
+            )
+        else:
+            first[value] = index
+
+
+def check_domains(domains: list[RelayDomain | None]) -> Iterator[FieldError]:
+    yield from _duplicates(domains, lambda d: d.name, "domains[{}].name", "domain")
+
+
+def check_tls(tls: Tls) -> Iterator[FieldError]:
+    yield from _duplicates(
+        tls.policies, lambda p: p.destination.lower(), "tls.policies[{}].destination",
+        "a policy for",
+    )
+
+
+def check_dkim(dkim: Dkim) -> Iterator[FieldError]:
+    yield from _duplicates(dkim.sign, lambda k: k.domain, "dkim.sign[{}].domain", "domain")
+
+
+def check_rule_objects(objects: dict[str, list[Entry]]) -> Iterator[FieldError]:
+    for name, entries in objects.items():
+        families = {entry.family for entry in entries}
+        if len(families) > 1:
+            yield FieldError(
+                f"rule_objects.{name}",
+                f"mixes {' and '.join(sorted(families))} entries; an object holds one family",
+            )
+
+
+_GROUP_FAMILY = {"from": "who", "to": "who", "what": "what", "when": "when"}
+
+
+def check_rules(
+    rules: list[Rule | None], objects: dict[str, list[Entry]] | None
+) -> Iterator[FieldError]:
+    """Rules may hold None where a rule is invalid on its own (reported already)."""
+    yield from _duplicates(rules, lambda r: r.name, "rules[{}].name", "rule name")
+    for index, rule in enumerate(rules):
+        if rule is None:
+            continue
+        finals = [a.kind for a in rule.actions if a.final]
+        if len(finals) > 1:
+            yield FieldError(
+                f"rules[{index}].actions",
+                f"has {len(finals)} final actions ({', '.join(finals)}); at most one",
+            )
+        if objects is None:  # the objects themselves are broken; reported there
+            continue
+        for group_name, group in rule.groups().items():
+            if group is None:
+                continue
+            want = _GROUP_FAMILY[group_name]
+            for position, ref in enumerate(group.objects):
+                path = f"rules[{index}].{group_name}.objects[{position}]"
+                if ref not in objects:
+                    yield FieldError(path, f"no rule object named '{ref}'")
+                    continue
+                families = {entry.family for entry in objects[ref]}
+                if families and families != {want}:
+                    yield FieldError(
+                        path,
+                        f"'{ref}' holds {'/'.join(sorted(families))} entries; "
+                        f"the {group_name} group needs {want} objects",
+                    )

@@ -1,0 +1,51 @@
+"""Forward migration of state files written by older Mailwarden versions.
+
+A migration turns the data of version N into version N+1 and is registered in MIGRATIONS
+under N. Files are migrated in memory when read; the next apply writes the new version.
+Version 1 is the first format, so there is nothing to migrate yet; the mechanism and its
+refusals (missing version, a version from the future) are in place and tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import FieldError, StateError
+from .schema import CURRENT_VERSION
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def migrate(
+    data: dict[str, Any],
+    source: str = "state",
+    migrations: dict[int, Migration] | None = None,
+    target: int = CURRENT_VERSION,
+) -> dict[str, Any]:
+    steps = MIGRATIONS if migrations is None else migrations
+    version = data.get("version")
+    if version is None:
+        raise StateError(
+            [FieldError("version", f"required (this Mailwarden writes `version: {target}`)")],
+            source,
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StateError([FieldError("version", f"must be a whole number >= 1 (got {version!r})")],
+                         source)
+    if version > target:
+        raise StateError(
+            [FieldError("version", f"{version} was written by a newer Mailwarden; this one "
+                                   f"understands up to {target}")],
+            source,
+        )
+    while version < target:
+        if version not in steps:
+            raise StateError([FieldError("version", f"no migration from version {version}")],
+                             source)
+        data = steps[version](dict(data))
+        version += 1
+        data["version"] = version
+    return data

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Mailwarden's one entry point. See README.md and docs/development.md.
+#   ./build.sh            build the appliance image (until the image exists: same as dev)
+#   ./build.sh build      build the appliance image under out/
+#   ./build.sh test       install what the tests need and run every tier this machine can run
+#   ./build.sh dev [--state FILE]   run the whole gateway on this machine (private daemons)
+#   ./build.sh run        boot the built image in QEMU with ports forwarded
+#   ./build.sh bench      run the benchmarks, results under bench/results/
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${MAILWARDEN_CACHE:-/var/cache/mailwarden}"
+VENV="${MAILWARDEN_VENV:-$ROOT/.venv}"
+export PIP_CACHE_DIR="$CACHE/pip"
+
+# Debian packages the integration tier and `dev` run for real (FIELD-NOTES: Packages).
+HOST_PACKAGES=(postfix rspamd redis-server clamav-daemon clamav clamav-freshclam unbound nsd swaks
+               python3-venv git)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_host_packages() {
+    local missing=()
+    for p in "${HOST_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    # Without this preseed the postfix package asks questions and writes /etc/postfix/main.cf.
+    echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+}
+
+ensure_venv() {
+    mkdir -p "$CACHE/pip"
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating virtualenv $VENV"
+        python3 -m venv "$VENV"
+    fi
+    # Reinstall only when the dependency pins changed.
+    local stamp="$VENV/.mailwarden-deps" want
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing the agent and its pinned dependencies into $VENV"
+        "$VENV/bin/pip" install -q --upgrade "pip==26.3"
+        "$VENV/bin/pip" install -q -e "$ROOT[test]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+timed() {
+    local name="$1"; shift
+    local start=$SECONDS
+    "$@"
+    log "$name took $((SECONDS - start)) s"
+}
+
+cmd_test() {
+    timed "host packages" install_host_packages
+    timed "virtualenv" ensure_venv
+    log "lint (ruff)"
+    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests"
+    log "docs/state.md is generated from the schema and must be current"
+    "$VENV/bin/mailwarden" docs state --check "$ROOT/docs/state.md"
+    log "unit tier"
+    timed "unit tier" "$VENV/bin/pytest" -q "$ROOT/tests/unit"
+    log "integration tier (real Postfix, Rspamd, ClamAV, Redis, Unbound, NSD)"
+    timed "integration tier" "$VENV/bin/pytest" -q "$ROOT/tests/integration"
+    if [ -x "$ROOT/image/test-image.sh" ]; then
+        log "end-to-end tier (the image booted in QEMU)"
+        timed "end-to-end tier" "$ROOT/image/test-image.sh"
+    fi
+}
+
+cmd_dev() {
+    install_host_packages
+    ensure_venv
+    exec "$VENV/bin/mailwarden" dev "$@"
+}
+
+cmd_build() {
+    if [ -x "$ROOT/image/build-image.sh" ]; then
+        exec "$ROOT/image/build-image.sh" "$@"
+    fi
+    log "the image build is not in this tree yet (image/build-image.sh); running the gateway with ./build.sh dev"
+    cmd_dev "$@"
+}
+
+cmd_run() {
+    [ -x "$ROOT/image/run-image.sh" ] || { echo "build.sh run: image/run-image.sh is not in this tree yet" >&2; exit 1; }
+    exec "$ROOT/image/run-image.sh" "$@"
+}
+
+cmd_bench() {
+    [ -x "$ROOT/bench/run.sh" ] || { echo "build.sh bench: bench/run.sh is not in this tree yet" >&2; exit 1; }
+    install_host_packages
+    ensure_venv
+    exec "$ROOT/bench/run.sh" "$@"
+}
+
+case "${1:-}" in
+    "") cmd_build ;;
+    build) shift; cmd_build "$@" ;;
+    test) shift; cmd_test "$@" ;;
+    dev) shift; cmd_dev "$@" ;;
+    run) shift; cmd_run "$@" ;;
+    bench) shift; cmd_bench "$@" ;;
+    -h|--help|help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) echo "build.sh: unknown command '$1' (build | test | dev | run | bench)" >&2; exit 2 ;;
+esac
