@@ -30,7 +30,8 @@ def staged(stage: Path, layout: Layout, absolute: str) -> Path:
 
 
 def _no_warnings(service: str, output: str) -> None:
-    bad = [line for line in output.splitlines() if re.search(r"warning|fatal|error", line, re.I)]
+    bad = [line for line in output.splitlines()
+           if re.match(r"^[\w/-]+: (warning|fatal|error|panic): ", line)]
     if bad:
         raise ServiceError(service, "configuration refused:\n" + "\n".join(bad[:20]))
 

@@ -1,0 +1,267 @@
+"""`mailwarden ...`: the command line, for first set-up, recovery and scripts.
+
+Like `postconf`, it shows the one source of truth: `mailwarden state show -n` prints what
+differs from the defaults, `mailwarden state show spam.levels` one value. Errors print a
+sentence for a person and `[code]` for a script; the exit status says which kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConflictError, MailwardenError, StateError
+from .render.apply import Controller, apply_state, rollback
+from .render.engine import render
+from .render.layout import Layout, appliance, load_layout, sandbox
+from .state.load import format_loc, load_state_file
+from .state.revisions import RevisionStore
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONFLICT = 3
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    return load_layout(Path(args.root) if getattr(args, "root", None) else None)
+
+
+def _controller(layout: Layout) -> Controller:
+    if layout.name == "sandbox":
+        from .sandbox.control import PidfileController
+
+        return PidfileController(layout)
+    from .render.systemd import SystemdController
+
+    return SystemdController()
+
+
+def _author(args: argparse.Namespace) -> str:
+    return args.author or os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+def cmd_state_validate(args: argparse.Namespace) -> int:
+    for name in args.files:
+        state = load_state_file(Path(name))
+        print(f"{name}: valid (version {state.version}, {len(state.domains)} relay "
+              f"domain{'s' if len(state.domains) != 1 else ''}, {len(state.rules)} rules)")
+    return 0
+
+
+def _flatten(data: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str, Any]]:
+    if isinstance(data, dict) and data:
+        return [item for k, v in data.items() for item in _flatten(v, (*prefix, k))]
+    if isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
+        return [item for i, v in enumerate(data) for item in _flatten(v, (*prefix, i))]
+    return [(format_loc(prefix), data)]
+
+
+def cmd_state_show(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    path = Path(args.file) if args.file else layout.state_file
+    state = load_state_file(path)
+    data = state.model_dump(mode="json", by_alias=True, exclude_unset=args.non_default)
+    rows = _flatten(data)
+    if args.keys:
+        wanted = []
+        for key in args.keys:
+            found = [(k, v) for k, v in rows if k == key or k.startswith((key + ".", key + "["))]
+            if not found:
+                raise MailwardenError(f"no setting named '{key}' (see docs/state.md)")
+            wanted += found
+        rows = wanted
+    for key, value in rows:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        text = text.removesuffix("\n...").removesuffix("...").strip()
+        print(f"{key} = {text}")
+    return 0
+
+
+def cmd_state_history(args: argparse.Namespace) -> int:
+    store = RevisionStore(_layout(args).revisions_dir)
+    current = store.current()
+    for revision in store.history():
+        mark = "*" if revision.number == current else " "
+        print(f"{mark}{revision.number:>5}  {revision.time}  {revision.author:<12}  "
+              f"{revision.comment}")
+    if current is None:
+        print("no revisions yet: `mailwarden apply FILE` makes the first")
+    return 0
+
+
+def cmd_state_diff(args: argparse.Namespace) -> int:
+    store = RevisionStore(_layout(args).revisions_dir)
+    diff = store.diff(args.a, args.b)
+    print(diff or f"revisions {args.a} and {args.b} are identical", end="" if diff else "\n")
+    return 0
+
+
+def cmd_state_rollback(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    store = RevisionStore(layout.revisions_dir)
+    base = args.base if args.base is not None else store.current()
+    result = rollback(args.number, layout=layout, controller=_controller(layout),
+                      author=_author(args), base=base)
+    print(f"revision {result.revision.number} applied: {result.revision.comment}; "
+          f"{len(result.changed)} files changed, reloaded: {', '.join(result.reloaded) or '-'}")
+    return 0
+
+
+# --- render / apply ---------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    state = load_state_file(Path(args.state))
+    out = Path(args.out)
+    layout = sandbox(out) if args.layout == "sandbox" else appliance()
+    files = render(state, layout, Path(args.templates) if args.templates else None)
+    for f in files:
+        # The appliance layout is rendered *into* out as well: a dry run never touches /.
+        target = out / f.path.relative_to(layout.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f.content)
+        print(target)
+    if args.layout == "sandbox":
+        (out / "layout.json").write_text(layout.to_json())
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    store = RevisionStore(layout.revisions_dir)
+    if args.file:
+        text = Path(args.file).read_text(encoding="utf-8")
+    else:
+        text = layout.state_file.read_text(encoding="utf-8")
+    # Without --base the change is taken as based on what is live now.
+    base = args.base if args.base is not None else store.current()
+    result = apply_state(text, layout=layout, controller=_controller(layout),
+                         author=_author(args), comment=args.comment, base=base,
+                         force=args.force)
+    print(f"revision {result.revision.number} applied; {len(result.changed)} files changed"
+          f"{', reloaded: ' + ', '.join(result.reloaded) if result.reloaded else ''}")
+    return 0
+
+
+# --- docs / dev -------------------------------------------------------------------------
+
+
+def cmd_docs_state(args: argparse.Namespace) -> int:
+    from .state.docs import state_reference
+
+    text = state_reference()
+    if args.check:
+        current = Path(args.check).read_text(encoding="utf-8") if Path(args.check).exists() else ""
+        if current != text:
+            raise MailwardenError(f"{args.check} is out of date: run "
+                                  f"`mailwarden docs state --out {args.check}`")
+        print(f"{args.check} is current")
+    elif args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .sandbox.dev import run_dev
+
+    return run_dev(Path(args.state) if args.state else None,
+                   Path(args.run_dir) if args.run_dir else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailwarden", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def root_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--root", help="a sandbox folder (default: the appliance, /)")
+
+    state = sub.add_parser("state", help="validate, show and version the state").add_subparsers(
+        dest="state_command", required=True)
+    p = state.add_parser("validate", help="check state files; every error with its path")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_state_validate)
+    p = state.add_parser("show", help="effective settings, like postconf")
+    p.add_argument("keys", nargs="*", help="settings to show, e.g. spam.levels")
+    p.add_argument("-n", "--non-default", action="store_true", help="only what the file sets")
+    p.add_argument("--file", help="a state file instead of the live one")
+    root_option(p)
+    p.set_defaults(func=cmd_state_show)
+    p = state.add_parser("history", help="applied revisions")
+    root_option(p)
+    p.set_defaults(func=cmd_state_history)
+    p = state.add_parser("diff", help="what changed between two revisions")
+    p.add_argument("a", type=int)
+    p.add_argument("b", type=int)
+    root_option(p)
+    p.set_defaults(func=cmd_state_diff)
+    p = state.add_parser("rollback", help="apply an earlier revision again")
+    p.add_argument("number", type=int)
+    p.add_argument("--base", type=int, help="fail unless this revision is live")
+    p.add_argument("--author")
+    root_option(p)
+    p.set_defaults(func=cmd_state_rollback)
+
+    p = sub.add_parser("render", help="render every service's config into a folder (dry run)")
+    p.add_argument("--state", required=True)
+    p.add_argument("--layout", choices=["sandbox", "appliance"], default="sandbox")
+    p.add_argument("--out", required=True)
+    p.add_argument("--templates", help="template override folder")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("apply", help="make a state live: validate, check, swap, reload")
+    p.add_argument("file", nargs="?", help="new state (default: re-apply the live one)")
+    p.add_argument("-m", "--comment", default="", help="why (kept in the history)")
+    p.add_argument("--author")
+    p.add_argument("--base", type=int, help="the revision this change started from")
+    p.add_argument("--force", action="store_true", help="overwrite hand-edited files")
+    root_option(p)
+    p.set_defaults(func=cmd_apply)
+
+    docs = sub.add_parser("docs", help="generated documentation").add_subparsers(
+        dest="docs_command", required=True)
+    p = docs.add_parser("state", help="the state file reference (docs/state.md)")
+    p.add_argument("--check", metavar="FILE", help="fail if FILE is not current")
+    p.add_argument("--out", metavar="FILE")
+    p.set_defaults(func=cmd_docs_state)
+
+    p = sub.add_parser("dev", help="run the whole gateway on this machine (private daemons)")
+    p.add_argument("--state", help="state file (default: a built-in example)")
+    p.add_argument("--run-dir", help="folder for the instance (default: ./run/dev)")
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StateError as exc:
+        print(f"mailwarden: {exc.source}: {len(exc.errors)} error"
+              f"{'s' if len(exc.errors) != 1 else ''} [{exc.code}]", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except ConflictError as exc:
+        print(f"mailwarden: {exc.message} [{exc.code}]", file=sys.stderr)
+        return EXIT_CONFLICT
+    except MailwardenError as exc:
+        print(f"mailwarden: {exc.message} [{exc.code}]", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

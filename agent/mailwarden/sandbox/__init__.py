@@ -1,0 +1,1 @@
+"""Private instances of every daemon, for tests and `mailwarden dev`."""

@@ -1,0 +1,59 @@
+"""Reloading a running sandbox from another process (the CLI beside `mailwarden dev`).
+
+The process that runs the sandbox supervises its daemons and restarts any that exit; this
+controller signals them through their pid files, as an init system would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from ..process import run
+from ..render.layout import Layout
+
+_PIDFILES = {
+    "rspamd": "/run/rspamd/rspamd.pid",
+    "unbound": "/run/unbound.pid",
+    "clamav": "/run/clamav/clamd.pid",
+    "redis": "/run/redis/redis-server.pid",
+}
+
+
+class PidfileController:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def _pid(self, service: str) -> int | None:
+        if service not in _PIDFILES:
+            return None
+        try:
+            return int(Path(self.layout.path(_PIDFILES[service])).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def is_running(self, service: str) -> bool:
+        if service == "postfix":
+            config = self.layout.path("/etc/postfix")
+            return run(["postfix", "-c", config, "status"], check=False).returncode == 0
+        pid = self._pid(service)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def reload(self, service: str) -> None:
+        if service == "postfix":
+            run(["postfix", "-c", self.layout.path("/etc/postfix"), "reload"])
+            return
+        pid = self._pid(service)
+        if pid is None:
+            return
+        # rspamd and unbound re-read their configuration on SIGHUP; clamd and Redis are
+        # stopped and the supervising process starts them again with the new files.
+        sig = signal.SIGHUP if service in ("rspamd", "unbound") else signal.SIGTERM
+        os.kill(pid, sig)
