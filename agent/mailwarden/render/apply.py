@@ -97,6 +97,7 @@ def apply_state(
     comment: str,
     base: int | None,
     force: bool = False,
+    health_timeout: float = 30.0,
 ) -> ApplyResult:
     state = load_state_text(text, "new state")
     missing = missing_secrets(state, layout)
@@ -125,7 +126,8 @@ def apply_state(
         services = [s for s in SERVICES if any(f.target.service == s for f in changed)]
         if changed:
             _check_staged(files, services, layout)
-            reloaded = _swap_and_reload(changed, on_disk, services, layout, controller)
+            reloaded = _swap_and_reload(changed, on_disk, services, layout, controller,
+                                        health_timeout)
         else:
             reloaded = []
 
@@ -157,6 +159,7 @@ def _swap_and_reload(
     services: list[str],
     layout: Layout,
     controller: Controller,
+    health_timeout: float,
 ) -> list[str]:
     reloaded: list[str] = []
     try:
@@ -167,7 +170,7 @@ def _swap_and_reload(
                 controller.reload(service)
                 reloaded.append(service)
         for service in reloaded:
-            wait_healthy(service, layout)
+            wait_healthy(service, layout, timeout=health_timeout)
     except MailwardenError as exc:
         _restore(changed, previous)
         problems = []

@@ -244,11 +244,12 @@ class Sandbox:
     # --- conveniences -------------------------------------------------------------------
 
     def apply(self, state_text: str, *, comment: str = "", author: str = "test",
-              base: int | None = None, force: bool = False) -> ApplyResult:
+              base: int | None = None, force: bool = False,
+              health_timeout: float = 30.0) -> ApplyResult:
         store = RevisionStore(self.layout.revisions_dir)
         return apply_state(state_text, layout=self.layout, controller=self, author=author,
                            comment=comment, base=store.current() if base is None else base,
-                           force=force)
+                           force=force, health_timeout=health_timeout)
 
     def rollback(self, number: int, author: str = "test") -> ApplyResult:
         store = RevisionStore(self.layout.revisions_dir)
