@@ -109,7 +109,7 @@ def test_hand_edited_file_is_not_overwritten_silently(box: Sandbox) -> None:
     original = main_cf.read_text()
     main_cf.write_text(original + "# a hand edit\n")
     text = state_for(box, "mail:\n  max_size_mb: 32\n")
-    with pytest.raises(LocallyModified, match="main.cf"):
+    with pytest.raises(LocallyModified, match=r"main\.cf"):
         box.apply(text)
     box.apply(text, force=True)
     assert "# a hand edit" not in main_cf.read_text()
