@@ -338,6 +338,42 @@ class Greylisting(Section):
     )
 
 
+# --- spf and rate limits (the policy service) ------------------------------------------
+
+
+class Spf(Section):
+    enabled: bool = Field(True, description="Check SPF of inbound mail in the policy service.")
+    reject_fail: bool = Field(
+        True, description="Reject at RCPT when the sender's domain says the client is not "
+        "allowed (SPF fail)."
+    )
+    tag_softfail: bool = Field(
+        True, description="Softfail adds to the spam score (Rspamd's R_SPF_SOFTFAIL) instead "
+        "of rejecting."
+    )
+    exempt_senders: list[Domain] = Field(
+        default_factory=list,
+        description="Sender domains whose SPF is not enforced (broken records of partners).",
+    )
+    exempt_networks: list[Network] = Field(
+        default_factory=list, description="Clients exempt from SPF (e.g. forwarders you trust)."
+    )
+
+
+class RateLimits(Section):
+    client_per_hour: Annotated[int, Field(ge=0, le=10000000)] = Field(
+        0, description="Recipients one client IP may send to per hour (0: no limit)."
+    )
+    sender_per_hour: Annotated[int, Field(ge=0, le=10000000)] = Field(
+        0,
+        description="Recipients one authenticated/trusted sender address may send to per hour, "
+        "outbound (0: no limit). Catches a hijacked internal account.",
+    )
+    exempt_networks: list[Network] = Field(
+        default_factory=list, description="Clients never rate limited."
+    )
+
+
 # --- postscreen -------------------------------------------------------------------------
 
 
@@ -518,6 +554,10 @@ class State(Section):
     spam: Spam = Field(default_factory=Spam, description="Spam filtering (Rspamd).")
     virus: Virus = Field(default_factory=Virus, description="Virus scanning (ClamAV).")
     greylisting: Greylisting = Field(default_factory=Greylisting, description="Greylisting.")
+    spf: Spf = Field(default_factory=Spf, description="SPF checks (policy service).")
+    rate_limits: RateLimits = Field(
+        default_factory=RateLimits, description="Recipient rate limits (policy service)."
+    )
     postscreen: Postscreen = Field(
         default_factory=Postscreen, description="Connection screening on port 25."
     )

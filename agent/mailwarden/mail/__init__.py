@@ -1,0 +1,1 @@
+"""The mail path: content filter, policy service, scanners, authentication, rule engine."""

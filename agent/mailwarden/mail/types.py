@@ -1,0 +1,55 @@
+"""Data that crosses the mail path's modules: the envelope, scan and authentication results.
+
+Plain frozen dataclasses, no behaviour: the filter fills them, the rule engine reads them,
+the store records them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Direction = Literal["in", "out"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str  # "" for the null sender (bounces)
+    recipients: tuple[str, ...]
+    direction: Direction
+    client_ip: str | None = None  # the original client (XFORWARD), not Postfix
+    client_name: str | None = None
+    helo: str | None = None
+    queue_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SpamResult:
+    score: float
+    symbols: dict[str, float] = field(default_factory=dict)
+    action: str = ""  # Rspamd's own opinion, for the record only
+    skipped: str | None = None  # why it was not scanned ("too large", "disabled", "failed")
+
+
+@dataclass(frozen=True)
+class VirusResult:
+    virus: str | None  # signature name, or None when clean
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    spf: str = "none"  # pass, fail, softfail, neutral, none, temperror, permerror
+    spf_domain: str = ""
+    dkim: str = "none"  # pass, fail, none (best signature)
+    dkim_domains: tuple[str, ...] = ()  # d= of every valid signature
+    dmarc: str = "none"  # pass, fail, none, temperror
+    dmarc_policy: str = ""  # the domain's p= (none, quarantine, reject)
+    from_domain: str = ""
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    spam: SpamResult
+    virus: VirusResult
+    auth: AuthResult = field(default_factory=AuthResult)

@@ -1,0 +1,165 @@
+"""The SQLite database: connection settings, schema and its migrations.
+
+WAL mode so the API reads while the filter writes; one connection per thread; every
+statement parameterised. The schema version is SQLite's user_version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA: list[str] = [
+    # version 1
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        direction TEXT NOT NULL,
+        queue_id TEXT,
+        message_id TEXT,
+        sender TEXT NOT NULL,
+        client_ip TEXT,
+        helo TEXT,
+        subject TEXT,
+        size INTEGER NOT NULL,
+        spam_score REAL,
+        spam_symbols TEXT,
+        virus TEXT,
+        spf TEXT,
+        dkim TEXT,
+        dmarc TEXT,
+        filter_ms REAL
+    );
+    CREATE INDEX messages_time ON messages(time);
+    CREATE INDEX messages_sender ON messages(sender);
+    CREATE INDEX messages_queue_id ON messages(queue_id);
+    CREATE TABLE deliveries (
+        message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        recipient TEXT NOT NULL,
+        action TEXT NOT NULL,
+        rule TEXT,
+        quarantine_id TEXT
+    );
+    CREATE INDEX deliveries_message ON deliveries(message);
+    CREATE INDEX deliveries_recipient ON deliveries(recipient);
+    CREATE TABLE quarantine (
+        id TEXT PRIMARY KEY,
+        time REAL NOT NULL,
+        expires REAL NOT NULL,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        subject TEXT,
+        message_id TEXT,
+        spam_score REAL,
+        virus TEXT,
+        rule TEXT
+    );
+    CREATE INDEX quarantine_time ON quarantine(time);
+    CREATE INDEX quarantine_kind_time ON quarantine(kind, time);
+    CREATE TABLE quarantine_recipients (
+        quarantine_id TEXT NOT NULL REFERENCES quarantine(id) ON DELETE CASCADE,
+        recipient TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'new',
+        changed REAL,
+        PRIMARY KEY (quarantine_id, recipient)
+    );
+    CREATE INDEX quarantine_recipients_recipient ON quarantine_recipients(recipient);
+    CREATE TABLE user_lists (
+        recipient TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('allow', 'block')),
+        created REAL NOT NULL,
+        PRIMARY KEY (recipient, sender)
+    );
+    CREATE TABLE greylist (
+        client_net TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        passed INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (client_net, sender, recipient)
+    );
+    CREATE TABLE dmarc_results (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        header_from TEXT NOT NULL,
+        source_ip TEXT,
+        spf_domain TEXT,
+        spf_result TEXT,
+        spf_aligned INTEGER NOT NULL,
+        dkim_domains TEXT,
+        dkim_result TEXT,
+        dkim_aligned INTEGER NOT NULL,
+        policy TEXT,
+        result TEXT NOT NULL,
+        disposition TEXT NOT NULL
+    );
+    CREATE INDEX dmarc_results_from_time ON dmarc_results(header_from, time);
+    CREATE TABLE counters (
+        hour INTEGER NOT NULL,
+        domain TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        messages INTEGER NOT NULL DEFAULT 0,
+        spam INTEGER NOT NULL DEFAULT 0,
+        virus INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (hour, domain, direction)
+    );
+    """,
+]
+
+
+class Database:
+    """One SQLite file; a connection per thread; schema migrated on open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.transaction() as conn:
+            self._migrate(conn)
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(SCHEMA[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
