@@ -94,3 +94,23 @@ class HarnessError(MailwardenError):
     """A private daemon instance did not start or become healthy."""
 
     code = "harness_failed"
+
+
+class ScannerError(MailwardenError):
+    """Rspamd or clamd did not answer, or answered nonsense."""
+
+    code = "scanner_failed"
+
+    def __init__(self, scanner: str, message: str) -> None:
+        self.scanner = scanner
+        super().__init__(f"{scanner}: {message}")
+
+
+class StoreError(MailwardenError):
+    """The runtime store refused an operation (unknown id, wrong status...)."""
+
+    code = "store_error"
+
+
+class NotFound(StoreError):
+    code = "not_found"

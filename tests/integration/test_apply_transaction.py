@@ -41,7 +41,7 @@ def _store(box: Sandbox) -> RevisionStore:
 
 
 def _all_healthy(box: Sandbox) -> None:
-    for service in Sandbox.SERVICES:
+    for service in box.services:
         health.PROBES[service](box.layout)
 
 

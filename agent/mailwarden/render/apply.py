@@ -47,6 +47,9 @@ class NoController:
         return False
 
 
+AGENT_SERVICES = ("filter", "policy")
+
+
 class LocallyModified(MailwardenError):
     code = "locally_modified"
 
@@ -131,8 +134,16 @@ def apply_state(
         else:
             reloaded = []
 
+        previous_text = store.text(current) if current else None
         revision = store.record(text, author, comment, {str(f.path): f.sha256 for f in files})
         write_atomic(layout.state_file, text.encode(), 0o640)
+        if text != previous_text:
+            # Rules, levels, lists: the agent's own daemons read the state file itself.
+            for service in AGENT_SERVICES:
+                if controller.is_running(service):
+                    controller.reload(service)
+                    wait_healthy(service, layout, timeout=health_timeout)
+                    reloaded.append(service)
         return ApplyResult(revision, [f.path for f in changed], reloaded)
 
 

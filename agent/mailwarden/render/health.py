@@ -60,6 +60,16 @@ def unbound(layout: Layout) -> None:
         raise ConnectionError(f"answered {dns.rcode.to_text(answer.rcode())}")
 
 
+def filter_service(layout: Layout) -> None:
+    _exchange(layout.ports.filter_in, None, b"220 ")
+    _exchange(layout.ports.filter_out, None, b"220 ")
+
+
+def policy(layout: Layout) -> None:
+    # An empty request (just the blank line) is answered with an action.
+    _exchange(layout.ports.policy, b"request=smtpd_access_policy\n\n", b"action=")
+
+
 def freshclam(layout: Layout) -> None:
     """freshclam has no protocol to probe; its health is the signatures' age (the API's)."""
 
@@ -71,6 +81,8 @@ PROBES: dict[str, Probe] = {
     "redis": redis,
     "unbound": unbound,
     "freshclam": freshclam,
+    "filter": filter_service,
+    "policy": policy,
 }
 
 

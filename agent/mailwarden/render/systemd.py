@@ -13,6 +13,9 @@ UNITS: dict[str, tuple[str, str]] = {
     "freshclam": ("clamav-freshclam.service", "restart"),
     "redis": ("redis-server.service", "restart"),
     "unbound": ("unbound.service", "restart"),
+    # The agent's daemons re-read the state file on SIGHUP (ExecReload).
+    "filter": ("mailwarden-filter.service", "reload"),
+    "policy": ("mailwarden-policy.service", "reload"),
 }
 
 

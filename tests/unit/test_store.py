@@ -1,0 +1,161 @@
+"""The runtime store on a real SQLite file: quarantine, user lists, tracking."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from mailwarden.errors import NotFound, StoreError
+from mailwarden.store.db import SCHEMA, Database
+from mailwarden.store.lists import UserLists
+from mailwarden.store.quarantine import Quarantine
+from mailwarden.store.tracking import Delivery, MessageRecord, Tracking
+
+RAW = b"From: a@sender.test\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(tmp_path / "mw.db")
+
+
+@pytest.fixture
+def quarantine(db: Database, tmp_path: Path) -> Quarantine:
+    return Quarantine(db, tmp_path / "quarantine")
+
+
+def test_schema_is_versioned_and_reopening_migrates_nothing(tmp_path: Path) -> None:
+    Database(tmp_path / "a.db").close()
+    again = Database(tmp_path / "a.db")
+    assert again.connection().execute("PRAGMA user_version").fetchone()[0] == len(SCHEMA)
+    assert again.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_put_writes_the_file_before_the_index(quarantine: Quarantine) -> None:
+    qid = quarantine.put(RAW, kind="spam", sender="a@sender.test",
+                         recipients=["u1@example.test", "u2@example.test"], lifetime_days=7,
+                         subject="hi", spam_score=12.5, rule="Quarantine spam")
+    entry = quarantine.get(qid)
+    assert Path(entry.path).read_bytes() == RAW
+    assert Path(entry.path).stat().st_mode & 0o777 == 0o640
+    assert entry.recipients == {"u1@example.test": "new", "u2@example.test": "new"}
+    assert entry.expires - entry.time == pytest.approx(7 * 86400)
+    assert quarantine.raw(qid) == RAW
+
+
+def test_unknown_kind_and_id_are_refused(quarantine: Quarantine) -> None:
+    with pytest.raises(StoreError, match="unknown quarantine kind"):
+        quarantine.put(RAW, kind="junk", sender="", recipients=["u@example.test"],
+                       lifetime_days=1)
+    with pytest.raises(NotFound):
+        quarantine.get("nope")
+
+
+def test_list_filters(quarantine: Quarantine) -> None:
+    a = quarantine.put(RAW, kind="spam", sender="a@sender.test", recipients=["u1@example.test"],
+                       lifetime_days=7, now=1000)
+    b = quarantine.put(RAW, kind="virus", sender="b@sender.test",
+                       recipients=["u2@example.test"], lifetime_days=7, now=2000)
+    assert [e.id for e in quarantine.list()] == [b, a]  # newest first
+    assert [e.id for e in quarantine.list(kind="spam")] == [a]
+    assert [e.id for e in quarantine.list(recipient="u2@example.test")] == [b]
+    assert [e.id for e in quarantine.list(sender="a@sender.test")] == [a]
+    assert [e.id for e in quarantine.list(limit=1, offset=1)] == [a]
+
+
+def test_release_delivers_exactly_once_even_when_racing(quarantine: Quarantine) -> None:
+    qid = quarantine.put(RAW, kind="spam", sender="a@sender.test",
+                         recipients=["u1@example.test", "u2@example.test"], lifetime_days=7)
+    delivered: list[list[str]] = []
+    barrier = threading.Barrier(4)
+
+    def deliver(raw: bytes, sender: str, rcpts: list[str]) -> None:
+        assert raw == RAW and sender == "a@sender.test"
+        delivered.append(rcpts)
+
+    def release() -> None:
+        barrier.wait()
+        quarantine.release(qid, deliver)
+
+    threads = [threading.Thread(target=release) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r for batch in delivered for r in batch) == ["u1@example.test",
+                                                               "u2@example.test"]
+    assert set(quarantine.get(qid).recipients.values()) == {"released"}
+    assert quarantine.release(qid, deliver) == []  # nothing left to release
+
+
+def test_failed_release_can_be_retried(quarantine: Quarantine) -> None:
+    qid = quarantine.put(RAW, kind="spam", sender="", recipients=["u@example.test"],
+                         lifetime_days=7)
+
+    def broken(raw: bytes, sender: str, rcpts: list[str]) -> None:
+        raise OSError("postfix is down")
+
+    with pytest.raises(OSError):
+        quarantine.release(qid, broken)
+    assert quarantine.get(qid).recipients == {"u@example.test": "new"}
+    assert quarantine.release(qid, lambda *a: None) == ["u@example.test"]
+
+
+def test_release_to_a_stranger_is_refused(quarantine: Quarantine) -> None:
+    qid = quarantine.put(RAW, kind="spam", sender="", recipients=["u@example.test"],
+                         lifetime_days=7)
+    with pytest.raises(StoreError, match="not a recipient"):
+        quarantine.release(qid, lambda *a: None, ["evil@example.test"])
+
+
+def test_delete_removes_the_file_when_nobody_waits(quarantine: Quarantine) -> None:
+    qid = quarantine.put(RAW, kind="spam", sender="",
+                         recipients=["u1@example.test", "u2@example.test"], lifetime_days=7)
+    path = Path(quarantine.get(qid).path)
+    quarantine.delete(qid, ["u1@example.test"])
+    assert path.exists()
+    quarantine.delete(qid, ["u2@example.test"])
+    assert not path.exists()
+
+
+def test_expire(quarantine: Quarantine) -> None:
+    old = quarantine.put(RAW, kind="spam", sender="", recipients=["u@example.test"],
+                         lifetime_days=1, now=0)
+    new = quarantine.put(RAW, kind="spam", sender="", recipients=["u@example.test"],
+                         lifetime_days=1, now=10**9)
+    path = Path(quarantine.get(old).path)
+    assert quarantine.expire(now=10**9) == 1
+    assert not path.exists()
+    with pytest.raises(NotFound):
+        quarantine.get(old)
+    assert quarantine.get(new)
+
+
+def test_user_lists_address_beats_domain(db: Database) -> None:
+    lists = UserLists(db)
+    lists.set("U@Example.test", "@sender.test", "block")
+    lists.set("u@example.test", "friend@sender.test", "allow")
+    assert lists.lookup("u@example.test", "friend@SENDER.test") == "allow"
+    assert lists.lookup("u@example.test", "other@sender.test") == "block"
+    assert lists.lookup("u@example.test", "x@elsewhere.test") is None
+    assert lists.lookup("v@example.test", "other@sender.test") is None
+    lists.remove("u@example.test", "@sender.test")
+    assert lists.lookup("u@example.test", "other@sender.test") is None
+
+
+def test_tracking_records_and_counts(db: Database) -> None:
+    tracking = Tracking(db)
+    record = MessageRecord(direction="in", sender="a@sender.test", size=100,
+                           deliveries=[Delivery("u@example.test", "accept", "default-accept"),
+                                       Delivery("v@example.org", "quarantine", "Spam", "q1")],
+                           queue_id="ABC123", spam_score=3.0, spam_symbols={"X": 1.0})
+    tracking.record(record, now=3600 * 10)
+    tracking.record(record, now=3600 * 10 + 5)
+    found = tracking.search(queue_id="ABC123")
+    assert len(found) == 2 and found[0]["deliveries"][1]["quarantine_id"] == "q1"
+    assert tracking.search(recipient="v@example.org")[0]["sender"] == "a@sender.test"
+    rows = db.connection().execute(
+        "SELECT domain, messages, spam, bytes FROM counters ORDER BY domain").fetchall()
+    assert [tuple(r) for r in rows] == [("example.org", 2, 2, 200), ("example.test", 2, 2, 200)]
