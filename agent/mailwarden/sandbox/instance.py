@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,7 +67,8 @@ class Sink:
 class Sandbox:
     """One private instance of the gateway under `root`."""
 
-    SERVICES = ("unbound", "redis", "clamav", "rspamd", "postfix")
+    DAEMONS = ("unbound", "redis", "clamav", "rspamd", "postfix")
+    AGENT = ("filter", "policy")
 
     def __init__(self, root: Path, *, agent_services: bool = False,
                  zones: Iterable[Zone] | None = None) -> None:
@@ -83,6 +85,11 @@ class Sandbox:
         self.layout: Layout = sandbox(self.root, agent_services=agent_services,
                                       dns_upstream=(self.dns.address,))
         self.sink = Sink(self.root / "sink", sink_port)
+        # Start order: what a service depends on comes first; Postfix last, so mail only
+        # arrives once the filter can take it.
+        self.services: tuple[str, ...] = (
+            ("unbound", "redis", "clamav", "rspamd", "filter", "policy", "postfix")
+            if agent_services else self.DAEMONS)
         self.daemons: dict[str, Supervised] = {}
         self.extra: list[Supervised] = []
         (self.root / LAYOUT_FILE).write_text(self.layout.to_json())
@@ -171,6 +178,9 @@ class Sandbox:
         if service == "redis":
             return Supervised("redis", ["redis-server", p("/etc/redis/redis.conf")],
                               logs / "redis.out", user=u.redis)
+        if service in self.AGENT:
+            return Supervised(service, [sys.executable, "-m", "mailwarden.cli", service,
+                                        "--root", self.root], logs / f"{service}.out")
         if service == "unbound":
             return Supervised("unbound", ["unbound", "-d", "-c", p("/etc/unbound/unbound.conf")],
                               logs / "unbound.out")
@@ -197,7 +207,7 @@ class Sandbox:
             sink.start()
             self.extra = [self.dns.daemon, sink]
             self.prepare(state_text)
-            for service in self.SERVICES:
+            for service in self.services:
                 self._start_service(service, timeout)
             wait_until("the SMTP sink", lambda: _listening(self.sink.port), 10, sink.check_alive)
         except BaseException:
@@ -208,7 +218,7 @@ class Sandbox:
         self.write_endpoints()
 
     def stop(self) -> None:
-        for service in reversed(self.SERVICES):
+        for service in reversed(self.services):
             daemon = self.daemons.pop(service, None)
             if daemon is not None:
                 daemon.stop()
@@ -232,7 +242,7 @@ class Sandbox:
         daemon = self.daemons[service]
         if service == "postfix":
             run(["postfix", "-c", self._postfix_dir(), "reload"])
-        elif service in ("rspamd", "unbound"):
+        elif service in ("rspamd", "unbound", *self.AGENT):
             daemon.signal(signal.SIGHUP)
             if service == "rspamd":
                 time.sleep(0.5)  # the old workers keep answering until the new ones are up
