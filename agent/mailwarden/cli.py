@@ -180,6 +180,78 @@ def cmd_dev(args: argparse.Namespace) -> int:
                    Path(args.run_dir) if args.run_dir else None)
 
 
+# --- quarantine -------------------------------------------------------------------------
+
+
+def _quarantine(layout: Layout) -> Any:
+    from .store.db import Database
+    from .store.quarantine import Quarantine
+
+    db = Database(layout.path("/var/lib/mailwarden/mailwarden.db"))
+    return Quarantine(db, layout.path("/var/lib/mailwarden/quarantine"))
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    import json
+
+    entries = _quarantine(_layout(args)).list(
+        kind=args.kind, recipient=args.recipient, sender=args.sender,
+        status=None if args.all else "new", limit=args.limit)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return 0
+    for e in entries:
+        what = e.virus or (f"score {e.spam_score:.1f}" if e.spam_score is not None else "")
+        print(f"{e.id}  {e.kind:<10} {e.sender or '<>'} -> {', '.join(e.recipients)}  "
+              f"{what}  {e.message_id or ''}  {e.subject or ''}")
+    return 0
+
+
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    q = _quarantine(_layout(args))
+    entry = q.get(args.id)
+    if args.raw:
+        sys.stdout.buffer.write(q.raw(args.id))
+        return 0
+    for key, value in entry.to_dict().items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    from .mail.reinject import reinject
+
+    layout = _layout(args)
+    state = load_state_file(layout.state_file)
+
+    def deliver(raw: bytes, sender: str, recipients: list[str]) -> None:
+        reinject(raw, sender, recipients, port=layout.ports.reinject,
+                 hostname=state.system.hostname)
+
+    released = _quarantine(layout).release(args.id, deliver, args.to or None)
+    print(f"released to {', '.join(released)}" if released
+          else "nothing to release (already released or deleted)")
+    return 0
+
+
+def cmd_quarantine_delete(args: argparse.Namespace) -> int:
+    _quarantine(_layout(args)).delete(args.id, args.to or None)
+    print("deleted")
+    return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from .mail.service import run_filter
+
+    return run_filter(_layout(args))
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from .mail.policy_service import run_policy
+
+    return run_policy(_layout(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailwarden", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,11 +308,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE")
     p.set_defaults(func=cmd_docs_state)
 
+    quarantine = sub.add_parser("quarantine", help="quarantined mail").add_subparsers(
+        dest="quarantine_command", required=True)
+    p = quarantine.add_parser("list", help="waiting messages, newest first")
+    p.add_argument("--kind", choices=["spam", "virus", "attachment", "blocked"])
+    p.add_argument("--recipient")
+    p.add_argument("--sender")
+    p.add_argument("--all", action="store_true", help="also released and deleted ones")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    root_option(p)
+    p.set_defaults(func=cmd_quarantine_list)
+    p = quarantine.add_parser("show", help="one message's details (or --raw)")
+    p.add_argument("id")
+    p.add_argument("--raw", action="store_true")
+    root_option(p)
+    p.set_defaults(func=cmd_quarantine_show)
+    p = quarantine.add_parser("release", help="deliver it (exactly once per recipient)")
+    p.add_argument("id")
+    p.add_argument("--to", action="append", help="only these recipients (repeatable)")
+    root_option(p)
+    p.set_defaults(func=cmd_quarantine_release)
+    p = quarantine.add_parser("delete", help="delete it")
+    p.add_argument("id")
+    p.add_argument("--to", action="append", help="only for these recipients (repeatable)")
+    root_option(p)
+    p.set_defaults(func=cmd_quarantine_delete)
+
+    p = sub.add_parser("filter", help="run the content filter daemon (10023/10024)")
+    root_option(p)
+    p.set_defaults(func=cmd_filter)
+    p = sub.add_parser("policy", help="run the policy service daemon (10022)")
+    root_option(p)
+    p.set_defaults(func=cmd_policy)
+
     p = sub.add_parser("dev", help="run the whole gateway on this machine (private daemons)")
     p.add_argument("--state", help="state file (default: a built-in example)")
     p.add_argument("--run-dir", help="folder for the instance (default: ./run/dev)")
     p.set_defaults(func=cmd_dev)
     return parser
+
+
+def _headline(exc: MailwardenError) -> str:
+    """The code goes on the first line, where a script (or a person) looks for it."""
+    first, _, rest = exc.message.partition("\n")
+    return f"mailwarden: {first} [{exc.code}]" + (f"\n{rest}" if rest else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,10 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {error}", file=sys.stderr)
         return EXIT_ERROR
     except ConflictError as exc:
-        print(f"mailwarden: {exc.message} [{exc.code}]", file=sys.stderr)
+        print(_headline(exc), file=sys.stderr)
         return EXIT_CONFLICT
     except MailwardenError as exc:
-        print(f"mailwarden: {exc.message} [{exc.code}]", file=sys.stderr)
+        print(_headline(exc), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

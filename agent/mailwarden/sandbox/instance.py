@@ -63,6 +63,14 @@ class Sink:
                    timeout)
         return self.messages()
 
+    def containing(self, marker: str) -> list[bytes]:
+        return [m for m in self.messages() if marker.encode() in m]
+
+    def wait_for_marker(self, marker: str, count: int = 1, timeout: float = 60.0) -> list[bytes]:
+        wait_until(f"{count} message(s) with {marker} at the sink",
+                   lambda: len(self.containing(marker)) >= count, timeout)
+        return self.containing(marker)
+
 
 class Sandbox:
     """One private instance of the gateway under `root`."""
