@@ -240,6 +240,49 @@ def cmd_quarantine_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- users ------------------------------------------------------------------------------
+
+
+def _users(layout: Layout) -> Any:
+    from .store.db import Database
+    from .store.users import Users
+
+    return Users(Database(layout.path("/var/lib/mailwarden/mailwarden.db")))
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("new password: ")
+    if getpass.getpass("again: ") != first:
+        raise MailwardenError("the passwords differ")
+    return first
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    user = _users(_layout(args)).add(args.username, _new_password(args), args.role)
+    print(f"user {user.username} added with role {user.role}")
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    _users(_layout(args)).set_password(args.username, _new_password(args))
+    print(f"password of {args.username} changed; their sessions ended")
+    return 0
+
+
+def cmd_user_del(args: argparse.Namespace) -> int:
+    _users(_layout(args)).delete(args.username)
+    print(f"user {args.username} deleted")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    for user in _users(_layout(args)).list():
+        print(f"{user.username:<24} {user.role:<10} {'totp' if user.totp else ''}")
+    return 0
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
     from .mail.service import run_filter
 
@@ -334,6 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", action="append", help="only for these recipients (repeatable)")
     root_option(p)
     p.set_defaults(func=cmd_quarantine_delete)
+
+    users = sub.add_parser("user", help="API and web UI users (first admin, recovery)"
+                           ).add_subparsers(dest="user_command", required=True)
+    for name, func, helptext in (("add", cmd_user_add, "create a user"),
+                                 ("passwd", cmd_user_passwd, "set a new password"),
+                                 ("del", cmd_user_del, "delete a user")):
+        p = users.add_parser(name, help=helptext)
+        p.add_argument("username")
+        if name == "add":
+            p.add_argument("--role", default="admin",
+                           choices=["admin", "qmanager", "audit", "helpdesk", "quser"])
+        if name != "del":
+            p.add_argument("--password-stdin", action="store_true",
+                           help="read the password from standard input (scripts)")
+        root_option(p)
+        p.set_defaults(func=func)
+    p = users.add_parser("list", help="users and roles")
+    root_option(p)
+    p.set_defaults(func=cmd_user_list)
 
     p = sub.add_parser("filter", help="run the content filter daemon (10023/10024)")
     root_option(p)

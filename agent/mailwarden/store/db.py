@@ -114,6 +114,46 @@ SCHEMA: list[str] = [
         PRIMARY KEY (hour, domain, direction)
     );
     """,
+    # version 2: people and machines that use the API
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        totp_secret TEXT,
+        created REAL NOT NULL,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf_token TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+        created REAL NOT NULL,
+        last_used REAL,
+        revoked REAL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT,
+        detail TEXT,
+        source_ip TEXT
+    );
+    CREATE INDEX audit_log_time ON audit_log(time);
+    """,
 ]
 
 

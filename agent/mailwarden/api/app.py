@@ -1,0 +1,72 @@
+"""The Falcon application: `create_app(...)` wires resources to the domain; `wsgi.py` is the
+thin module gunicorn loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+
+from ..errors import MailwardenError
+from ..render.apply import ApplyResult, Controller, apply_state, rollback
+from ..render.layout import Layout
+from ..state.revisions import RevisionStore
+from ..store.db import Database
+from ..store.users import Audit, Users
+from . import errors, resources
+from .auth import AuthMiddleware
+from .openapi import openapi_document
+
+
+@dataclass
+class Services:
+    """Side effects as constructor arguments (STYLE §8)."""
+
+    layout: Layout
+    db: Database
+    controller: Controller
+
+
+def create_app(services: Services) -> falcon.App:
+    layout, db = services.layout, services.db
+    users, audit = Users(db), Audit(db)
+    store = RevisionStore(layout.revisions_dir)
+
+    def apply(text: str, author: str, comment: str, base: int | None) -> ApplyResult:
+        return apply_state(text, layout=layout, controller=services.controller,
+                           author=author, comment=comment, base=base)
+
+    def roll_back(number: int, author: str, base: int | None) -> ApplyResult:
+        return rollback(number, layout=layout, controller=services.controller, author=author,
+                        base=base)
+
+    app = falcon.App(middleware=[AuthMiddleware(users)], cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    routes: dict[str, Any] = {
+        "/api/health": resources.HealthResource(),
+        "/api/session": resources.SessionResource(users, audit),
+        "/api/state": resources.StateResource(store, apply, audit, layout.state_file),
+        "/api/state/revisions": resources.RevisionsResource(store),
+        "/api/state/revisions/{number:int(min=1)}": resources.RevisionResource(store),
+        "/api/state/diff": resources.DiffResource(store),
+        "/api/state/rollback": resources.RollbackResource(roll_back, audit),
+        "/api/audit": resources.AuditResource(audit),
+    }
+    for path, resource in routes.items():
+        app.add_route(path, resource)
+    app.add_route("/api/openapi.json", OpenApiResource(openapi_document(routes)))
+    app.add_error_handler(Exception, errors.handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, errors.handle_http_error)
+    app.add_error_handler(MailwardenError, errors.handle_domain_error)
+    return app
+
+
+class OpenApiResource:
+    public = ("GET",)
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.document

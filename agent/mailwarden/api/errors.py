@@ -1,0 +1,90 @@
+"""One error shape for every failure: {"error": {"code", "message", "field"}}.
+
+Domain errors map to status codes here, centrally; nothing else reaches the client, and never
+a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+
+from ..errors import (
+    ConflictError,
+    MailwardenError,
+    NotFound,
+    RevisionNotFound,
+    StateError,
+    StoreError,
+)
+from ..store.users import AuthError, LockedOut
+
+log = logging.getLogger("mailwarden.api")
+
+
+def body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field, **extra}}
+
+
+def _status(exc: MailwardenError) -> str:
+    if isinstance(exc, StateError):
+        return falcon.HTTP_400
+    if isinstance(exc, ConflictError):
+        return falcon.HTTP_409
+    if isinstance(exc, NotFound | RevisionNotFound):
+        return falcon.HTTP_404
+    if isinstance(exc, LockedOut):
+        return falcon.HTTP_429
+    if isinstance(exc, AuthError):
+        return falcon.HTTP_401
+    if isinstance(exc, StoreError):
+        return falcon.HTTP_400
+    return falcon.HTTP_500
+
+
+def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: MailwardenError,
+                        params: dict[str, Any]) -> None:
+    resp.status = _status(exc)
+    if isinstance(exc, StateError):
+        first = exc.errors[0] if exc.errors else None
+        resp.media = body(exc.code, str(first) if first else exc.message,
+                          first.path if first else None,
+                          errors=[{"field": e.path, "message": e.message, "line": e.line}
+                                  for e in exc.errors])
+    elif isinstance(exc, ConflictError):
+        resp.media = body(exc.code, exc.message, None, current_revision=exc.current)
+    else:
+        if resp.status == falcon.HTTP_500:
+            log.error("%s on %s %s: %s", exc.code, req.method, req.path, exc.message)
+        resp.media = body(exc.code, exc.message)
+
+
+def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
+                      params: dict[str, Any]) -> None:
+    resp.status = exc.status
+    code = getattr(exc, "code", None) or exc.title.lower().replace(" ", "_")
+    resp.media = body(str(code), exc.description or exc.title,
+                      getattr(exc, "field", None))
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception,
+                      params: dict[str, Any]) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        handle_http_error(req, resp, exc, params)
+        return
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = body("internal", "internal error; the details are in the agent's log")
+
+
+class BadInput(falcon.HTTPBadRequest):
+    """400 naming the field, for input checked in the API layer itself."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(title="Bad Request", description=message)
+        self.code = "bad_input"
+        self.field = field

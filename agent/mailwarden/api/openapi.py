@@ -1,0 +1,85 @@
+"""The OpenAPI 3.1 document, built from the routes and the same pydantic models the
+resources validate with, so it cannot drift from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..state.schema import State
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "message", "field"],
+        "properties": {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "field": {"type": ["string", "null"]},
+        },
+    }},
+}
+
+_DESCRIPTIONS = {
+    "/api/health": "Liveness of the API process.",
+    "/api/session": "Log in (POST), who am I (GET), log out (DELETE).",
+    "/api/state": "The live state (GET, with ETag) and applying a new one (PUT, If-Match).",
+    "/api/state/revisions": "Applied revisions, newest first.",
+    "/api/state/revisions/{number}": "One revision's state file and metadata.",
+    "/api/state/diff": "Unified diff between two revisions (?from=&to=).",
+    "/api/state/rollback": "Apply an earlier revision again as a new one (If-Match).",
+    "/api/audit": "The audit log: every change and every login.",
+}
+
+
+def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": ERROR}
+    state_schema = State.model_json_schema(by_alias=True,
+                                           ref_template="#/components/schemas/{model}")
+    schemas.update(state_schema.pop("$defs", {}))
+    schemas["State"] = state_schema
+    paths: dict[str, Any] = {}
+    for template, resource in routes.items():
+        path = template.replace("{number:int(min=1)}", "{number}")
+        item: dict[str, Any] = {}
+        public = getattr(resource, "public", ())
+        methods = set(getattr(resource, "roles", {})) | set(public)
+        for method in sorted(methods):
+            operation: dict[str, Any] = {
+                "summary": _DESCRIPTIONS.get(path, ""),
+                "responses": {
+                    "200": {"description": "OK"},
+                    "default": {"description": "Error",
+                                "content": {"application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+                },
+            }
+            if method not in public:
+                roles = getattr(resource, "roles", {}).get(method, ())
+                operation["security"] = [{"session": []}, {"token": []}]
+                operation["x-roles"] = list(roles)
+            if "{number}" in path:
+                operation["parameters"] = [{"name": "number", "in": "path", "required": True,
+                                            "schema": {"type": "integer", "minimum": 1}}]
+            if path == "/api/state" and method == "PUT":
+                operation["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {
+                        "state": {"$ref": "#/components/schemas/State"},
+                        "yaml": {"type": "string"},
+                        "comment": {"type": "string"}}}}}}
+            item[method.lower()] = operation
+        paths[path] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Mailwarden API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "mw_session"},
+                "token": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

@@ -1,0 +1,212 @@
+"""Resources: they translate between HTTP and domain calls, nothing more.
+
+Changes to the state carry the revision they were based on (If-Match: "N"); a stale one gets
+409 with what changed meanwhile. Every change lands in the audit log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import yaml
+
+from ..render.apply import ApplyResult
+from ..state.load import validate_data
+from ..state.revisions import RevisionStore
+from ..state.schema import State
+from ..store.users import SESSION_LIFETIME, Audit, Users
+from .auth import clear_session_cookie, set_session_cookie
+from .errors import BadInput
+
+EVERYONE = ("admin", "qmanager", "audit", "helpdesk")
+READERS = ("admin", "audit")
+ADMIN = ("admin",)
+
+# (text, author, comment, base) -> ApplyResult: in-process on a sandbox; on the appliance a
+# privileged helper, since the API itself runs unprivileged.
+Applier = Callable[[str, str, str, int | None], ApplyResult]
+RollbackFn = Callable[[int, str, int | None], ApplyResult]
+
+
+def _media(req: falcon.Request) -> dict[str, Any]:
+    data = req.get_media(default_when_empty=None)
+    if not isinstance(data, dict):
+        raise BadInput("the request body must be a JSON object")
+    return data
+
+
+def _base_revision(req: falcon.Request) -> int:
+    header = req.get_header("If-Match")
+    if not header:
+        raise falcon.HTTPPreconditionRequired(
+            title="Precondition Required",
+            description='send If-Match: "N" with the revision your change starts from')
+    try:
+        return int(header.strip().strip('W/').strip('"'))
+    except ValueError:
+        raise BadInput(f"If-Match must be a revision number in quotes, got {header}",
+                       "If-Match") from None
+
+
+@dataclass
+class SessionResource:
+    users: Users
+    audit: Audit
+    public = ("POST",)
+    roles = {"GET": (*EVERYONE, "quser"), "DELETE": (*EVERYONE, "quser")}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = _media(req)
+        username, password = data.get("username"), data.get("password")
+        if not isinstance(username, str) or not username:
+            raise BadInput("username is required", "username")
+        if not isinstance(password, str) or not password:
+            raise BadInput("password is required", "password")
+        try:
+            user = self.users.authenticate(username, password, data.get("totp"))
+        except Exception:
+            self.audit.record(username, "login.failed", source_ip=req.remote_addr)
+            raise
+        token, session = self.users.create_session(user)
+        self.audit.record(user.username, "login", source_ip=req.remote_addr)
+        set_session_cookie(resp, token, SESSION_LIFETIME)
+        resp.media = {"username": user.username, "role": user.role,
+                      "csrf_token": session.csrf_token, "expires": session.expires}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        user = req.context.user
+        resp.media = {"username": user.username, "role": user.role}
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.context.session_token:
+            self.users.end_session(req.context.session_token)
+        clear_session_cookie(resp)
+        resp.status = falcon.HTTP_204
+
+
+@dataclass
+class StateResource:
+    store: RevisionStore
+    apply: Applier
+    audit: Audit
+    state_file: Any
+    roles = {"GET": READERS, "PUT": ADMIN}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        current = self.store.current()
+        if current is None:
+            raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
+        state = validate_data(yaml.safe_load(self.store.text(current)), source="live state")
+        resp.etag = f'"{current}"'
+        resp.media = {"revision": current,
+                      "state": state.model_dump(mode="json", by_alias=True)}
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        base = _base_revision(req)
+        data = _media(req)
+        comment = data.get("comment", "")
+        if not isinstance(comment, str):
+            raise BadInput("comment must be text", "comment")
+        if "yaml" in data:
+            if not isinstance(data["yaml"], str):
+                raise BadInput("yaml must be the text of a state file", "yaml")
+            text = data["yaml"]
+        elif isinstance(data.get("state"), dict):
+            # Validate before converting, so errors name the JSON paths the client sent.
+            validate_data(data["state"], source="state")
+            text = yaml.safe_dump(data["state"], sort_keys=False, allow_unicode=True)
+        else:
+            raise BadInput("send the new state as 'state' (an object) or 'yaml' (text)",
+                           "state")
+        user = req.context.user
+        result = self.apply(text, user.username, comment, base)
+        self.audit.record(user.username, "state.apply", f"revision {result.revision.number}",
+                          {"comment": comment, "reloaded": result.reloaded,
+                           "changed": [str(p) for p in result.changed]}, req.remote_addr)
+        resp.etag = f'"{result.revision.number}"'
+        resp.media = {"revision": result.revision.number, "reloaded": result.reloaded,
+                      "changed": [str(p) for p in result.changed]}
+
+
+@dataclass
+class RevisionsResource:
+    store: RevisionStore
+    roles = {"GET": READERS}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        current = self.store.current()
+        resp.media = {"current": current, "items": [
+            {"number": r.number, "time": r.time, "author": r.author, "comment": r.comment}
+            for r in reversed(self.store.history())]}
+
+
+@dataclass
+class RevisionResource:
+    store: RevisionStore
+    roles = {"GET": READERS}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, number: int) -> None:
+        revision = self.store.get(number)
+        resp.media = {"number": revision.number, "time": revision.time,
+                      "author": revision.author, "comment": revision.comment,
+                      "yaml": self.store.text(number)}
+
+
+@dataclass
+class DiffResource:
+    store: RevisionStore
+    roles = {"GET": READERS}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        a = req.get_param_as_int("from", required=True, min_value=1)
+        b = req.get_param_as_int("to", required=True, min_value=1)
+        resp.media = {"from": a, "to": b, "diff": self.store.diff(a, b)}
+
+
+@dataclass
+class RollbackResource:
+    rollback: RollbackFn
+    audit: Audit
+    roles = {"POST": ADMIN}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        base = _base_revision(req)
+        data = _media(req)
+        number = data.get("revision")
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise BadInput("revision must be a revision number", "revision")
+        user = req.context.user
+        result = self.rollback(number, user.username, base)
+        self.audit.record(user.username, "state.rollback", f"revision {number}",
+                          {"new_revision": result.revision.number}, req.remote_addr)
+        resp.etag = f'"{result.revision.number}"'
+        resp.media = {"revision": result.revision.number, "reloaded": result.reloaded}
+
+
+@dataclass
+class AuditResource:
+    audit: Audit
+    roles = {"GET": READERS}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = req.get_param_as_int("limit", default=100, min_value=1, max_value=1000)
+        offset = req.get_param_as_int("offset", default=0, min_value=0)
+        resp.media = {"items": self.audit.list(limit, offset), "limit": limit,
+                      "offset": offset}
+
+
+@dataclass
+class HealthResource:
+    public = ("GET",)
+    started: float = time.time()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok", "uptime": round(time.time() - self.started, 1)}
+
+
+def state_schema() -> dict[str, Any]:
+    return State.model_json_schema(by_alias=True)

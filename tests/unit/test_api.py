@@ -1,0 +1,190 @@
+"""The REST API through falcon.testing, on a real SQLite store and a real sandbox render."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from falcon import testing
+
+from mailwarden.api.app import Services, create_app
+from mailwarden.render.apply import NoController
+from mailwarden.sandbox.instance import Sandbox
+from mailwarden.store.db import Database
+from mailwarden.store.users import Users
+
+STATE = """\
+version: 1
+system:
+  hostname: mx.example.test
+domains:
+  - name: example.test
+    transport: {host: 192.0.2.10, port: 25}
+"""
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[tuple[testing.TestClient, Users, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="mw-api-", dir="/tmp"))
+    root.chmod(0o755)
+    sandbox = Sandbox(root / "sb")
+    sandbox.prepare(STATE)  # revision 1, rendered and checked by the real tools
+    db = Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db"))
+    users = Users(db)
+    users.add("admin", PASSWORD, "admin")
+    users.add("auditor", PASSWORD, "audit")
+    client = testing.TestClient(create_app(Services(sandbox.layout, db, NoController())))
+    yield client, users, root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def login(client: testing.TestClient, username: str = "admin") -> dict[str, str]:
+    result = client.simulate_post("/api/session", json={"username": username,
+                                                        "password": PASSWORD})
+    assert result.status_code == 200, result.text
+    return {"X-CSRF-Token": result.json["csrf_token"],
+            "Cookie": f"mw_session={result.cookies['mw_session'].value}"}
+
+
+def test_login_sets_a_strict_cookie(env) -> None:
+    client, _, _ = env
+    result = client.simulate_post("/api/session", json={"username": "admin",
+                                                        "password": PASSWORD})
+    cookie = result.cookies["mw_session"]
+    assert cookie.http_only and cookie.secure and cookie.same_site == "Strict"
+    assert result.json["role"] == "admin" and result.json["csrf_token"]
+
+
+def test_wrong_password_is_401_then_locked(env) -> None:
+    client, users, _ = env
+    users.add("victim", PASSWORD, "helpdesk")
+    for _ in range(5):
+        result = client.simulate_post("/api/session", json={"username": "victim",
+                                                            "password": "wrong-password"})
+        assert result.status_code == 401
+        assert result.json["error"]["code"] == "unauthorized"
+    result = client.simulate_post("/api/session", json={"username": "victim",
+                                                        "password": PASSWORD})
+    assert result.status_code == 429 and result.json["error"]["code"] == "locked_out"
+
+
+def test_missing_fields_name_the_field(env) -> None:
+    client, _, _ = env
+    result = client.simulate_post("/api/session", json={"username": "admin"})
+    assert result.status_code == 400
+    assert result.json["error"] == {"code": "bad_input", "message": "password is required",
+                                    "field": "password"}
+
+
+def test_state_needs_a_login(env) -> None:
+    client, _, _ = env
+    result = client.simulate_get("/api/state")
+    assert result.status_code == 401 and result.json["error"]["code"] == "unauthorized"
+
+
+def test_get_state_has_the_revision_as_etag(env) -> None:
+    client, _, _ = env
+    result = client.simulate_get("/api/state", headers=login(client))
+    assert result.status_code == 200
+    assert result.headers["etag"] == f'"{result.json["revision"]}"'
+    assert result.json["state"]["spam"]["levels"]["tag"] == 6.0
+
+
+def test_put_without_csrf_is_refused(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    del headers["X-CSRF-Token"]
+    result = client.simulate_put("/api/state", headers={**headers, "If-Match": '"1"'},
+                                 json={"yaml": STATE})
+    assert result.status_code == 403 and result.json["error"]["code"] == "csrf"
+
+
+def test_put_without_if_match_is_428(env) -> None:
+    client, _, _ = env
+    result = client.simulate_put("/api/state", headers=login(client), json={"yaml": STATE})
+    assert result.status_code == 428
+
+
+def test_bad_state_is_400_with_the_field(env) -> None:
+    client, _, _ = env
+    current = client.simulate_get("/api/state", headers=login(client)).json
+    state = current["state"]
+    state["domains"][0]["transport"]["port"] = 70000
+    result = client.simulate_put("/api/state", json={"state": state},
+                                 headers={**login(client), "If-Match": f'"{current["revision"]}"'})
+    assert result.status_code == 400
+    assert result.json["error"]["field"] == "domains[0].transport.port"
+    assert "must be 1..65535" in result.json["error"]["message"]
+
+
+def test_apply_diff_rollback_and_conflict(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    base = client.simulate_get("/api/state", headers=headers).json["revision"]
+    new = STATE.replace("192.0.2.10", "192.0.2.11")
+    result = client.simulate_put("/api/state", json={"yaml": new, "comment": "move"},
+                                 headers={**headers, "If-Match": f'"{base}"'})
+    assert result.status_code == 200, result.text
+    assert result.json["revision"] == base + 1
+    stale = client.simulate_put("/api/state", json={"yaml": STATE},
+                                headers={**headers, "If-Match": f'"{base}"'})
+    assert stale.status_code == 409
+    assert stale.json["error"]["code"] == "conflict"
+    assert stale.json["error"]["current_revision"] == base + 1
+    diff = client.simulate_get("/api/state/diff", params={"from": base, "to": base + 1},
+                               headers=headers)
+    assert "+    transport: {host: 192.0.2.11, port: 25}" in diff.json["diff"]
+    revisions = client.simulate_get("/api/state/revisions", headers=headers).json
+    assert revisions["current"] == base + 1 and revisions["items"][0]["comment"] == "move"
+    back = client.simulate_post("/api/state/rollback", json={"revision": base},
+                                headers={**headers, "If-Match": f'"{base + 1}"'})
+    assert back.status_code == 200 and back.json["revision"] == base + 2
+    text = client.simulate_get(f"/api/state/revisions/{base + 2}", headers=headers).json
+    assert "192.0.2.10" in text["yaml"]
+
+
+def test_audit_role_reads_but_cannot_change(env) -> None:
+    client, _, _ = env
+    headers = login(client, "auditor")
+    assert client.simulate_get("/api/state", headers=headers).status_code == 200
+    result = client.simulate_put("/api/state", json={"yaml": STATE},
+                                 headers={**headers, "If-Match": '"1"'})
+    assert result.status_code == 403 and result.json["error"]["code"] == "forbidden"
+
+
+def test_api_tokens(env) -> None:
+    client, users, _ = env
+    token_id, secret = users.create_token("ci", "audit", None)
+    ok = client.simulate_get("/api/state", headers={"Authorization": f"Bearer {secret}"})
+    assert ok.status_code == 200
+    users.revoke_token(token_id)
+    gone = client.simulate_get("/api/state", headers={"Authorization": f"Bearer {secret}"})
+    assert gone.status_code == 401
+
+
+def test_every_change_and_login_is_audited(env) -> None:
+    client, _, _ = env
+    items = client.simulate_get("/api/audit", headers=login(client)).json["items"]
+    actions = {item["action"] for item in items}
+    assert {"login", "login.failed", "state.apply", "state.rollback"} <= actions
+
+
+def test_openapi_document(env) -> None:
+    client, _, _ = env
+    doc = client.simulate_get("/api/openapi.json").json
+    assert doc["openapi"] == "3.1.0"
+    assert "put" in doc["paths"]["/api/state"]
+    assert doc["paths"]["/api/state"]["put"]["x-roles"] == ["admin"]
+    assert "State" in doc["components"]["schemas"]
+    assert "RelayDomain" in doc["components"]["schemas"]
+
+
+def test_unknown_path_is_a_json_404(env) -> None:
+    client, _, _ = env
+    result = client.simulate_get("/api/nope")
+    assert result.status_code == 404
+    assert set(result.json["error"]) == {"code", "message", "field"}
