@@ -111,3 +111,25 @@ def test_stale_base_exits_with_conflict(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["apply", path, "--base", "1", "--root", str(root)]) == EXIT_CONFLICT
     assert "based on revision 1 but revision 2 is live; review what changed and try again " \
         "[conflict]" in capsys.readouterr().err
+
+
+def test_user_add_passwd_del(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from mailwarden.render.layout import sandbox
+
+    root = tmp_path / "sb"
+    root.mkdir()
+    (root / "layout.json").write_text(sandbox(root).to_json())
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert main(["user", "add", "alice", "--role", "qmanager", "--password-stdin",
+                 "--root", str(root)]) == 0
+    assert main(["user", "list", "--root", str(root)]) == 0
+    assert "alice" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["user", "passwd", "alice", "--password-stdin", "--root", str(root)]) == 1
+    assert "at least 10 characters [store_error]" in capsys.readouterr().err
+    assert main(["user", "del", "alice", "--root", str(root)]) == 0
+    assert main(["user", "del", "alice", "--root", str(root)]) == 1
+    assert "no user 'alice' [not_found]" in capsys.readouterr().err
