@@ -283,6 +283,12 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from .api.serve import run_api
+
+    return run_api(_layout(args), workers=args.workers)
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
     from .mail.service import run_filter
 
@@ -396,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("list", help="users and roles")
     root_option(p)
     p.set_defaults(func=cmd_user_list)
+
+    p = sub.add_parser("api", help="serve the API and web UI over HTTPS (gunicorn)")
+    p.add_argument("--workers", type=int, default=2)
+    root_option(p)
+    p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("filter", help="run the content filter daemon (10023/10024)")
     root_option(p)

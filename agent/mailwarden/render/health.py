@@ -70,6 +70,19 @@ def policy(layout: Layout) -> None:
     _exchange(layout.ports.policy, b"request=smtpd_access_policy\n\n", b"action=")
 
 
+def api(layout: Layout) -> None:
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # its own self-signed certificate, on loopback
+    url = f"https://127.0.0.1:{layout.ports.api}/api/health"
+    with urllib.request.urlopen(url, timeout=3, context=context) as response:
+        if b'"ok"' not in response.read():
+            raise ConnectionError("API health is not ok")
+
+
 def freshclam(layout: Layout) -> None:
     """freshclam has no protocol to probe; its health is the signatures' age (the API's)."""
 
@@ -83,6 +96,7 @@ PROBES: dict[str, Probe] = {
     "freshclam": freshclam,
     "filter": filter_service,
     "policy": policy,
+    "api": api,
 }
 
 

@@ -9,6 +9,7 @@ daemons (restarting any that exits, as systemd would); Ctrl-C stops everything.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -18,6 +19,8 @@ from types import FrameType
 
 from ..errors import HarnessError
 from ..render.layout import LAYOUT_FILE
+from ..store.db import Database
+from ..store.users import Users
 from .instance import Sandbox
 
 
@@ -54,7 +57,7 @@ def run_dev(state_path: Path | None, run_dir: Path | None) -> int:
     _fresh_run_dir(run_dir)
     # The agent's filter and policy service come with the mail path; until then Postfix
     # relays straight to the transports.
-    sandbox = Sandbox(run_dir, agent_services=False)
+    sandbox = Sandbox(run_dir, agent_services=False, api=True)
     text = (state_path.read_text(encoding="utf-8") if state_path
             else example_state(sandbox.sink.port))
 
@@ -68,9 +71,13 @@ def run_dev(state_path: Path | None, run_dir: Path | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"starting the gateway in {run_dir} ...", flush=True)
     sandbox.start(text)
+    password = secrets.token_urlsafe(12)
+    Users(Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db"))).add(
+        "admin", password, "admin")
     endpoints = sandbox.endpoints()
     print(f"ready in {sandbox.started_in:.1f} s; endpoints (also in {run_dir}/endpoints.json):")
     print(json.dumps(endpoints, indent=2))
+    print(f"API login:  admin / {password}  (this run only)")
     print(f"send mail:  swaks --server {endpoints['smtp']} --to user@example.test")
     print(f"change it:  mailwarden apply --root {run_dir} NEW-STATE.yaml")
     print("Ctrl-C stops everything.", flush=True)

@@ -78,7 +78,7 @@ class Sandbox:
     DAEMONS = ("unbound", "redis", "clamav", "rspamd", "postfix")
     AGENT = ("filter", "policy")
 
-    def __init__(self, root: Path, *, agent_services: bool = False,
+    def __init__(self, root: Path, *, agent_services: bool = False, api: bool = False,
                  zones: Iterable[Zone] | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ class Sandbox:
         # arrives once the filter can take it.
         self.services: tuple[str, ...] = (
             ("unbound", "redis", "clamav", "rspamd", "filter", "policy", "postfix")
-            if agent_services else self.DAEMONS)
+            if agent_services else self.DAEMONS) + (("api",) if api else ())
         self.daemons: dict[str, Supervised] = {}
         self.extra: list[Supervised] = []
         (self.root / LAYOUT_FILE).write_text(self.layout.to_json())
@@ -186,7 +186,7 @@ class Sandbox:
         if service == "redis":
             return Supervised("redis", ["redis-server", p("/etc/redis/redis.conf")],
                               logs / "redis.out", user=u.redis)
-        if service in self.AGENT:
+        if service in (*self.AGENT, "api"):
             return Supervised(service, [sys.executable, "-m", "mailwarden.cli", service,
                                         "--root", self.root], logs / f"{service}.out")
         if service == "unbound":
@@ -291,6 +291,8 @@ class Sandbox:
             "sink_folder": str(self.sink.folder),
             "logs": str(self.root / "logs"),
             "state": str(self.layout.state_file),
+            **({"api": f"https://127.0.0.1:{ports.api}/api/"} if "api" in self.services
+               else {}),
         }
 
     def write_endpoints(self) -> Path:
