@@ -14,6 +14,8 @@ from mailwarden.api.app import Services, create_app
 from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.store.db import Database
+from mailwarden.store.lists import UserLists
+from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
 
 STATE = """\
@@ -25,6 +27,11 @@ domains:
     transport: {host: 192.0.2.10, port: 25}
 """
 PASSWORD = "correct horse battery"
+DELIVERED: list[tuple[bytes, str, list[str]]] = []
+
+
+def _capture(raw: bytes, sender: str, recipients: list[str]) -> None:
+    DELIVERED.append((raw, sender, recipients))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,9 @@ def env() -> Iterator[tuple[testing.TestClient, Users, Path]]:
     users = Users(db)
     users.add("admin", PASSWORD, "admin")
     users.add("auditor", PASSWORD, "audit")
-    client = testing.TestClient(create_app(Services(sandbox.layout, db, NoController())))
+    users.add("user@example.test", PASSWORD, "quser")
+    client = testing.TestClient(create_app(Services(sandbox.layout, db, NoController(),
+                                                    deliver=_capture)))
     yield client, users, root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -188,3 +197,58 @@ def test_unknown_path_is_a_json_404(env) -> None:
     result = client.simulate_get("/api/nope")
     assert result.status_code == 404
     assert set(result.json["error"]) == {"code", "message", "field"}
+
+
+def _quarantine(root: Path) -> Quarantine:
+    sb = root / "sb"
+    db = Database(sb / "var/lib/mailwarden/mailwarden.db")
+    return Quarantine(db, sb / "var/lib/mailwarden/quarantine")
+
+
+def test_quarantine_users_see_only_their_own_mail(env) -> None:
+    client, _, root = env
+    q = _quarantine(root)
+    mine = q.put(b"Subject: mine\r\n\r\nx", kind="spam", sender="s@sender.test",
+                 recipients=["user@example.test", "boss@example.test"], lifetime_days=7,
+                 subject="mine")
+    theirs = q.put(b"Subject: theirs\r\n\r\nx", kind="spam", sender="s@sender.test",
+                   recipients=["boss@example.test"], lifetime_days=7, subject="theirs")
+    staff = client.simulate_get("/api/quarantine", headers=login(client)).json["items"]
+    assert {mine, theirs} <= {item["id"] for item in staff}
+    user = login(client, "user@example.test")
+    items = client.simulate_get("/api/quarantine", headers=user,
+                                params={"recipient": "boss@example.test"}).json["items"]
+    assert [item["id"] for item in items] == [mine]
+    assert items[0]["recipients"] == {"user@example.test": "new"}
+    assert "path" not in items[0]
+    assert client.simulate_get(f"/api/quarantine/{theirs}", headers=user).status_code == 404
+    raw = client.simulate_get(f"/api/quarantine/{mine}/raw", headers=user)
+    assert raw.headers["content-type"] == "message/rfc822" and b"mine" in raw.content
+    DELIVERED.clear()
+    released = client.simulate_post(f"/api/quarantine/{mine}/release", headers=user)
+    assert released.json == {"released": ["user@example.test"]}
+    assert DELIVERED[0][2] == ["user@example.test"]
+    again = client.simulate_post(f"/api/quarantine/{mine}/release", headers=user)
+    assert again.json == {"released": []} and len(DELIVERED) == 1
+    stranger = client.simulate_post(f"/api/quarantine/{mine}/release", headers=user,
+                                    json={"recipients": ["boss@example.test"]})
+    assert stranger.status_code == 400 and stranger.json["error"]["field"] == "recipients"
+
+
+def test_users_cannot_release_viruses_but_can_block_senders(env) -> None:
+    client, _, root = env
+    q = _quarantine(root)
+    virus = q.put(b"x", kind="virus", sender="v@sender.test",
+                  recipients=["user@example.test"], lifetime_days=7, virus="Eicar-Test")
+    user = login(client, "user@example.test")
+    refused = client.simulate_post(f"/api/quarantine/{virus}/release", headers=user)
+    assert refused.status_code == 403
+    spam = q.put(b"x", kind="spam", sender="pest@sender.test",
+                 recipients=["user@example.test"], lifetime_days=7)
+    blocked = client.simulate_post(f"/api/quarantine/{spam}/block", headers=user)
+    assert blocked.json == {"blocked": "pest@sender.test", "deleted": ["user@example.test"]}
+    lists = UserLists(Database(root / "sb/var/lib/mailwarden/mailwarden.db"))
+    assert lists.lookup("user@example.test", "pest@sender.test") == "block"
+    auditor = login(client, "auditor")
+    assert client.simulate_post(f"/api/quarantine/{virus}/delete",
+                                headers=auditor).status_code == 403

@@ -3,20 +3,31 @@ thin module gunicorn loads."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import falcon
 
 from ..errors import MailwardenError
+from ..mail.reinject import reinject
 from ..render.apply import ApplyResult, Controller, apply_state, rollback
 from ..render.layout import Layout
+from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
 from ..store.db import Database
+from ..store.lists import UserLists
+from ..store.quarantine import Quarantine
 from ..store.users import Audit, Users
 from . import errors, resources
 from .auth import AuthMiddleware
 from .openapi import openapi_document
+from .quarantine import (
+    QuarantineActionResource,
+    QuarantineEntryResource,
+    QuarantineListResource,
+    QuarantineRawResource,
+)
 
 
 @dataclass
@@ -26,6 +37,8 @@ class Services:
     layout: Layout
     db: Database
     controller: Controller
+    # Reinjection of released mail; tests may point it at their own sink.
+    deliver: Callable[[bytes, str, list[str]], None] | None = None
 
 
 def create_app(services: Services) -> falcon.App:
@@ -41,6 +54,16 @@ def create_app(services: Services) -> falcon.App:
         return rollback(number, layout=layout, controller=services.controller, author=author,
                         base=base)
 
+    quarantine = Quarantine(db, layout.path("/var/lib/mailwarden/quarantine"))
+
+    def deliver(raw: bytes, sender: str, recipients: list[str]) -> None:
+        state = load_state_file(layout.state_file)
+        reinject(raw, sender, recipients, port=layout.ports.reinject,
+                 hostname=state.system.hostname)
+
+    def users_may_release_viruses() -> bool:
+        return load_state_file(layout.state_file).quarantine.user_release_virus
+
     app = falcon.App(middleware=[AuthMiddleware(users)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     routes: dict[str, Any] = {
@@ -52,6 +75,12 @@ def create_app(services: Services) -> falcon.App:
         "/api/state/diff": resources.DiffResource(store),
         "/api/state/rollback": resources.RollbackResource(roll_back, audit),
         "/api/audit": resources.AuditResource(audit),
+        "/api/quarantine": QuarantineListResource(quarantine),
+        "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine),
+        "/api/quarantine/{entry_id}/raw": QuarantineRawResource(quarantine),
+        "/api/quarantine/{entry_id}/{action}": QuarantineActionResource(
+            quarantine, UserLists(db), services.deliver or deliver, audit,
+            users_may_release_viruses),
     }
     for path, resource in routes.items():
         app.add_route(path, resource)

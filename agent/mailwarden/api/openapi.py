@@ -31,6 +31,10 @@ _DESCRIPTIONS = {
     "/api/state/diff": "Unified diff between two revisions (?from=&to=).",
     "/api/state/rollback": "Apply an earlier revision again as a new one (If-Match).",
     "/api/audit": "The audit log: every change and every login.",
+    "/api/quarantine": "Quarantined mail (?kind=&recipient=&sender=&status=&limit=&offset=).",
+    "/api/quarantine/{entry_id}": "One quarantined message's metadata.",
+    "/api/quarantine/{entry_id}/raw": "The message as received (message/rfc822).",
+    "/api/quarantine/{entry_id}/{action}": "release, delete, allow or block the sender.",
 }
 
 
@@ -43,6 +47,7 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for template, resource in routes.items():
         path = template.replace("{number:int(min=1)}", "{number}")
+        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
         item: dict[str, Any] = {}
         public = getattr(resource, "public", ())
         methods = set(getattr(resource, "roles", {})) | set(public)
@@ -60,9 +65,11 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
                 roles = getattr(resource, "roles", {}).get(method, ())
                 operation["security"] = [{"session": []}, {"token": []}]
                 operation["x-roles"] = list(roles)
-            if "{number}" in path:
-                operation["parameters"] = [{"name": "number", "in": "path", "required": True,
-                                            "schema": {"type": "integer", "minimum": 1}}]
+            if params:
+                operation["parameters"] = [
+                    {"name": name, "in": "path", "required": True,
+                     "schema": {"type": "integer", "minimum": 1} if name == "number"
+                     else {"type": "string"}} for name in params]
             if path == "/api/state" and method == "PUT":
                 operation["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": {"type": "object", "properties": {
