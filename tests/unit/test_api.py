@@ -252,3 +252,38 @@ def test_users_cannot_release_viruses_but_can_block_senders(env) -> None:
     auditor = login(client, "auditor")
     assert client.simulate_post(f"/api/quarantine/{virus}/delete",
                                 headers=auditor).status_code == 403
+
+
+def test_settings_sections(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    spam = client.simulate_get("/api/settings/spam", headers=headers)
+    assert spam.status_code == 200 and spam.json["spam"]["levels"]["quarantine"] == 10.0
+    revision = spam.json["revision"]
+    levels = {**spam.json["spam"], "levels": {"tag": 5.0, "quarantine": 8.0, "reject": 12.0}}
+    changed = client.simulate_put("/api/settings/spam", json={"spam": levels},
+                                  headers={**headers, "If-Match": f'"{revision}"'})
+    assert changed.status_code == 200, changed.text
+    assert client.simulate_get("/api/settings/spam", headers=headers).json["spam"]["levels"][
+        "tag"] == 5.0
+    bad = client.simulate_put(
+        "/api/settings/domains", headers={**headers, "If-Match": f'"{revision + 1}"'},
+        json={"domains": [{"name": "example.test", "transport": {"host": "x y"}}]})
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "domains[0].transport.host"
+    assert client.simulate_get("/api/settings/nope", headers=headers).status_code == 404
+
+
+def test_statistics_and_tracking(env) -> None:
+    client, _, root = env
+    from mailwarden.store.tracking import Delivery, MessageRecord, Tracking
+
+    Tracking(Database(root / "sb/var/lib/mailwarden/mailwarden.db")).record(MessageRecord(
+        direction="in", sender="a@sender.test", size=1234, queue_id="Q1", virus="Eicar-Test",
+        deliveries=[Delivery("user@example.test", "quarantine", "Block viruses", "x")]))
+    headers = login(client)
+    stats = client.simulate_get("/api/statistics", headers=headers).json
+    assert stats["totals"]["in"]["virus"] >= 1 and stats["top_viruses"][0]["virus"] == "Eicar-Test"
+    found = client.simulate_get("/api/tracking", params={"queue_id": "Q1"}, headers=headers)
+    assert found.json["items"][0]["deliveries"][0]["rule"] == "Block viruses"
+    user = login(client, "user@example.test")
+    assert client.simulate_get("/api/tracking", headers=user).status_code == 403

@@ -18,6 +18,8 @@ from ..state.revisions import RevisionStore
 from ..store.db import Database
 from ..store.lists import UserLists
 from ..store.quarantine import Quarantine
+from ..store.statistics import Statistics
+from ..store.tracking import Tracking
 from ..store.users import Audit, Users
 from . import errors, resources
 from .auth import AuthMiddleware
@@ -28,6 +30,7 @@ from .quarantine import (
     QuarantineListResource,
     QuarantineRawResource,
 )
+from .settings import SettingsResource
 
 
 @dataclass
@@ -75,6 +78,9 @@ def create_app(services: Services) -> falcon.App:
         "/api/state/diff": resources.DiffResource(store),
         "/api/state/rollback": resources.RollbackResource(roll_back, audit),
         "/api/audit": resources.AuditResource(audit),
+        "/api/settings/{section}": SettingsResource(store, apply, audit),
+        "/api/statistics": resources.StatisticsResource(Statistics(db)),
+        "/api/tracking": resources.TrackingResource(Tracking(db)),
         "/api/quarantine": QuarantineListResource(quarantine),
         "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine),
         "/api/quarantine/{entry_id}/raw": QuarantineRawResource(quarantine),

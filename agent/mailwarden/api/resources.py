@@ -208,5 +208,32 @@ class HealthResource:
         resp.media = {"status": "ok", "uptime": round(time.time() - self.started, 1)}
 
 
+@dataclass
+class StatisticsResource:
+    statistics: Any
+    roles = {"GET": EVERYONE}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        now = time.time()
+        until = req.get_param_as_float("until", default=now)
+        since = req.get_param_as_float("since", default=until - 86400)
+        if since >= until:
+            raise BadInput("since must be before until", "since")
+        resp.media = self.statistics.summary(since, until, req.get_param("domain"))
+
+
+@dataclass
+class TrackingResource:
+    tracking: Any
+    roles = {"GET": ("admin", "helpdesk", "audit")}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = req.get_param_as_int("limit", default=100, min_value=1, max_value=1000)
+        resp.media = {"items": self.tracking.search(
+            sender=req.get_param("sender"), recipient=req.get_param("recipient"),
+            queue_id=req.get_param("queue_id"),
+            since=req.get_param_as_float("since"), limit=limit), "limit": limit}
+
+
 def state_schema() -> dict[str, Any]:
     return State.model_json_schema(by_alias=True)

@@ -1,0 +1,69 @@
+"""/api/settings/{section}: each section of the state, read and replaced on its own.
+
+One resource serves every section of the schema (system, domains, spam, ...), so a new
+setting is in the API the moment it is in the schema. A change is a full apply transaction
+with If-Match, exactly like PUT /api/state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import yaml
+
+from ..state.load import validate_data
+from ..state.revisions import RevisionStore
+from ..state.schema import State
+from ..store.users import Audit
+from .errors import BadInput
+from .resources import ADMIN, READERS, Applier, _base_revision
+
+SECTIONS = tuple(name for name in State.model_fields if name != "version")
+
+
+@dataclass
+class SettingsResource:
+    store: RevisionStore
+    apply: Applier
+    audit: Audit
+    roles = {"GET": READERS, "PUT": ADMIN}
+
+    def _live(self) -> tuple[int, dict[str, Any]]:
+        current = self.store.current()
+        if current is None:
+            raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
+        data = yaml.safe_load(self.store.text(current))
+        return current, data
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, section: str) -> None:
+        if section not in SECTIONS:
+            raise falcon.HTTPNotFound(title="Not Found", description=f"no section '{section}'")
+        current, data = self._live()
+        state = validate_data(data, source="live state")
+        resp.etag = f'"{current}"'
+        resp.media = {"revision": current,
+                      section: state.model_dump(mode="json", by_alias=True)[section]}
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, section: str) -> None:
+        if section not in SECTIONS:
+            raise falcon.HTTPNotFound(title="Not Found", description=f"no section '{section}'")
+        base = _base_revision(req)
+        body = req.get_media(default_when_empty=None)
+        if not isinstance(body, dict) or section not in body:
+            raise BadInput(f"send {{\"{section}\": ...}}", section)
+        _, data = self._live()
+        data[section] = body[section]
+        validate_data(data, source="state")  # errors name e.g. domains[0].transport.port
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        comment = body.get("comment") or f"{section} changed"
+        if not isinstance(comment, str):
+            raise BadInput("comment must be text", "comment")
+        user = req.context.user
+        result = self.apply(text, user.username, comment, base)
+        self.audit.record(user.username, f"settings.{section}",
+                          f"revision {result.revision.number}", {"comment": comment},
+                          req.remote_addr)
+        resp.etag = f'"{result.revision.number}"'
+        resp.media = {"revision": result.revision.number, "reloaded": result.reloaded}

@@ -1,0 +1,48 @@
+"""Statistics from the counters and the message log: totals, series, top lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .db import Database
+
+
+class Statistics:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def summary(self, since: float, until: float, domain: str | None = None) -> dict[str, Any]:
+        conn = self.db.connection()
+        where = "hour >= ? AND hour < ?"
+        args: list[Any] = [int(since // 3600), int(until // 3600) + 1]
+        if domain:
+            where += " AND domain = ?"
+            args.append(domain.lower())
+        # `where` is one of two fixed fragments; every value is a bound parameter.
+        sums = "SUM(messages) messages, SUM(spam) spam, SUM(virus) virus, SUM(bytes) bytes"
+        base = f"FROM counters WHERE {where}"
+        by_direction = f"SELECT direction, {sums} {base} GROUP BY direction"
+        by_hour = (f"SELECT hour * 3600 AS time, direction, {sums} {base}"
+                   " GROUP BY hour, direction ORDER BY hour")
+        by_domain = (f"SELECT domain, direction, {sums} {base}"
+                     " GROUP BY domain, direction ORDER BY messages DESC LIMIT 100")
+        totals = {
+            r["direction"]: {k: r[k] for k in ("messages", "spam", "virus", "bytes")}
+            for r in conn.execute(by_direction, args)
+        }
+        hourly = [dict(r) for r in conn.execute(by_hour, args)]
+        domains = [dict(r) for r in conn.execute(by_domain, args)]
+        top_senders = [dict(r) for r in conn.execute(
+            "SELECT sender, COUNT(*) messages FROM messages WHERE time >= ? AND time < ?"
+            " GROUP BY sender ORDER BY messages DESC LIMIT 10", (since, until))]
+        top_recipients = [dict(r) for r in conn.execute(
+            "SELECT d.recipient, COUNT(*) messages FROM deliveries d JOIN messages m"
+            " ON m.id = d.message WHERE m.time >= ? AND m.time < ?"
+            " GROUP BY d.recipient ORDER BY messages DESC LIMIT 10", (since, until))]
+        top_viruses = [dict(r) for r in conn.execute(
+            "SELECT virus, COUNT(*) messages FROM messages WHERE virus IS NOT NULL"
+            " AND time >= ? AND time < ? GROUP BY virus ORDER BY messages DESC LIMIT 10",
+            (since, until))]
+        return {"since": since, "until": until, "totals": totals, "hourly": hourly,
+                "domains": domains, "top_senders": top_senders,
+                "top_recipients": top_recipients, "top_viruses": top_viruses}
