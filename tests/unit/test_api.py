@@ -287,3 +287,38 @@ def test_statistics_and_tracking(env) -> None:
     assert found.json["items"][0]["deliveries"][0]["rule"] == "Block viruses"
     user = login(client, "user@example.test")
     assert client.simulate_get("/api/tracking", headers=user).status_code == 403
+
+
+def test_users_tokens_and_totp(env) -> None:
+    import pyotp
+
+    client, _, _ = env
+    headers = login(client)
+    created = client.simulate_post("/api/users", headers=headers, json={
+        "username": "helper", "password": PASSWORD, "role": "helpdesk"})
+    assert created.status_code == 201
+    duplicate = client.simulate_post("/api/users", headers=headers, json={
+        "username": "helper", "password": PASSWORD, "role": "helpdesk"})
+    assert duplicate.status_code == 400 and "exists already" in duplicate.json["error"]["message"]
+    bad_role = client.simulate_post("/api/users", headers=headers, json={
+        "username": "x", "password": PASSWORD, "role": "god"})
+    assert bad_role.json["error"]["field"] == "role"
+    token = client.simulate_post("/api/tokens", headers=headers,
+                                 json={"name": "monitoring", "role": "audit"}).json
+    assert token["secret"].startswith("mwt_")
+    listed = client.simulate_get("/api/tokens", headers=headers).json["items"]
+    assert "secret" not in listed[-1] and "token_hash" not in listed[-1]
+    helper = login(client, "helper")
+    start = client.simulate_post("/api/session/totp", headers=helper).json
+    code = pyotp.TOTP(start["secret"]).now()
+    done = client.simulate_post("/api/session/totp", headers=helper,
+                                json={"secret": start["secret"], "code": code})
+    assert done.json == {"totp": True}
+    no_code = client.simulate_post("/api/session", json={"username": "helper",
+                                                         "password": PASSWORD})
+    assert no_code.status_code == 401 and "one-time code" in no_code.json["error"]["message"]
+    with_code = client.simulate_post("/api/session", json={
+        "username": "helper", "password": PASSWORD,
+        "totp": pyotp.TOTP(start["secret"]).now()})
+    assert with_code.status_code == 200
+    assert client.simulate_delete("/api/users/helper", headers=headers).status_code == 204

@@ -21,7 +21,7 @@ from ..store.quarantine import Quarantine
 from ..store.statistics import Statistics
 from ..store.tracking import Tracking
 from ..store.users import Audit, Users
-from . import errors, resources
+from . import accounts, errors, resources
 from .auth import AuthMiddleware
 from .openapi import openapi_document
 from .quarantine import (
@@ -79,6 +79,11 @@ def create_app(services: Services) -> falcon.App:
         "/api/state/rollback": resources.RollbackResource(roll_back, audit),
         "/api/audit": resources.AuditResource(audit),
         "/api/settings/{section}": SettingsResource(store, apply, audit),
+        "/api/users": accounts.UsersResource(users, audit),
+        "/api/users/{username}": accounts.UserResource(users, audit),
+        "/api/tokens": accounts.TokensResource(users, audit),
+        "/api/tokens/{token_id:int}": accounts.TokenResource(users, audit),
+        "/api/session/totp": accounts.TotpResource(users, audit),
         "/api/statistics": resources.StatisticsResource(Statistics(db)),
         "/api/tracking": resources.TrackingResource(Tracking(db)),
         "/api/quarantine": QuarantineListResource(quarantine),

@@ -34,6 +34,11 @@ _DESCRIPTIONS = {
     "/api/settings/{section}": "One section of the state (GET), replaced (PUT, If-Match).",
     "/api/statistics": "Mail counts in/out, spam, virus, bytes; hourly, per domain, top lists.",
     "/api/tracking": "Recorded decisions by sender, recipient, queue id, time.",
+    "/api/users": "API and web UI users (admin).",
+    "/api/users/{username}": "Delete a user, or set a new password (PUT).",
+    "/api/tokens": "API tokens: list, create (the secret is shown once).",
+    "/api/tokens/{token_id}": "Revoke an API token.",
+    "/api/session/totp": "Enrol (POST), confirm (POST with secret+code), remove (DELETE) TOTP.",
     "/api/quarantine": "Quarantined mail (?kind=&recipient=&sender=&status=&limit=&offset=).",
     "/api/quarantine/{entry_id}": "One quarantined message's metadata.",
     "/api/quarantine/{entry_id}/raw": "The message as received (message/rfc822).",
@@ -49,7 +54,8 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
     schemas["State"] = state_schema
     paths: dict[str, Any] = {}
     for template, resource in routes.items():
-        path = template.replace("{number:int(min=1)}", "{number}")
+        path = template.replace("{number:int(min=1)}", "{number}").replace(
+            "{token_id:int}", "{token_id}")
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
         item: dict[str, Any] = {}
         public = getattr(resource, "public", ())
@@ -71,8 +77,9 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
             if params:
                 operation["parameters"] = [
                     {"name": name, "in": "path", "required": True,
-                     "schema": {"type": "integer", "minimum": 1} if name == "number"
-                     else {"type": "string"}} for name in params]
+                     "schema": {"type": "integer", "minimum": 1}
+                     if name in ("number", "token_id") else {"type": "string"}}
+                    for name in params]
             if path == "/api/state" and method == "PUT":
                 operation["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": {"type": "object", "properties": {
