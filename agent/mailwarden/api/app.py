@@ -21,7 +21,7 @@ from ..store.quarantine import Quarantine
 from ..store.statistics import Statistics
 from ..store.tracking import Tracking
 from ..store.users import Audit, Users
-from . import accounts, errors, resources
+from . import accounts, errors, resources, system
 from .auth import AuthMiddleware
 from .openapi import openapi_document
 from .quarantine import (
@@ -84,6 +84,10 @@ def create_app(services: Services) -> falcon.App:
         "/api/tokens": accounts.TokensResource(users, audit),
         "/api/tokens/{token_id:int}": accounts.TokenResource(users, audit),
         "/api/session/totp": accounts.TotpResource(users, audit),
+        "/api/system/services": system.ServicesResource(layout),
+        "/api/system/queue": system.QueueResource(layout, audit),
+        "/api/system/queue/{queue_id}": system.QueueEntryResource(layout, audit),
+        "/api/system/versions": system.VersionsResource(layout),
         "/api/statistics": resources.StatisticsResource(Statistics(db)),
         "/api/tracking": resources.TrackingResource(Tracking(db)),
         "/api/quarantine": QuarantineListResource(quarantine),

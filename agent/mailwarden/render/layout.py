@@ -90,6 +90,11 @@ class Layout:
     def run_dir(self) -> Path:
         return self.path("/run/mailwarden")
 
+    def pidfile(self, service: str) -> Path | None:
+        """Where the service's main process writes its pid, if it does."""
+        path = _PIDFILES.get(service)
+        return self.path(path) if path else None
+
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
         data["root"] = str(self.root)
@@ -113,6 +118,14 @@ class Layout:
 
 
 LAYOUT_FILE = "layout.json"
+
+_PIDFILES = {
+    "postfix": "/var/spool/postfix/pid/master.pid",
+    "rspamd": "/run/rspamd/rspamd.pid",
+    "unbound": "/run/unbound.pid",
+    "clamav": "/run/clamav/clamd.pid",
+    "redis": "/run/redis/redis-server.pid",
+}
 
 
 def appliance() -> Layout:

@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 from ..process import run
 from ..render.layout import Layout
-
-_PIDFILES = {
-    "rspamd": "/run/rspamd/rspamd.pid",
-    "unbound": "/run/unbound.pid",
-    "clamav": "/run/clamav/clamd.pid",
-    "redis": "/run/redis/redis-server.pid",
-}
 
 
 class PidfileController:
@@ -26,10 +18,11 @@ class PidfileController:
         self.layout = layout
 
     def _pid(self, service: str) -> int | None:
-        if service not in _PIDFILES:
+        path = self.layout.pidfile(service)
+        if path is None:
             return None
         try:
-            return int(Path(self.layout.path(_PIDFILES[service])).read_text().strip())
+            return int(path.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
 

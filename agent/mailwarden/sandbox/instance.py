@@ -198,6 +198,11 @@ class Sandbox:
         daemon = self._make(service)
         self.daemons[service] = daemon
         daemon.start()
+        pidfile = self.layout.pidfile(service)
+        if service == "rspamd" and pidfile is not None and daemon.process is not None:
+            # In the foreground (-f) Rspamd writes no pid file; the CLI's controller and the
+            # API's service view need one, as on the appliance.
+            pidfile.write_text(f"{daemon.process.pid}\n")
         try:
             health.wait_healthy(service, self.layout, timeout=timeout)
         except Exception as exc:
