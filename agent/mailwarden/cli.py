@@ -283,6 +283,20 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dkim_generate(args: argparse.Namespace) -> int:
+    from .mail.dkim import generate_key
+
+    info = generate_key(_layout(args), args.domain, args.selector, bits=args.bits,
+                        key_name=args.key_name, force=args.force)
+    print(f"private key written to {info.path} (mode 0600)")
+    print("publish this DNS record:")
+    print(info.record)
+    print("then add to the state:")
+    print(f"  dkim:\n    sign:\n      - {{domain: {info.domain}, selector: {info.selector}, "
+          f"key: {info.key_name}}}")
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from .api.serve import run_api
 
@@ -296,7 +310,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from .mail.policy_service import run_policy
+    from .mail.policy import run_policy
 
     return run_policy(_layout(args))
 
@@ -402,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("list", help="users and roles")
     root_option(p)
     p.set_defaults(func=cmd_user_list)
+
+    dkim = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command",
+                                                                   required=True)
+    p = dkim.add_parser("generate", help="write a signing key and print its DNS record")
+    p.add_argument("domain")
+    p.add_argument("selector")
+    p.add_argument("--bits", type=int, default=2048)
+    p.add_argument("--key-name", help="file name in the secrets folder")
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+    root_option(p)
+    p.set_defaults(func=cmd_dkim_generate)
 
     p = sub.add_parser("api", help="serve the API and web UI over HTTPS (gunicorn)")
     p.add_argument("--workers", type=int, default=2)

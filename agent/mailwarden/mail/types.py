@@ -44,7 +44,7 @@ class AuthResult:
     dkim: str = "none"  # pass, fail, none (best signature)
     dkim_domains: tuple[str, ...] = ()  # d= of every valid signature
     dmarc: str = "none"  # pass, fail, none, temperror
-    dmarc_policy: str = ""  # the domain's p= (none, quarantine, reject)
+    dmarc_policy: str = ""  # what enforcement acts on: none, quarantine, reject (after pct)
     from_domain: str = ""
 
 
