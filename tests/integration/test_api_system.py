@@ -46,3 +46,14 @@ def test_queue_and_versions(client) -> None:
     assert versions["postfix"].startswith("3.")
     assert versions["signature_files"] == ["mailwarden-test.hdb"]
     assert versions["signature_age_hours"] is not None
+
+
+def test_metrics_need_a_token_or_a_management_network(client) -> None:
+    api, headers = client
+    refused = api.simulate_get("/metrics", remote_addr="203.0.113.9")
+    assert refused.status_code == 401
+    ok = api.simulate_get("/metrics", headers=headers, remote_addr="203.0.113.9")
+    assert ok.status_code == 200
+    assert "mailwarden_queue_messages" in ok.text
+    trusted = api.simulate_get("/metrics", remote_addr="10.20.1.1")  # state: trusted 10.20/16
+    assert trusted.status_code == 200

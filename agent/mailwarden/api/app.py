@@ -23,6 +23,7 @@ from ..store.tracking import Tracking
 from ..store.users import Audit, Users
 from . import accounts, errors, resources, system
 from .auth import AuthMiddleware
+from .metrics import MetricsResource
 from .openapi import openapi_document
 from .quarantine import (
     QuarantineActionResource,
@@ -97,6 +98,7 @@ def create_app(services: Services) -> falcon.App:
             quarantine, UserLists(db), services.deliver or deliver, audit,
             users_may_release_viruses),
     }
+    app.add_route("/metrics", MetricsResource(layout, db))
     for path, resource in routes.items():
         app.add_route(path, resource)
     app.add_route("/api/openapi.json", OpenApiResource(openapi_document(routes)))
