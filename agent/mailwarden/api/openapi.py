@@ -68,7 +68,8 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
             operation: dict[str, Any] = {
                 "summary": _DESCRIPTIONS.get(path, ""),
                 "responses": {
-                    "200": {"description": "OK"},
+                    **({"204": {"description": "Done; no content"}} if method == "DELETE"
+                       else {"200": {"description": "OK"}}),
                     "default": {"description": "Error",
                                 "content": {"application/json": {
                                     "schema": {"$ref": "#/components/schemas/Error"}}}},

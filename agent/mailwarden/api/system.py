@@ -81,6 +81,16 @@ class ServicesResource:
         resp.media = {"items": items}
 
 
+def _postfix(argv: list[str]) -> str:
+    """A Postfix queue command; Postfix being down is a 503, not an API failure."""
+    try:
+        return run(argv).stdout
+    except MailwardenError as exc:
+        raise falcon.HTTPServiceUnavailable(
+            title="Service Unavailable", description=f"Postfix does not answer: {exc.message}",
+        ) from None
+
+
 @dataclass
 class QueueResource:
     layout: Layout
@@ -88,13 +98,13 @@ class QueueResource:
     roles = {"GET": STAFF, "POST": ("admin", "qmanager")}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        out = run(["postqueue", "-c", self.layout.path("/etc/postfix"), "-j"]).stdout
+        out = _postfix(["postqueue", "-c", str(self.layout.path("/etc/postfix")), "-j"])
         items = [json.loads(line) for line in out.splitlines() if line.strip()]
         resp.media = {"items": items, "count": len(items)}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Flush: try every deferred message now."""
-        run(["postqueue", "-c", self.layout.path("/etc/postfix"), "-f"])
+        _postfix(["postqueue", "-c", str(self.layout.path("/etc/postfix")), "-f"])
         self.audit.record(req.context.user.username, "queue.flush", source_ip=req.remote_addr)
         resp.media = {"flushed": True}
 
