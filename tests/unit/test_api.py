@@ -322,3 +322,55 @@ def test_users_tokens_and_totp(env) -> None:
         "totp": pyotp.TOTP(start["secret"]).now()})
     assert with_code.status_code == 200
     assert client.simulate_delete("/api/users/helper", headers=headers).status_code == 204
+
+
+HOSTILE = b"""From: Eve <eve@sender.test>\r
+To: user@example.test\r
+Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r
+MIME-Version: 1.0\r
+Content-Type: multipart/alternative; boundary=b\r
+\r
+--b\r
+Content-Type: text/plain; charset=utf-8\r
+\r
+plain words\r
+--b\r
+Content-Type: text/html; charset=utf-8\r
+\r
+<p onmouseover="steal()">Hello<script>alert(1)</script>\r
+<img src="https://tracker.example/pixel.gif"><img src="data:image/png;base64,iVBORw0KGgo=">\r
+<a href="javascript:alert(2)">x</a><a href="https://ok.example/">ok</a>\r
+<style>body{background:url(https://tracker.example/bg)}</style></p>\r
+--b--\r
+"""
+
+
+def test_preview_removes_scripts_and_remote_content(env) -> None:
+    client, _, root = env
+    qid = _quarantine(root).put(HOSTILE, kind="spam", sender="eve@sender.test",
+                                recipients=["user@example.test"], lifetime_days=7)
+    user = login(client, "user@example.test")
+    view = client.simulate_get(f"/api/quarantine/{qid}/preview", headers=user).json
+    assert view["subject"] == "Grüße" and view["text"].startswith("plain words")
+    html = view["html"]
+    for bad in ("script", "onmouseover", "tracker.example", "javascript:", "<style"):
+        assert bad not in html, bad
+    assert 'src="data:image/png' in html
+    assert 'rel="noopener noreferrer nofollow"' in html
+    page = client.simulate_get(f"/api/quarantine/{qid}/preview", headers=user,
+                               params={"format": "html"})
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
+def test_bulk_release_reports_each_id(env) -> None:
+    client, _, root = env
+    q = _quarantine(root)
+    ids = [q.put(b"Subject: b\r\n\r\nx", kind="spam", sender="s@sender.test",
+                 recipients=["boss@example.test"], lifetime_days=7) for _ in range(3)]
+    DELIVERED.clear()
+    result = client.simulate_post("/api/quarantine/bulk", headers=login(client),
+                                  json={"ids": [*ids, "missing"], "action": "release"}).json
+    assert all(result["results"][i] == {"released": ["boss@example.test"]} for i in ids)
+    assert result["results"]["missing"]["error"]["code"] == "not_found"
+    assert len(DELIVERED) == 3

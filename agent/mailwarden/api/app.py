@@ -27,8 +27,10 @@ from .metrics import MetricsResource
 from .openapi import openapi_document
 from .quarantine import (
     QuarantineActionResource,
+    QuarantineBulkResource,
     QuarantineEntryResource,
     QuarantineListResource,
+    QuarantinePreviewResource,
     QuarantineRawResource,
 )
 from .settings import SettingsResource
@@ -93,7 +95,10 @@ def create_app(services: Services) -> falcon.App:
         "/api/tracking": resources.TrackingResource(Tracking(db)),
         "/api/quarantine": QuarantineListResource(quarantine),
         "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine),
+        "/api/quarantine/bulk": QuarantineBulkResource(quarantine, services.deliver or deliver,
+                                                       audit),
         "/api/quarantine/{entry_id}/raw": QuarantineRawResource(quarantine),
+        "/api/quarantine/{entry_id}/preview": QuarantinePreviewResource(quarantine),
         "/api/quarantine/{entry_id}/{action}": QuarantineActionResource(
             quarantine, UserLists(db), services.deliver or deliver, audit,
             users_may_release_viruses),

@@ -45,6 +45,9 @@ _DESCRIPTIONS = {
     "/api/system/versions": "Versions and ClamAV signature age.",
     "/api/quarantine": "Quarantined mail (?kind=&recipient=&sender=&status=&limit=&offset=).",
     "/api/quarantine/{entry_id}": "One quarantined message's metadata.",
+    "/api/quarantine/bulk": "Release or delete many messages; a result per id.",
+    "/api/quarantine/{entry_id}/preview": "Headers, text and sanitised HTML (?format=html: a "
+    "page for a sandboxed frame, with a strict Content-Security-Policy).",
     "/api/quarantine/{entry_id}/raw": "The message as received (message/rfc822).",
     "/api/quarantine/{entry_id}/{action}": "release, delete, allow or block the sender.",
 }

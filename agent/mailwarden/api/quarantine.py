@@ -13,11 +13,13 @@ from typing import Any
 
 import falcon
 
+from ..errors import MailwardenError
 from ..store.lists import UserLists
 from ..store.quarantine import KINDS, Quarantine, QuarantineEntry
 from ..store.users import Audit, User
 from .auth import Forbidden
 from .errors import BadInput
+from .preview import PREVIEW_CSP, preview, preview_document
 
 STAFF = ("admin", "qmanager", "helpdesk", "audit")
 ACTORS = ("admin", "qmanager", "helpdesk")
@@ -104,6 +106,62 @@ class QuarantineRawResource:
         resp.content_type = "message/rfc822"
         resp.downloadable_as = f"{entry.id}.eml"
         resp.data = self.quarantine.raw(entry_id)
+
+
+@dataclass
+class QuarantinePreviewResource:
+    """The message made safe to look at (JSON), or as a page for a sandboxed frame."""
+
+    quarantine: Quarantine
+    roles = {"GET": (*STAFF, "quser")}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, entry_id: str) -> None:
+        _entry(self.quarantine, req.context.user, entry_id)
+        view = preview(self.quarantine.raw(entry_id))
+        if req.get_param("format") == "html":
+            resp.content_type = "text/html; charset=utf-8"
+            resp.set_header("Content-Security-Policy", PREVIEW_CSP)
+            resp.set_header("X-Content-Type-Options", "nosniff")
+            resp.text = preview_document(view["html"], view["text"])
+            return
+        resp.media = view
+
+
+@dataclass
+class QuarantineBulkResource:
+    """POST {"ids": [...], "action": "release"|"delete"}: one call for many messages; each
+    result reported on its own, so one bad id does not hide the others."""
+
+    quarantine: Quarantine
+    deliver: Deliver
+    audit: Audit
+    roles = {"POST": ACTORS}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = req.get_media(default_when_empty=None)
+        if not isinstance(data, dict):
+            raise BadInput("the request body must be a JSON object")
+        ids, action = data.get("ids"), data.get("action")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or not ids:
+            raise BadInput("ids must be a non-empty list of quarantine ids", "ids")
+        if len(ids) > 1000:
+            raise BadInput("at most 1000 ids per call", "ids")
+        if action not in ("release", "delete"):
+            raise BadInput("action must be release or delete", "action")
+        results: dict[str, Any] = {}
+        for entry_id in ids:
+            try:
+                if action == "release":
+                    results[entry_id] = {"released": self.quarantine.release(entry_id,
+                                                                             self.deliver)}
+                else:
+                    self.quarantine.delete(entry_id)
+                    results[entry_id] = {"deleted": True}
+            except MailwardenError as exc:
+                results[entry_id] = {"error": {"code": exc.code, "message": exc.message}}
+        self.audit.record(req.context.user.username, f"quarantine.bulk_{action}",
+                          f"{len(ids)} messages", {"ids": ids}, req.remote_addr)
+        resp.media = {"results": results}
 
 
 @dataclass
