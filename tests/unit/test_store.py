@@ -159,3 +159,19 @@ def test_tracking_records_and_counts(db: Database) -> None:
     rows = db.connection().execute(
         "SELECT domain, messages, spam, bytes FROM counters ORDER BY domain").fetchall()
     assert [tuple(r) for r in rows] == [("example.org", 2, 2, 200), ("example.test", 2, 2, 200)]
+
+
+def test_list_search_score_dates_and_sort(quarantine: Quarantine) -> None:
+    cheap = quarantine.put(RAW, kind="spam", sender="a@sender.test", recipients=["u@x.test"],
+                           lifetime_days=7, subject="Cheap 100% pills", spam_score=12.0, now=100)
+    loan = quarantine.put(RAW, kind="spam", sender="b@sender.test", recipients=["u@x.test"],
+                          lifetime_days=7, subject="Loan offer", spam_score=25.0, now=200)
+    assert [e.id for e in quarantine.list(search="100%")] == [cheap]
+    assert [e.id for e in quarantine.list(search="_")] == []  # LIKE wildcards are literal
+    assert [e.id for e in quarantine.list(min_score=20)] == [loan]
+    assert [e.id for e in quarantine.list(since=150)] == [loan]
+    assert [e.id for e in quarantine.list(until=150)] == [cheap]
+    assert [e.id for e in quarantine.list(sort="score")] == [cheap, loan]
+    assert [e.id for e in quarantine.list(sort="-score")] == [loan, cheap]
+    with pytest.raises(StoreError, match="cannot sort by"):
+        quarantine.list(sort="subject; DROP TABLE quarantine")

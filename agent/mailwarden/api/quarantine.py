@@ -79,9 +79,15 @@ class QuarantineListResource:
         limit = req.get_param_as_int("limit", default=50, min_value=1, max_value=1000)
         offset = req.get_param_as_int("offset", default=0, min_value=0)
         status = req.get_param("status", default="new")
+        if status not in ("new", "released", "deleted", "any"):
+            raise BadInput("status must be new, released, deleted or any", "status")
         entries = self.quarantine.list(
             kind=kind, recipient=recipient, sender=req.get_param("sender"),
-            status=None if status == "any" else status, limit=limit, offset=offset)
+            status=None if status == "any" else status, limit=limit, offset=offset,
+            since=req.get_param_as_float("since"), until=req.get_param_as_float("until"),
+            min_score=req.get_param_as_float("min_score"),
+            max_score=req.get_param_as_float("max_score"), search=req.get_param("q"),
+            sort=req.get_param("sort", default="-time"))
         resp.media = {"items": [_public(e, user) for e in entries], "limit": limit,
                       "offset": offset}
 

@@ -111,9 +111,27 @@ class Quarantine:
     def list(
         self, *, kind: str | None = None, recipient: str | None = None,
         sender: str | None = None, status: str | None = "new", limit: int = 100,
-        offset: int = 0,
+        offset: int = 0, since: float | None = None, until: float | None = None,
+        min_score: float | None = None, max_score: float | None = None,
+        search: str | None = None, sort: str = "-time",
     ) -> list[QuarantineEntry]:
+        """Newest first by default; sort by time, score, size or sender ('-' for descending)."""
+        column = {"time": "q.time", "score": "q.spam_score", "size": "q.size",
+                  "sender": "q.sender"}.get(sort.lstrip("-"))
+        if column is None:
+            raise StoreError(f"cannot sort by '{sort}' (time, score, size, sender)")
+        order = f"{column} {'DESC' if sort.startswith('-') else 'ASC'}, q.id"
         where, args = [], []
+        for clause, value in (("q.time >= ?", since), ("q.time < ?", until),
+                              ("q.spam_score >= ?", min_score),
+                              ("q.spam_score < ?", max_score)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(q.subject LIKE ? ESCAPE '\\' OR q.sender LIKE ? ESCAPE '\\')")
+            args += [f"%{escaped}%", f"%{escaped}%"]
         if kind:
             where.append("q.kind = ?")
             args.append(kind)
@@ -135,7 +153,7 @@ class Quarantine:
         sql = "SELECT q.id FROM quarantine q"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY q.time DESC LIMIT ? OFFSET ?"
+        sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
         ids = [row[0] for row in self.db.connection().execute(sql, (*args, limit, offset))]
         return [self.get(i) for i in ids]
 
