@@ -374,3 +374,19 @@ def test_bulk_release_reports_each_id(env) -> None:
     assert all(result["results"][i] == {"released": ["boss@example.test"]} for i in ids)
     assert result["results"]["missing"]["error"]["code"] == "not_found"
     assert len(DELIVERED) == 3
+
+
+def test_dkim_key_generation_and_records(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    made = client.simulate_post("/api/dkim/keys", headers=headers,
+                                json={"domain": "example.test", "selector": "mw2026"})
+    assert made.status_code == 201, made.text
+    assert made.json["dns_name"] == "mw2026._domainkey.example.test"
+    assert "v=DKIM1; k=rsa; p=" in made.json["txt"]
+    again = client.simulate_post("/api/dkim/keys", headers=headers,
+                                 json={"domain": "example.test", "selector": "mw2026"})
+    assert again.status_code == 400  # never overwrite a live key silently
+    assert client.simulate_post("/api/dkim/keys", headers=headers,
+                                json={"domain": "example.test"}).json["error"]["field"] == \
+        "selector"

@@ -23,6 +23,7 @@ from ..store.tracking import Tracking
 from ..store.users import Audit, Users
 from . import accounts, errors, resources, system
 from .auth import AuthMiddleware
+from .dkim import DkimKeysResource
 from .metrics import MetricsResource
 from .openapi import openapi_document
 from .quarantine import (
@@ -87,6 +88,7 @@ def create_app(services: Services) -> falcon.App:
         "/api/tokens": accounts.TokensResource(users, audit),
         "/api/tokens/{token_id:int}": accounts.TokenResource(users, audit),
         "/api/session/totp": accounts.TotpResource(users, audit),
+        "/api/dkim/keys": DkimKeysResource(layout, audit),
         "/api/system/services": system.ServicesResource(layout),
         "/api/system/queue": system.QueueResource(layout, audit),
         "/api/system/queue/{queue_id}": system.QueueEntryResource(layout, audit),

@@ -39,6 +39,7 @@ _DESCRIPTIONS = {
     "/api/tokens": "API tokens: list, create (the secret is shown once).",
     "/api/tokens/{token_id}": "Revoke an API token.",
     "/api/session/totp": "Enrol (POST), confirm (POST with secret+code), remove (DELETE) TOTP.",
+    "/api/dkim/keys": "DKIM keys: records to publish (GET), generate a key (POST).",
     "/api/system/services": "Each service probed over its protocol, with its processes.",
     "/api/system/queue": "Postfix's mail queue (GET); flush it (POST).",
     "/api/system/queue/{queue_id}": "Delete one message from the queue.",
