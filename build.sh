@@ -15,7 +15,7 @@ export PIP_CACHE_DIR="$CACHE/pip"
 
 # Debian packages the integration tier and `dev` run for real (FIELD-NOTES: Packages).
 HOST_PACKAGES=(postfix rspamd redis-server clamav-daemon clamav clamav-freshclam unbound nsd swaks
-               python3-venv git)
+               python3-venv git chromium)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -69,6 +69,8 @@ cmd_test() {
     timed "unit tier" "$VENV/bin/pytest" -q "$ROOT/tests/unit"
     log "integration tier (real Postfix, Rspamd, ClamAV, Redis, Unbound, NSD)"
     timed "integration tier" "$VENV/bin/pytest" -q "$ROOT/tests/integration"
+    log "browser tier (the web UI in Debian's headless Chromium, Playwright)"
+    timed "browser tier" "$VENV/bin/pytest" -q "$ROOT/tests/browser"
     if [ -x "$ROOT/image/test-image.sh" ]; then
         log "end-to-end tier (the image booted in QEMU)"
         timed "end-to-end tier" "$ROOT/image/test-image.sh"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -46,6 +47,31 @@ class Services:
     controller: Controller
     # Reinjection of released mail; tests may point it at their own sink.
     deliver: Callable[[bytes, str, list[str]], None] | None = None
+    # The web UI's static files (webui/ of the source tree, or the installed copy).
+    webui: Path | None = None
+
+
+UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+          "frame-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+          "form-action 'self'; frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """Strict defaults on every response; a resource that sets its own CSP (the preview
+    frame) keeps it."""
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_header("Referrer-Policy", "no-referrer")
+        resp.set_header("Strict-Transport-Security", "max-age=31536000")
+        if resp.get_header("Content-Security-Policy") is None:
+            resp.set_header("Content-Security-Policy", UI_CSP)
+        if resp.get_header("X-Frame-Options") is None and "frame-ancestors 'self'" not in (
+                resp.get_header("Content-Security-Policy") or ""):
+            resp.set_header("X-Frame-Options", "DENY")
+        if req.path.startswith("/api/"):
+            resp.set_header("Cache-Control", "no-store")
 
 
 def create_app(services: Services) -> falcon.App:
@@ -71,7 +97,7 @@ def create_app(services: Services) -> falcon.App:
     def users_may_release_viruses() -> bool:
         return load_state_file(layout.state_file).quarantine.user_release_virus
 
-    app = falcon.App(middleware=[AuthMiddleware(users)], cors_enable=False)
+    app = falcon.App(middleware=[AuthMiddleware(users), SecurityHeaders()], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     routes: dict[str, Any] = {
         "/api/health": resources.HealthResource(),
@@ -109,6 +135,9 @@ def create_app(services: Services) -> falcon.App:
     for path, resource in routes.items():
         app.add_route(path, resource)
     app.add_route("/api/openapi.json", OpenApiResource(openapi_document(routes)))
+    if services.webui is not None and services.webui.is_dir():
+        # Checked after the routes: /api/... never reaches the files.
+        app.add_static_route("/", str(services.webui.resolve()), fallback_filename="index.html")
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(falcon.HTTPError, errors.handle_http_error)
     app.add_error_handler(MailwardenError, errors.handle_domain_error)

@@ -16,8 +16,11 @@ from typing import Any
 import nh3
 
 MAX_TEXT = 512 * 1024
-PREVIEW_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-               "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+_CSP_BODY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+             "form-action 'none'")
+# The header also limits who may frame it; a <meta> policy cannot say that (browsers
+# ignore frame-ancestors there), so the page carries the rest as a second line of defence.
+PREVIEW_CSP = _CSP_BODY + "; frame-ancestors 'self'"
 
 
 def _keep_attribute(tag: str, attribute: str, value: str) -> str | None:
@@ -87,5 +90,5 @@ def preview_document(html: str | None, text: str | None) -> str:
 
     body = html if html is not None else f"<pre>{html_module.escape(text or '')}</pre>"
     return ("<!doctype html><html><head><meta charset=\"utf-8\">"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{PREVIEW_CSP}\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP_BODY}\">"
             f"</head><body>{body}</body></html>")

@@ -25,7 +25,18 @@ def _services() -> Services:
 
         controller = SystemdController()  # type: ignore[assignment]
     db = Database(layout.path("/var/lib/mailwarden/mailwarden.db"))
-    return Services(layout=layout, db=db, controller=controller)
+    webui = os.environ.get("MAILWARDEN_WEBUI")
+    return Services(layout=layout, db=db, controller=controller,
+                    webui=Path(webui) if webui else _default_webui())
+
+
+def _default_webui() -> Path | None:
+    """webui/ beside the source tree (dev), or the installed copy (the appliance)."""
+    for candidate in (Path(__file__).resolve().parents[3] / "webui",
+                      Path("/usr/share/mailwarden/webui")):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return None
 
 
 application = create_app(_services())

@@ -1,0 +1,48 @@
+"""Browser tier: the web UI in Debian's headless Chromium, driven by Playwright, against a
+running sandbox (gunicorn serving the API and the UI over HTTPS)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailwarden.sandbox.instance import Sandbox
+from mailwarden.store.db import Database
+from mailwarden.store.users import Users
+
+from ..integration.conftest import state_for
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="session")
+def ui_gateway() -> Iterator[Sandbox]:
+    root = Path(tempfile.mkdtemp(prefix="mw-ui-", dir="/tmp"))
+    root.chmod(0o755)
+    sandbox = Sandbox(root / "gw", api=True)
+    sandbox.start(state_for(sandbox))
+    users = Users(Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db")))
+    users.add("admin", PASSWORD, "admin")
+    users.add("user@example.test", PASSWORD, "quser")
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()

@@ -1,0 +1,550 @@
+// Mailwarden web UI: a client of the REST API only. No framework, no build step, nothing from
+// the internet. Every value from the API reaches the page through textContent or attributes
+// set by the DOM API, never through innerHTML.
+
+const state = { user: null, csrf: sessionStorage.getItem("mw_csrf") || "", schema: null };
+
+// --- DOM helpers --------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function show(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+}
+
+function toast(text) {
+  const box = document.getElementById("toast");
+  const item = h("div", {}, text);
+  box.append(item);
+  setTimeout(() => item.remove(), 5000);
+}
+
+const fmtTime = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+const fmtBytes = (n) => (n > 1e6 ? `${(n / 1e6).toFixed(1)} MB` : n > 1e3 ? `${(n / 1e3).toFixed(1)} kB` : `${n || 0} B`);
+
+// --- API ----------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const err = (body && body.error) || {};
+    super(err.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = err.code;
+    this.field = err.field;
+    this.errors = err.errors || (err.field ? [{ field: err.field, message: err.message }] : []);
+    this.currentRevision = err.current_revision;
+  }
+}
+
+async function api(method, path, body, { ifMatch } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (!["GET", "HEAD"].includes(method)) headers["X-CSRF-Token"] = state.csrf;
+  if (ifMatch !== undefined) headers["If-Match"] = `"${ifMatch}"`;
+  const response = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (response.status === 401 && path !== "/api/session") {
+    state.user = null;
+    location.hash = "#/login";
+    throw new ApiError(401, data);
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+// --- shell --------------------------------------------------------------------------------
+
+function updateShell() {
+  const top = document.getElementById("top");
+  top.hidden = !state.user;
+  if (!state.user) return;
+  document.getElementById("who").textContent = `${state.user.username} (${state.user.role})`;
+  for (const link of document.querySelectorAll("#nav a")) {
+    const roles = link.dataset.roles;
+    link.hidden = roles ? !roles.split(" ").includes(state.user.role) : false;
+    link.classList.toggle("active", location.hash.startsWith(link.getAttribute("href")));
+  }
+}
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try { await api("DELETE", "/api/session"); } catch (e) { /* logged out either way */ }
+  state.user = null;
+  sessionStorage.removeItem("mw_csrf");
+  location.hash = "#/login";
+});
+document.getElementById("menu-toggle").addEventListener("click", (event) => {
+  const nav = document.getElementById("nav");
+  nav.classList.toggle("open");
+  event.target.setAttribute("aria-expanded", nav.classList.contains("open"));
+});
+
+// --- views --------------------------------------------------------------------------------
+
+function viewLogin(arg, render) {
+  const error = h("p", { class: "errors", role: "alert" });
+  const totp = h("input", { id: "totp", name: "totp", inputmode: "numeric", autocomplete: "one-time-code" });
+  const totpRow = h("div", { hidden: true }, h("label", { for: "totp" }, "One-time code"), totp);
+  const form = h("form", { class: "login", onsubmit: async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const body = { username: form.username.value, password: form.password.value };
+    if (totp.value) body.totp = totp.value;
+    try {
+      const session = await api("POST", "/api/session", body);
+      state.user = { username: session.username, role: session.role };
+      state.csrf = session.csrf_token;
+      sessionStorage.setItem("mw_csrf", state.csrf);
+      location.hash = session.role === "quser" ? "#/quarantine" : "#/dashboard";
+    } catch (e) {
+      if (/one-time code/.test(e.message)) totpRow.hidden = false;
+      error.textContent = e.message;
+    }
+  } },
+  h("h1", {}, "Mailwarden"),
+  h("label", { for: "username" }, "User name or email address"),
+  h("input", { id: "username", name: "username", autocomplete: "username", required: true, autofocus: true }),
+  h("label", { for: "password" }, "Password"),
+  h("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true }),
+  totpRow,
+  h("p", {}, h("button", { class: "primary", type: "submit" }, "Log in")),
+  error);
+  render(form);
+  form.username.focus();
+}
+
+function barChart(hourly) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("viewBox", "0 0 480 180");
+  svg.setAttribute("role", "img");
+  const byHour = new Map();
+  for (const row of hourly) {
+    const entry = byHour.get(row.time) || { messages: 0, spam: 0, virus: 0 };
+    entry.messages += row.messages; entry.spam += row.spam; entry.virus += row.virus;
+    byHour.set(row.time, entry);
+  }
+  const hours = [...byHour.keys()].sort();
+  const max = Math.max(1, ...[...byHour.values()].map((v) => v.messages));
+  const width = 480 / Math.max(hours.length, 24);
+  svg.setAttribute("aria-label", `Mail per hour, ${hours.length} hours, peak ${max}`);
+  hours.forEach((hour, i) => {
+    const v = byHour.get(hour);
+    for (const [value, color] of [[v.messages, "#1f5fbf"], [v.spam + v.virus, "#b3261e"]]) {
+      const rect = document.createElementNS(ns, "rect");
+      const height = (value / max) * 160;
+      rect.setAttribute("x", i * width + 2);
+      rect.setAttribute("y", 170 - height);
+      rect.setAttribute("width", Math.max(width - 4, 1));
+      rect.setAttribute("height", height);
+      rect.setAttribute("fill", color);
+      svg.append(rect);
+    }
+  });
+  return svg;
+}
+
+async function viewDashboard(arg, render) {
+  render(h("h1", {}, "Dashboard"), h("p", { class: "muted" }, "Loading…"));
+  const [stats, services, queue] = await Promise.all([
+    api("GET", "/api/statistics"),
+    api("GET", "/api/system/services").catch(() => ({ items: [] })),
+    api("GET", "/api/system/queue").catch(() => ({ count: "?" })),
+  ]);
+  const t = stats.totals || {};
+  const inbound = t.in || { messages: 0, spam: 0, virus: 0, bytes: 0 };
+  const outbound = t.out || { messages: 0, spam: 0, virus: 0, bytes: 0 };
+  const rate = (part, all) => (all ? `${((100 * part) / all).toFixed(1)} %` : "–");
+  const card = (value, label) => h("div", { class: "card" }, h("div", { class: "value" }, value), h("div", { class: "label" }, label));
+  render(
+    h("h1", {}, "Dashboard"),
+    h("p", { class: "muted" }, "Last 24 hours"),
+    h("div", { class: "cards" },
+      card(inbound.messages, "inbound messages"), card(outbound.messages, "outbound messages"),
+      card(rate(inbound.spam, inbound.messages), "spam rate"),
+      card(inbound.virus + outbound.virus, "viruses"),
+      card(fmtBytes(inbound.bytes + outbound.bytes), "traffic"), card(queue.count, "in the queue")),
+    h("h2", {}, "Mail per hour (blue) and spam and viruses (red)"),
+    barChart(stats.hourly || []),
+    h("h2", {}, "Services"),
+    h("table", {}, h("tbody", {}, services.items.map((s) => h("tr", {},
+      h("td", {}, s.name),
+      h("td", { class: s.healthy ? "ok" : "bad" }, s.healthy ? "running" : `down: ${s.error || ""}`))))),
+    h("h2", {}, "Top senders"),
+    h("table", {}, h("tbody", {}, (stats.top_senders || []).map((r) => h("tr", {}, h("td", {}, r.sender || "<>"), h("td", {}, r.messages))))),
+  );
+}
+
+async function viewQuarantine(arg, render) {
+  const filters = { kind: "", q: "" };
+  let items = [];
+  let cursor = 0;
+  const selected = new Set();
+  const frame = h("iframe", { title: "Message preview", sandbox: "", referrerpolicy: "no-referrer" });
+  const details = h("div");
+  const tbody = h("tbody");
+  const progress = h("div", { class: "progress", hidden: true }, h("div"));
+
+  async function load() {
+    const params = new URLSearchParams({ limit: "200" });
+    if (filters.kind) params.set("kind", filters.kind);
+    if (filters.q) params.set("q", filters.q);
+    items = (await api("GET", `/api/quarantine?${params}`)).items;
+    cursor = Math.min(cursor, Math.max(items.length - 1, 0));
+    renderRows();
+  }
+
+  function renderRows() {
+    tbody.replaceChildren(...items.map((item, i) => {
+      const box = h("input", { type: "checkbox", "aria-label": `select ${item.subject || item.id}`,
+        onchange: (e) => { e.target.checked ? selected.add(item.id) : selected.delete(item.id); } });
+      box.checked = selected.has(item.id);
+      return h("tr", { class: i === cursor ? "selected" : "", tabindex: "0", dataset: { id: item.id },
+        onclick: () => { cursor = i; renderRows(); open(item); } },
+        h("td", {}, box), h("td", {}, fmtTime(item.time)), h("td", {}, item.kind),
+        h("td", {}, item.sender || "<>"), h("td", {}, item.subject || "(no subject)"),
+        h("td", {}, item.virus || (item.spam_score !== null ? item.spam_score.toFixed(1) : "")));
+    }));
+    if (!items.length) tbody.append(h("tr", {}, h("td", { colspan: "6", class: "muted" }, "Nothing in the quarantine.")));
+  }
+
+  async function open(item) {
+    frame.src = `/api/quarantine/${encodeURIComponent(item.id)}/preview?format=html`;
+    const view = await api("GET", `/api/quarantine/${encodeURIComponent(item.id)}/preview`);
+    details.replaceChildren(
+      h("h2", {}, view.subject || "(no subject)"),
+      h("p", {}, `From ${view.from} to ${Object.keys(item.recipients).join(", ")}`),
+      h("div", { class: "toolbar" },
+        h("button", { class: "primary", onclick: () => act(item, "release") }, "Release (r)"),
+        h("button", { class: "danger", onclick: () => act(item, "delete") }, "Delete (d)"),
+        h("button", { onclick: () => act(item, "allow") }, "Always allow sender"),
+        h("button", { onclick: () => act(item, "block") }, "Always block sender"),
+        h("a", { href: `/api/quarantine/${encodeURIComponent(item.id)}/raw` }, "Download")),
+      view.attachments.length ? h("p", {}, "Attachments: ", view.attachments.map((a) => `${a.filename} (${a.content_type})`).join(", ")) : "");
+  }
+
+  async function act(item, action) {
+    try {
+      await api("POST", `/api/quarantine/${encodeURIComponent(item.id)}/${action}`, {});
+      toast(`${action}: done`);
+      details.replaceChildren();
+      frame.removeAttribute("src");
+      await load();
+    } catch (e) { toast(e.message); }
+  }
+
+  async function bulk(action) {
+    const ids = [...selected];
+    if (!ids.length) { toast("Select messages first"); return; }
+    progress.hidden = false;
+    let done = 0;
+    for (let i = 0; i < ids.length; i += 50) {
+      await api("POST", "/api/quarantine/bulk", { ids: ids.slice(i, i + 50), action });
+      done = Math.min(ids.length, i + 50);
+      progress.firstChild.style.width = `${(100 * done) / ids.length}%`;
+    }
+    selected.clear();
+    progress.hidden = true;
+    toast(`${action}: ${done} messages`);
+    await load();
+  }
+
+  const search = h("input", { type: "search", placeholder: "Search subject or sender", "aria-label": "Search",
+    onchange: (e) => { filters.q = e.target.value; load(); } });
+  const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
+    h("option", { value: "" }, "All kinds"), ...["spam", "virus", "attachment", "blocked"].map((k) => h("option", { value: k }, k)));
+  render(
+    h("h1", {}, "Quarantine"),
+    h("div", { class: "toolbar" }, kind, search,
+      h("button", { onclick: () => bulk("release") }, "Release selected"),
+      h("button", { class: "danger", onclick: () => bulk("delete") }, "Delete selected"),
+      h("span", { class: "muted" }, "Keys: ", h("span", { class: "kbd" }, "j"), "/", h("span", { class: "kbd" }, "k"), " move, ",
+        h("span", { class: "kbd" }, "r"), " release, ", h("span", { class: "kbd" }, "d"), " delete")),
+    progress,
+    h("div", { class: "split" },
+      h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["", "Time", "Kind", "Sender", "Subject", "Score / virus"].map((c) => h("th", {}, c)))), tbody),
+      h("div", { class: "preview" }, details, frame)));
+  document.onkeydown = (event) => {
+    if (!location.hash.startsWith("#/quarantine") || ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) return;
+    if (event.key === "j" && cursor < items.length - 1) { cursor++; renderRows(); open(items[cursor]); }
+    else if (event.key === "k" && cursor > 0) { cursor--; renderRows(); open(items[cursor]); }
+    else if (event.key === "r" && items[cursor]) act(items[cursor], "release");
+    else if (event.key === "d" && items[cursor]) act(items[cursor], "delete");
+  };
+  await load();
+}
+
+async function viewTracking(arg, render) {
+  const results = h("tbody");
+  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    for (const name of ["sender", "recipient", "queue_id"]) if (form[name].value) params.set(name, form[name].value);
+    const data = await api("GET", `/api/tracking?${params}`);
+    results.replaceChildren(...data.items.map((m) => h("tr", {},
+      h("td", {}, fmtTime(m.time)), h("td", {}, m.direction), h("td", {}, m.queue_id || ""),
+      h("td", {}, m.sender || "<>"), h("td", {}, m.subject || ""),
+      h("td", {}, m.deliveries.map((d) => `${d.recipient}: ${d.action} (${d.rule || "-"})`).join("; ")))));
+  } },
+  h("input", { name: "sender", placeholder: "Sender", "aria-label": "Sender" }),
+  h("input", { name: "recipient", placeholder: "Recipient", "aria-label": "Recipient" }),
+  h("input", { name: "queue_id", placeholder: "Queue id", "aria-label": "Queue id" }),
+  h("button", { class: "primary", type: "submit" }, "Search"));
+  render(h("h1", {}, "Message tracking"), form,
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["Time", "Dir", "Queue id", "Sender", "Subject", "Outcome"].map((c) => h("th", {}, c)))), results));
+  form.requestSubmit();
+}
+
+// --- settings: forms generated from the OpenAPI schema ------------------------------------
+
+async function loadSchema() {
+  if (!state.schema) state.schema = (await api("GET", "/api/openapi.json")).components.schemas;
+  return state.schema;
+}
+
+function resolve(schema) {
+  const schemas = state.schema;
+  while (schema && schema.$ref) schema = schemas[schema.$ref.split("/").pop()];
+  if (schema && schema.anyOf) {
+    const nonNull = schema.anyOf.filter((s) => s.type !== "null");
+    if (nonNull.length === 1) return { ...resolve(nonNull[0]), nullable: true, description: schema.description || nonNull[0].description };
+  }
+  return schema || {};
+}
+
+function fieldFor(path, schema, value) {
+  const s = resolve(schema);
+  const label = path.split(".").pop();
+  const help = s.description ? h("div", { class: "help" }, s.description) : null;
+  const error = h("div", { class: "error", dataset: { errorFor: path }, role: "alert" });
+  let input;
+  if (s.type === "object" && s.properties) {
+    return h("fieldset", { dataset: { path } }, h("legend", {}, label),
+      help, ...Object.entries(s.properties).map(([name, sub]) => fieldFor(`${path}.${name}`, sub, (value || {})[name])), error);
+  }
+  if (s.enum) {
+    input = h("select", { id: path }, ...s.enum.map((opt) => {
+      const o = h("option", { value: opt }, opt);
+      if (opt === value) o.selected = true;
+      return o;
+    }));
+    input.dataset.kind = "enum";
+  } else if (s.type === "boolean") {
+    input = h("input", { id: path, type: "checkbox" });
+    input.checked = Boolean(value);
+    input.dataset.kind = "bool";
+  } else if (s.type === "integer" || s.type === "number") {
+    input = h("input", { id: path, type: "number", step: s.type === "integer" ? "1" : "any", value: value ?? "" });
+    input.dataset.kind = s.type;
+  } else if (s.type === "string") {
+    input = h("input", { id: path, type: "text", value: value ?? "" });
+    input.dataset.kind = "string";
+  } else if (s.type === "array" && ["string", "integer", "number"].includes(resolve(s.items || {}).type)) {
+    input = h("textarea", { id: path, rows: "3" });
+    input.value = (value || []).join("\n");
+    input.dataset.kind = "lines";
+  } else {
+    input = h("textarea", { id: path, rows: "8", spellcheck: "false" });
+    input.value = JSON.stringify(value ?? null, null, 2);
+    input.dataset.kind = "json";
+  }
+  input.dataset.path = path;
+  if (s.nullable) input.dataset.nullable = "1";
+  return h("div", { class: "field" }, h("label", { for: path }, label), input, help, error);
+}
+
+// The section's value, rebuilt from the inputs' dotted paths.
+function readForm(root, prefix) {
+  const out = {};
+  for (const input of root.querySelectorAll("[data-path]:not(fieldset)")) {
+    const whole = input.dataset.path === prefix;
+    const rel = whole ? [] : input.dataset.path.slice(prefix.length + 1).split(".");
+    let value;
+    const raw = input.value;
+    switch (input.dataset.kind) {
+      case "bool": value = input.checked; break;
+      case "integer": case "number": value = raw === "" ? null : Number(raw); break;
+      case "lines": value = raw.split("\n").map((l) => l.trim()).filter(Boolean); break;
+      case "json": value = JSON.parse(raw || "null"); break;
+      default: value = raw === "" && input.dataset.nullable ? null : raw;
+    }
+    if (whole) return value;
+    let target = out;
+    for (const key of rel.slice(0, -1)) target = target[key] ??= {};
+    target[rel[rel.length - 1]] = value;
+  }
+  return out;
+}
+
+function showErrors(root, section, errors) {
+  for (const el of root.querySelectorAll("[data-error-for]")) el.textContent = "";
+  const unplaced = [];
+  for (const err of errors) {
+    // "domains[0].transport.port" -> the nearest field we rendered for it.
+    let path = (err.field || "").replace(/\[\d+\].*$/, "");
+    let target = null;
+    while (path && !(target = root.querySelector(`[data-error-for="${CSS.escape(path)}"]`))) {
+      path = path.includes(".") ? path.slice(0, path.lastIndexOf(".")) : "";
+    }
+    if (target) target.textContent = `${err.field}: ${err.message}`;
+    else unplaced.push(`${err.field || ""}: ${err.message}`);
+  }
+  return unplaced;
+}
+
+async function viewSettings(section, render) {
+  const schemas = await loadSchema();
+  const sections = Object.keys(schemas.State.properties).filter((s) => s !== "version");
+  if (!section) {
+    render(h("h1", {}, "Settings"), h("ul", {}, sections.map((s) => h("li", {}, h("a", { href: `#/settings/${s}` }, s), " — ", resolve(schemas.State.properties[s]).description || ""))));
+    return;
+  }
+  const data = await api("GET", `/api/settings/${encodeURIComponent(section)}`);
+  const form = h("form", { onsubmit: async (event) => {
+    event.preventDefault();
+    messages.textContent = "";
+    let value;
+    try { value = readForm(form, section); } catch (e) { messages.textContent = `Not valid JSON: ${e.message}`; return; }
+    const comment = form.comment.value || `${section} changed`;
+    save.disabled = true;
+    save.textContent = "Applying…";
+    try {
+      const result = await api("PUT", `/api/settings/${encodeURIComponent(section)}`, { [section]: value, comment }, { ifMatch: revision });
+      revision = result.revision;
+      showErrors(form, section, []);
+      toast(`Applied as revision ${result.revision}${result.reloaded.length ? `; reloaded ${result.reloaded.join(", ")}` : ""}`);
+    } catch (e) {
+      const rest = showErrors(form, section, e.errors.length ? e.errors : [{ field: e.field, message: e.message }]);
+      messages.textContent = e.status === 409 ? `Someone else changed the configuration (now revision ${e.currentRevision}). Reload the page to start from it.` : rest.join("\n");
+    } finally {
+      save.disabled = false;
+      save.textContent = "Apply";
+    }
+  } });
+  let revision = data.revision;
+  const messages = h("p", { class: "errors", role: "alert" });
+  const save = h("button", { class: "primary", type: "submit" }, "Apply");
+  const body = fieldFor(section, schemas.State.properties[section], data[section]);
+  form.append(body, h("div", { class: "field" }, h("label", { for: "comment" }, "Why (kept in the history)"), h("input", { id: "comment", name: "comment" })), h("p", {}, save), messages);
+  render(h("h1", {}, `Settings: ${section}`), h("p", {}, h("a", { href: "#/settings" }, "All sections")), form);
+}
+
+async function viewHistory(arg, render) {
+  const data = await api("GET", "/api/state/revisions");
+  const diffBox = h("pre", { class: "diff", hidden: true });
+  async function showDiff(number) {
+    const diff = await api("GET", `/api/state/diff?from=${number - 1}&to=${number}`);
+    diffBox.hidden = false;
+    diffBox.replaceChildren(...diff.diff.split("\n").map((line) => h("span", { class: line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "" }, `${line}\n`)));
+  }
+  async function rollback(number) {
+    if (!confirm(`Apply revision ${number} again as a new revision?`)) return;
+    try {
+      const result = await api("POST", "/api/state/rollback", { revision: number }, { ifMatch: data.current });
+      toast(`Rolled back: now revision ${result.revision}`);
+      viewHistory(arg, render);
+    } catch (e) { toast(e.message); }
+  }
+  render(h("h1", {}, "Configuration history"),
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["#", "Time", "Author", "Comment", ""].map((c) => h("th", {}, c)))),
+      h("tbody", {}, data.items.map((r) => h("tr", { dataset: { revision: r.number } },
+        h("td", {}, r.number === data.current ? `${r.number} (live)` : r.number), h("td", {}, r.time), h("td", {}, r.author), h("td", {}, r.comment),
+        h("td", {}, r.number > 1 ? h("button", { onclick: () => showDiff(r.number) }, "Changes") : "",
+          " ", r.number !== data.current && state.user.role === "admin" ? h("button", { onclick: () => rollback(r.number) }, "Roll back to this") : ""))))),
+    diffBox);
+}
+
+async function viewUsers(arg, render) {
+  const [users, tokens] = await Promise.all([api("GET", "/api/users"), api("GET", "/api/tokens")]);
+  const error = h("p", { class: "errors", role: "alert" });
+  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      await api("POST", "/api/users", { username: form.username.value, password: form.password.value, role: form.role.value });
+      toast("User added");
+      viewUsers(arg, render);
+    } catch (e) { error.textContent = e.field ? `${e.field}: ${e.message}` : e.message; }
+  } },
+  h("input", { name: "username", placeholder: "User name or address", "aria-label": "User name", required: true }),
+  h("input", { name: "password", type: "password", placeholder: "Password (10+ characters)", "aria-label": "Password", required: true }),
+  h("select", { name: "role", "aria-label": "Role" }, ...["admin", "qmanager", "helpdesk", "audit", "quser"].map((r) => h("option", { value: r }, r))),
+  h("button", { class: "primary", type: "submit" }, "Add user"));
+  const secret = h("p", { class: "ok" });
+  render(h("h1", {}, "Users"), form, error,
+    h("table", {}, h("tbody", {}, users.items.map((u) => h("tr", {}, h("td", {}, u.username), h("td", {}, u.role), h("td", {}, u.totp ? "TOTP on" : ""),
+      h("td", {}, u.username !== state.user.username ? h("button", { class: "danger", onclick: async () => { await api("DELETE", `/api/users/${encodeURIComponent(u.username)}`); viewUsers(arg, render); } }, "Delete") : ""))))),
+    h("h2", {}, "API tokens"),
+    h("button", { onclick: async () => {
+      const name = prompt("Token name");
+      if (!name) return;
+      const made = await api("POST", "/api/tokens", { name, role: "audit" });
+      secret.textContent = `New token (shown once): ${made.secret}`;
+    } }, "New read-only token"), secret,
+    h("table", {}, h("tbody", {}, tokens.items.map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, t.role), h("td", {}, t.revoked ? "revoked" : "active"))))));
+}
+
+async function viewSystem(arg, render) {
+  const [services, versions, queue] = await Promise.all([api("GET", "/api/system/services"), api("GET", "/api/system/versions"), api("GET", "/api/system/queue").catch((e) => ({ items: [], error: e.message }))]);
+  render(h("h1", {}, "System"),
+    h("table", {}, h("tbody", {}, services.items.map((s) => h("tr", {}, h("td", {}, s.name), h("td", { class: s.healthy ? "ok" : "bad" }, s.healthy ? "running" : "down"),
+      h("td", {}, s.processes.map((p) => `${p.pid} (${fmtBytes(p.rss)})`).join(", ")))))),
+    h("h2", {}, "Versions"),
+    h("p", {}, `Postfix ${versions.postfix || "?"}, ${versions.rspamd || "Rspamd ?"}, ${versions.clamav || "ClamAV ?"}; signatures ${versions.signature_age_hours ?? "?"} hours old`),
+    h("h2", {}, `Mail queue (${queue.items.length})`),
+    h("button", { onclick: async () => { await api("POST", "/api/system/queue", {}); toast("Queue flushed"); } }, "Flush"),
+    h("table", {}, h("tbody", {}, queue.items.map((q) => h("tr", {}, h("td", {}, q.queue_id), h("td", {}, q.sender), h("td", {}, (q.recipients || []).map((r) => `${r.address} ${r.delay_reason || ""}`).join("; ")))))));
+}
+
+// --- router -------------------------------------------------------------------------------
+
+const routes = {
+  login: viewLogin, dashboard: viewDashboard, quarantine: viewQuarantine, tracking: viewTracking,
+  settings: viewSettings, history: viewHistory, users: viewUsers, system: viewSystem,
+};
+
+let navigation = 0;
+
+async function route() {
+  const token = ++navigation;
+  // A view still loading when the user moves on must not paint over the next one.
+  const render = (...nodes) => { if (token === navigation) show(...nodes); };
+  const [, name = "", arg] = location.hash.split("/");
+  if (!state.user && name !== "login") {
+    try {
+      const me = await api("GET", "/api/session");
+      state.user = me;
+    } catch (e) {
+      location.hash = "#/login";
+      return;
+    }
+  }
+  updateShell();
+  const view = routes[name] || (state.user && state.user.role === "quser" ? viewQuarantine : viewDashboard);
+  try {
+    await view(arg && decodeURIComponent(arg), render);
+    document.getElementById("main").focus({ preventScroll: true });
+  } catch (e) {
+    if (e.status !== 401) render(h("h1", {}, "Something went wrong"), h("p", { class: "errors" }, e.message));
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();
