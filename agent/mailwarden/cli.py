@@ -297,6 +297,26 @@ def cmd_dkim_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from .mail.simulate import simulate
+    from .mail.types import Envelope, ScanResult, SpamResult, VirusResult
+
+    layout = _layout(args)
+    state = load_state_file(Path(args.state) if args.state else layout.state_file)
+    raw = Path(args.message).read_bytes()
+    scan = None
+    if args.score is not None or args.virus:
+        scan = ScanResult(spam=SpamResult(score=args.score or 0.0),
+                          virus=VirusResult(virus=args.virus))
+    envelope = Envelope(sender=args.sender, recipients=tuple(args.to), direction=args.direction,
+                        client_ip=args.client_ip)
+    report = simulate(state, raw, envelope, scan=scan)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from .api.serve import run_api
 
@@ -416,6 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("list", help="users and roles")
     root_option(p)
     p.set_defaults(func=cmd_user_list)
+
+    rules = sub.add_parser("rules", help="the rule engine").add_subparsers(dest="rules_command",
+                                                                         required=True)
+    p = rules.add_parser("simulate", help="which rules a message would match, and why")
+    p.add_argument("message", help="an .eml file")
+    p.add_argument("--from", dest="sender", default="", help="envelope sender")
+    p.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    p.add_argument("--direction", choices=["in", "out"], default="in")
+    p.add_argument("--client-ip")
+    p.add_argument("--score", type=float, help="assume this spam score (default: 0)")
+    p.add_argument("--virus", help="assume this virus was found")
+    p.add_argument("--state", help="a state file instead of the live one")
+    p.add_argument("--json", action="store_true")
+    root_option(p)
+    p.set_defaults(func=cmd_rules_simulate)
 
     dkim = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command",
                                                                    required=True)

@@ -1,0 +1,462 @@
+"""The rule engine (DESIGN §5): PMG's evaluation, per recipient, with reasons.
+
+Evaluation, as PMG's ``apply_rules`` does it (research/pmg.md §1):
+
+* rules by priority, highest first (ties keep the order of the state file); inactive rules
+  and rules of the other direction are skipped;
+* from, what and when are matched once per message, to once per recipient;
+* inside a group the objects combine by ``mode`` (any/all), then ``invert`` applies; an object
+  matches when any of its entries does; groups are AND-combined; an absent group matches;
+* the first matching rule with a final action decides for that recipient; the non-final
+  actions of every matching rule up to and including it are collected and ordered by PMG's
+  action priority (header changes 10, remove attachments 40, disclaimer 49, BCC 80,
+  notify 89; the final action last);
+* recipients no final rule matched are accepted by ``default-accept``.
+
+Choices where PMG is silent or differs:
+
+* who/domain is an exact match of the address domain (subdomains need a regex entry), so a
+  welcomelisted ``example.com`` does not silently welcome ``evil.example.com``;
+* a from-group tests the envelope sender and the From header address (either may match),
+  and the client IP for network entries; in a to-group network entries never match;
+* a user's allow list entry stops spam entries matching for that recipient (virus entries
+  still match); a block list entry quarantines as ``blocked`` before any rule runs, unless
+  the scan found a virus: then the rules decide, so a virus never lands where the user can
+  release it;
+* time frames use ``now`` in local time; ``end`` before ``start`` is overnight and belongs to
+  the day it starts on; ``start == end`` is the whole day.
+
+Which MIME parts each rule's what-group matched travels with every collected action (see
+``Step``), so ``remove_attachments`` with ``matched_only`` strips exactly those parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+from ..state.rules import Action, Entry, Group, Rule
+from ..state.schema import State
+from .message import ParsedMessage
+from .types import Envelope, ScanResult
+
+Final = Literal["accept", "block", "reject", "quarantine"]
+QuarantineKind = Literal["spam", "virus", "attachment", "blocked"]
+UserList = Callable[[str, str], Literal["allow", "block"] | None]
+
+# PMG's execution priority of each action kind (RuleDB/<Action>.pm `sub priority`).
+ACTION_PRIORITY: dict[str, int] = {
+    "tag_subject": 10, "add_header": 10, "remove_header": 10,  # ModField
+    "remove_attachments": 40,
+    "disclaimer": 49,
+    "bcc": 80,
+    "notify": 89,
+    "quarantine": 90, "reject": 97, "block": 98, "accept": 99,
+}
+DEFAULT_ACCEPT = "default-accept"
+USER_BLOCKLIST = "user-blocklist"
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """One rule that matched for a recipient, and why, in words."""
+
+    rule: str
+    reasons: list[str]
+    parts: tuple[str, ...] = ()  # indexes of MIME parts its what-group matched
+    spam: bool = False  # a spam entry contributed to the match
+
+
+@dataclass(frozen=True)
+class Step:
+    """A collected non-final action with the rule it came from and the parts it concerns."""
+
+    action: Action
+    rule: str
+    parts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecipientDecision:
+    recipient: str
+    final: Final
+    quarantine_kind: QuarantineKind | None
+    rule: str
+    reject_message: str | None
+    actions: list[Action]  # non-final, in execution order
+    matches: list[RuleMatch]
+    steps: list[Step] = field(default_factory=list)  # the same actions with rule and parts
+    # A remove_attachments step wants the original in the attachment quarantine too.
+    quarantine_original: bool = False
+
+    def outcome_key(self) -> tuple[object, ...]:
+        """Equal keys get the very same message and fate (one copy per group)."""
+        return (self.final, self.quarantine_kind, self.rule, self.reject_message,
+                self.quarantine_original,
+                tuple((s.rule, s.parts, _action_key(s.action)) for s in self.steps))
+
+
+def group_by_outcome(
+    decisions: Sequence[RecipientDecision],
+) -> list[tuple[tuple[object, ...], list[RecipientDecision]]]:
+    """Recipients with the same outcome and actions, in the order they first appear."""
+    groups: dict[tuple[object, ...], list[RecipientDecision]] = {}
+    for decision in decisions:
+        groups.setdefault(decision.outcome_key(), []).append(decision)
+    return list(groups.items())
+
+
+def evaluate(state: State, message: ParsedMessage, envelope: Envelope, scan: ScanResult, *,
+             now: dt.datetime,
+             user_list: UserList = lambda r, s: None) -> list[RecipientDecision]:
+    """One decision per envelope recipient, in envelope order."""
+    ctx = _Context(state, message, envelope, scan, now)
+    rules = sorted((r for r in state.rules if r.active and _direction_ok(r, envelope)),
+                   key=lambda r: -r.priority)  # sorted() is stable: ties keep file order
+    return [_decide(ctx, rules, rcpt, user_list) for rcpt in envelope.recipients]
+
+
+# --- per recipient -------------------------------------------------------------------------
+
+
+def _decide(ctx: _Context, rules: list[Rule], recipient: str,
+            user_list: UserList) -> RecipientDecision:
+    listed = _user_listing(ctx, recipient, user_list)
+    if listed == "block" and ctx.scan.virus.virus is None:
+        who = ctx.envelope.sender or ctx.message.from_address or "(null sender)"
+        return RecipientDecision(
+            recipient=recipient, final="quarantine", quarantine_kind="blocked",
+            rule=USER_BLOCKLIST, reject_message=None, actions=[], steps=[],
+            matches=[RuleMatch(USER_BLOCKLIST, [f"{recipient}'s block list holds {who}"])])
+    allow_spam = listed != "allow"
+    steps: list[Step] = []
+    matches: list[RuleMatch] = []
+    for rule in rules:
+        match = ctx.rule_match(rule, recipient, allow_spam)
+        if match is None:
+            continue
+        if listed == "allow" and _has_spam_entries(ctx, rule):
+            match.reasons.append(f"(spam entries ignored: {recipient} allows this sender)")
+        matches.append(match)
+        steps += [Step(a, rule.name, match.parts) for a in rule.actions if not a.final]
+        final = rule.final_action
+        if final is not None:
+            return _finish(ctx, recipient, rule.name, final, rule, match, steps, matches)
+    return _finish(ctx, recipient, DEFAULT_ACCEPT, None, None, None, steps, matches)
+
+
+def _has_spam_entries(ctx: _Context, rule: Rule) -> bool:
+    """Whether the rule's what-group has spam entries (the allow list silenced them)."""
+    names = rule.what.objects if rule.what is not None else []
+    return any(e.spam is not None for n in names for e in ctx.state.rule_objects.get(n, []))
+
+
+def _finish(ctx: _Context, recipient: str, name: str, final: Action | None, rule: Rule | None,
+            match: RuleMatch | None, steps: list[Step],
+            matches: list[RuleMatch]) -> RecipientDecision:
+    ordered = sorted(steps, key=lambda s: ACTION_PRIORITY[s.action.kind])
+    kind: QuarantineKind | None = None
+    reject_message: str | None = None
+    outcome: Final = "accept"
+    if final is not None:
+        outcome = final.kind  # type: ignore[assignment]
+        if final.quarantine is not None:
+            kind = _quarantine_kind(final.quarantine.kind, ctx.scan, rule, match)
+        if final.reject is not None:
+            reject_message = final.reject.message
+    keep = any(s.action.remove_attachments is not None and s.action.remove_attachments.quarantine
+               and (s.parts or not s.action.remove_attachments.matched_only)
+               for s in ordered)
+    return RecipientDecision(
+        recipient=recipient, final=outcome, quarantine_kind=kind, rule=name,
+        reject_message=reject_message, actions=[s.action for s in ordered], matches=matches,
+        steps=ordered, quarantine_original=keep and outcome == "accept")
+
+
+def _quarantine_kind(kind: str, scan: ScanResult, rule: Rule | None,
+                     match: RuleMatch | None) -> QuarantineKind:
+    if kind != "auto":
+        return kind  # type: ignore[return-value]
+    if scan.virus.virus is not None:
+        return "virus"
+    if match is not None and match.spam:
+        return "spam"
+    if rule is not None and any(a.remove_attachments is not None
+                                and a.remove_attachments.quarantine for a in rule.actions):
+        return "attachment"
+    return "blocked"
+
+
+def _user_listing(ctx: _Context, recipient: str, user_list: UserList) -> str | None:
+    """The recipient's own list, for the envelope sender, else the From address."""
+    if ctx.envelope.direction != "in":
+        return None  # user lists belong to local recipients, i.e. inbound mail
+    seen: list[str] = []
+    for sender in (ctx.envelope.sender, ctx.message.from_address):
+        if sender and sender.lower() not in seen:
+            seen.append(sender.lower())
+            kind = user_list(recipient, sender)
+            if kind is not None:
+                return kind
+    return None
+
+
+def _direction_ok(rule: Rule, envelope: Envelope) -> bool:
+    return rule.direction == "both" or rule.direction == envelope.direction
+
+
+def _action_key(action: Action) -> str:
+    return action.model_dump_json(exclude_none=True, by_alias=True)
+
+
+# --- matching ------------------------------------------------------------------------------
+
+
+@dataclass
+class _GroupResult:
+    matched: bool
+    reasons: list[str]
+    parts: set[str]
+    spam: bool
+
+
+class _Context:
+    """One message's facts, with the per-message group results cached."""
+
+    def __init__(self, state: State, message: ParsedMessage, envelope: Envelope,
+                 scan: ScanResult, now: dt.datetime) -> None:
+        self.state, self.message, self.envelope, self.scan = state, message, envelope, scan
+        self.now = now.astimezone() if now.tzinfo is not None else now
+        self._cache: dict[tuple[int, str, bool], _GroupResult] = {}
+        self.senders = [a for a in dict.fromkeys(
+            (envelope.sender.lower(), message.from_address.lower())) if a]
+
+    def rule_match(self, rule: Rule, recipient: str, spam_ok: bool) -> RuleMatch | None:
+        reasons: list[str] = []
+        parts: set[str] = set()
+        spam = False
+        for label, group in (("from", rule.from_), ("when", rule.when), ("what", rule.what),
+                             ("to", rule.to)):
+            if group is None:
+                continue
+            if label == "to":
+                result = self._group(group, "to", [recipient.lower()], spam_ok)
+            else:
+                key = (id(rule), label, spam_ok if label == "what" else True)
+                result = self._cache.get(key)
+                if result is None:
+                    result = self._group(group, label, self.senders, spam_ok)
+                    self._cache[key] = result
+            if not result.matched:
+                return None
+            reasons += [f"{label}: {r}" for r in result.reasons]
+            parts |= result.parts
+            spam = spam or result.spam
+        if not reasons:
+            reasons = ["no conditions: matches every message"]
+        return RuleMatch(rule.name, reasons, tuple(sorted(parts, key=_part_order)), spam)
+
+    def _group(self, group: Group, label: str, addresses: list[str],
+               spam_ok: bool) -> _GroupResult:
+        results = [(name, self._object(name, label, addresses, spam_ok))
+                   for name in group.objects]
+        hits = [(name, r) for name, r in results if r.matched]
+        matched = bool(hits) if group.mode == "any" else len(hits) == len(results)
+        if group.invert:
+            if matched:
+                return _GroupResult(False, [], set(), False)
+            names = ", ".join(group.objects)
+            word = "none of" if group.mode == "any" else "not all of"
+            return _GroupResult(True, [f"inverted: {word} objects {names} matched"], set(), False)
+        if not matched:
+            return _GroupResult(False, [], set(), False)
+        reasons = [f"object {name}: {reason}" for name, r in hits for reason in r.reasons]
+        parts = set().union(*(r.parts for _, r in hits))
+        return _GroupResult(True, reasons, parts, any(r.spam for _, r in hits))
+
+    def _object(self, name: str, label: str, addresses: list[str],
+                spam_ok: bool) -> _GroupResult:
+        entries = self.state.rule_objects.get(name, [])
+        reasons: list[str] = []
+        parts: set[str] = set()
+        spam = False
+        # Every entry is tried (no short cut): remove_attachments needs all matching parts.
+        for entry in entries:
+            hit = self._entry(entry, label, addresses, spam_ok)
+            if hit is None:
+                continue
+            reason, hit_parts = hit
+            reasons.append(reason)
+            parts |= hit_parts
+            spam = spam or entry.spam is not None
+        return _GroupResult(bool(reasons), reasons, parts, spam)
+
+    def _entry(self, entry: Entry, label: str, addresses: list[str],
+               spam_ok: bool) -> tuple[str, set[str]] | None:
+        kind, value = entry.kind, entry.value
+        if kind in ("email", "domain", "regex"):
+            address = _who_match(kind, value, addresses)
+            return None if address is None else (f"{kind} {value} matches {address}", set())
+        if kind == "network":
+            ip = self.envelope.client_ip
+            if label == "to" or not ip or not _in_network(ip, value):
+                return None
+            return f"client {ip} is in {value}", set()
+        if kind == "spam":
+            return self._spam(value, spam_ok)
+        if kind == "virus":
+            found = self.scan.virus.virus
+            if value and found is not None:
+                return f"virus {found} found", set()
+            if not value and found is None and self.scan.virus.skipped is None:
+                return "no virus found", set()
+            return None
+        if kind in ("filename", "archive_filename", "content_type"):
+            return self._parts(kind, value)
+        if kind == "header":
+            pattern = _regex(value.regex)
+            for text in self.message.header_all(value.name):
+                if pattern.search(text):
+                    return f"header {value.name} {_short(text)!r} matches /{value.regex}/", set()
+            return None
+        if kind == "body":
+            found_text = _regex(value, re.MULTILINE).search(self.message.text)
+            if found_text is None:
+                return None
+            return f"body text {_short(found_text.group(0))!r} matches /{value}/", set()
+        if kind == "size":
+            size = self.message.size
+            if value.min_kb is not None and size < value.min_kb * 1024:
+                return None
+            if value.max_kb is not None and size >= value.max_kb * 1024:
+                return None
+            return f"size {size / 1024:.1f} KiB in {_range(value.min_kb, value.max_kb)} KiB", set()
+        if kind == "timeframe":
+            if not _in_timeframe(self.now, value.start, value.end, value.days):
+                return None
+            when = f"{_DAYS[self.now.weekday()]} {self.now:%H:%M}"
+            return f"{when} is in {value.start}-{value.end} ({','.join(value.days)})", set()
+        return None
+
+    def _spam(self, value: object, spam_ok: bool) -> tuple[str, set[str]] | None:
+        spam = self.scan.spam
+        if spam.skipped is not None or not spam_ok:
+            return None
+        score = spam.score
+        level = getattr(value, "level", None)
+        low = getattr(self.state.spam.levels, level) if level else getattr(value, "min", None)
+        high = getattr(value, "max", None)
+        if low is not None and score < low:
+            return None
+        if high is not None and score >= high:
+            return None
+        words = []
+        if low is not None:
+            words.append(f">= {level + ' level ' if level else 'min '}{low:.1f}")
+        if high is not None:
+            words.append(f"< max {high:.1f}")
+        return f"spam score {score:.1f} {' and '.join(words)}", set()
+
+    def _parts(self, kind: str, glob: str) -> tuple[str, set[str]] | None:
+        if self.message.incomplete:
+            # Parts we could not inspect may hold anything: fail closed, so the rule acts
+            # and remove_attachments strips the whole body ("*").
+            return f"{kind} {glob}: message too complex to inspect every part", {"*"}
+        reasons: list[str] = []
+        parts: set[str] = set()
+        for part in self.message.parts:
+            hit = _part_hit(kind, glob, part)
+            if hit is not None:
+                parts.add(part.index)
+                reasons.append(f"part {part.index or '0'} {hit}")
+        if not reasons:
+            return None
+        more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        return f"{kind} {glob}: " + "; ".join(reasons[:3]) + more, parts
+
+
+def _part_hit(kind: str, glob: str, part: object) -> str | None:
+    pattern = glob.lower()
+    if kind == "filename":
+        original = getattr(part, "filename", "")
+        name = _clean_name(original)
+        return f"file name {original!r}" if name and fnmatch.fnmatchcase(name, pattern) else None
+    if kind == "archive_filename":
+        for member in getattr(part, "archive_members", []):
+            name = _clean_name(member)
+            if name and fnmatch.fnmatchcase(name, pattern):
+                return f"archive member {member!r}"
+        return None
+    for ctype in (getattr(part, "content_type", ""), getattr(part, "detected_type", None)):
+        if ctype and fnmatch.fnmatchcase(ctype, pattern):
+            return f"content type {ctype}"
+    return None
+
+
+def _clean_name(name: str) -> str:
+    """The last path element, lowercased, without the trailing dots and spaces that Windows
+    drops (so 'invoice.exe.' still counts as an .exe)."""
+    return re.split(r"[/\\]", name)[-1].rstrip(". ").lower()
+
+
+def _who_match(kind: str, value: str, addresses: Iterable[str]) -> str | None:
+    for address in addresses:
+        if kind == "email" and address == value.lower():
+            return address
+        if kind == "domain" and address.rpartition("@")[2] == value.lower().rstrip("."):
+            return address
+        if kind == "regex" and _regex(value).search(address):
+            return address
+    return None
+
+
+def _in_network(ip: str, network: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
+
+
+def _in_timeframe(now: dt.datetime, start: str, end: str, days: Sequence[str]) -> bool:
+    minute = now.hour * 60 + now.minute
+    begin, finish = _minutes(start), _minutes(end)
+    today = _DAYS[now.weekday()]
+    yesterday = _DAYS[(now.weekday() - 1) % 7]
+    if begin == finish:
+        return today in days
+    if begin < finish:
+        return today in days and begin <= minute < finish
+    # Overnight: the evening belongs to today's frame, the early morning to yesterday's.
+    return (minute >= begin and today in days) or (minute < finish and yesterday in days)
+
+
+def _minutes(hhmm: str) -> int:
+    hours, _, minutes = hhmm.partition(":")
+    return int(hours) * 60 + int(minutes)
+
+
+@lru_cache(maxsize=512)
+def _regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    # Case-insensitive like PMG's matchfield and who regexes; compiled once per process.
+    return re.compile(pattern, re.IGNORECASE | flags)
+
+
+def _part_order(index: str) -> tuple[int, ...]:
+    if index == "*":
+        return (-1,)
+    return tuple(int(n) for n in index.split(".")) if index else ()
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _range(low: int | None, high: int | None) -> str:
+    return f"[{'' if low is None else low}, {'' if high is None else high})"

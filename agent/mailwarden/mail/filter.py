@@ -1,0 +1,292 @@
+"""The content filter: Postfix hands each message over SMTP, the agent decides.
+
+Inbound mail arrives on filter_in (10024), outbound on filter_out (10023), from Postfix's
+`scan` transport (after-queue) or its smtpd_proxy_filter (before-queue). For each message:
+parse once; ask ClamAV, Rspamd and the DKIM/DMARC checks concurrently; evaluate the rules per
+recipient; carry out the outcome of each group of recipients (reinject to 10025, write to the
+quarantine, drop); record the decision. The answer is 250 only when every recipient's
+outcome is safe: reinjection answered 250, or the quarantine file is on disk. Anything else
+is 4xx and Postfix keeps the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+
+from ..errors import MailwardenError, ScannerError
+from ..render.layout import Layout
+from ..state.schema import State
+from ..store.db import Database
+from ..store.lists import UserLists
+from ..store.quarantine import Quarantine
+from ..store.tracking import Delivery, MessageRecord, Tracking
+from . import actions as mail_actions
+from . import engine
+from .auth import Authenticator
+from .message import ParsedMessage, parse_message
+from .reinject import reinject
+from .scanners import clamd_scan, rspamd_check
+from .types import Direction, Envelope, ScanResult, SpamResult, VirusResult
+
+log = logging.getLogger("mailwarden.filter")
+
+TEMPFAIL = "451 4.3.0 Temporary failure in the content filter, please try again later"
+RESULT_HEADERS = ("X-Mailwarden", "X-Mailwarden-Spam-Scan", "X-Mailwarden-Virus-Scan")
+
+
+class FilterSMTP(SMTP):
+    """aiosmtpd's server plus XFORWARD, so the filter sees the original client."""
+
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        attrs: dict[str, str] = getattr(self.session, "xforward", {})
+        for item in (arg or "").split():
+            key, sep, value = item.partition("=")
+            if sep:
+                attrs[key.upper()] = _unxtext(value)
+        self.session.xforward = attrs  # type: ignore[attr-defined]
+        await self.push("250 2.0.0 Ok")
+
+
+def _unxtext(value: str) -> str:
+    out, i = bytearray(), 0
+    raw = value.encode("ascii", "replace")
+    while i < len(raw):
+        if raw[i:i + 1] == b"+" and i + 2 < len(raw) + 1:
+            try:
+                out.append(int(raw[i + 1:i + 3], 16))
+                i += 3
+                continue
+            except ValueError:
+                pass
+        out.append(raw[i])
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+@dataclass
+class FilterContext:
+    """What the filter needs, shared by both listeners; `state` is swapped on reload."""
+
+    state: State
+    layout: Layout
+    db: Database
+    quarantine: Quarantine = field(init=False)
+    tracking: Tracking = field(init=False)
+    lists: UserLists = field(init=False)
+    auth: Authenticator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.quarantine = Quarantine(self.db, self.layout.path("/var/lib/mailwarden/quarantine"))
+        self.tracking = Tracking(self.db)
+        self.lists = UserLists(self.db)
+        self.auth = Authenticator(self.layout, self.db)
+
+
+class FilterError(MailwardenError):
+    code = "filter_failed"
+
+
+class ContentFilter:
+    """The aiosmtpd handler of one listener (inbound or outbound)."""
+
+    def __init__(self, ctx: FilterContext, direction: Direction) -> None:
+        self.ctx = ctx
+        self.direction = direction
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        session.xforward = {}  # type: ignore[attr-defined]
+        return [*responses[:-1], "250-XFORWARD NAME ADDR PROTO HELO SOURCE IDENT",
+                responses[-1]]
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        xforward: dict[str, str] = dict(getattr(session, "xforward", {}))
+        try:
+            return await process(self.ctx, self.direction, envelope.original_content or b"",
+                                 envelope.mail_from or "", list(envelope.rcpt_tos), xforward)
+        except Exception:
+            # Never lose mail: whatever went wrong, Postfix keeps the message and retries.
+            log.exception("filter failed for a message from %r; answered 451",
+                          envelope.mail_from)
+            return TEMPFAIL
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %r", error)
+        return "451 4.3.0 Internal error in the content filter"
+
+
+# --- the work on one message ------------------------------------------------------------
+
+
+async def _scan(ctx: FilterContext, state: State, raw: bytes, envelope: Envelope,
+                message: ParsedMessage) -> tuple[ScanResult, list[tuple[str, str]]]:
+    """Both scanners at once; a failure is tempfail or a header, per the state."""
+    ports = ctx.layout.ports
+    notes: list[tuple[str, str]] = []
+
+    async def spam() -> SpamResult:
+        if not state.spam.enabled:
+            return SpamResult(score=0.0, skipped="disabled")
+        if len(raw) > state.spam.max_scan_size_kb * 1024:
+            return SpamResult(score=0.0, skipped="too large")
+        try:
+            return await rspamd_check(raw, envelope, port=ports.rspamd_normal,
+                                      timeout=state.spam.timeout_seconds,
+                                      hostname=state.system.hostname)
+        except ScannerError:
+            if state.spam.on_failure == "tempfail":
+                raise
+            notes.append(("X-Mailwarden-Spam-Scan", "failed"))
+            return SpamResult(score=0.0, skipped="failed")
+
+    async def virus() -> VirusResult:
+        if not state.virus.enabled:
+            return VirusResult(virus=None, skipped="disabled")
+        try:
+            return await clamd_scan(raw, port=ports.clamd, timeout=state.virus.timeout_seconds)
+        except ScannerError:
+            if state.virus.on_failure == "tempfail":
+                raise
+            notes.append(("X-Mailwarden-Virus-Scan", "failed"))
+            return VirusResult(virus=None, skipped="failed")
+
+    spam_result, virus_result, auth = await asyncio.gather(
+        spam(), virus(), ctx.auth.check(state, raw, message, envelope))
+    return ScanResult(spam=spam_result, virus=virus_result, auth=auth), notes
+
+
+def _result_header(state: State, scan: ScanResult, rule: str) -> str:
+    parts = [f"score={scan.spam.score:.2f}" if not scan.spam.skipped
+             else f"score=unscanned ({scan.spam.skipped})"]
+    parts.append(f"virus={scan.virus.virus or 'none'}")
+    parts.append(f"rule={rule}")
+    return "; ".join(parts)
+
+
+async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: str,
+                  recipients: list[str], xforward: Mapping[str, str]) -> str:
+    started = time.perf_counter()
+    state = ctx.state
+    loop = asyncio.get_running_loop()
+    envelope = Envelope(
+        sender=sender, recipients=tuple(recipients), direction=direction,
+        client_ip=_clean_addr(xforward.get("ADDR")), client_name=xforward.get("NAME"),
+        helo=xforward.get("HELO"), queue_id=xforward.get("IDENT"),
+    )
+    message = parse_message(raw)
+    try:
+        scan, notes = await _scan(ctx, state, raw, envelope, message)
+    except ScannerError as exc:
+        log.warning("tempfail for %s: %s", envelope.queue_id or "?", exc)
+        return f"451 4.7.1 {exc.scanner} is unavailable, please try again later"
+
+    decisions = engine.evaluate(state, message, envelope, scan, now=dt.datetime.now(),
+                                user_list=ctx.lists.lookup)
+    decisions = ctx.auth.enforce(state, decisions, scan)
+    before_queue = state.mail.filter_mode == "before_queue"
+    if before_queue and decisions and all(d.final == "reject" for d in decisions):
+        reply = decisions[0].reject_message or "5.7.1 Message rejected by policy"
+        _record(ctx, envelope, message, scan, [Delivery(d.recipient, "reject", d.rule)
+                                               for d in decisions], started)
+        return f"550 {reply}"
+
+    deliveries: list[Delivery] = []
+    hostname = state.system.hostname
+    xf = {"NAME": envelope.client_name or "", "ADDR": envelope.client_ip or "",
+          "HELO": envelope.helo or "", "IDENT": envelope.queue_id or ""}
+    for _key, group in engine.group_by_outcome(decisions):
+        first = group[0]
+        rcpts = [d.recipient for d in group]
+        extra = [*notes, ("X-Mailwarden", _result_header(state, scan, first.rule))]
+        ctx_actions = mail_actions.ActionContext(
+            state=state, scan=scan, envelope=envelope, rule=first.rule,
+            extra_headers=tuple(extra), strip_headers=RESULT_HEADERS,
+            auth_results_host=hostname, decision=first)
+        if first.final == "accept":
+            body = mail_actions.modify(message, first.actions, ctx_actions)
+            if direction == "out":
+                body = await loop.run_in_executor(None, ctx.auth.sign, state, body)
+            original_id = None
+            if first.quarantine_original:
+                # Attachments were removed: the untouched original waits in the attachment
+                # quarantine, written before the stripped copy goes out.
+                original_id = await loop.run_in_executor(None, lambda r=rcpts, d=first: (
+                    ctx.quarantine.put(
+                        raw, kind="attachment", sender=sender, recipients=r,
+                        lifetime_days=state.quarantine.lifetimes.attachment,
+                        subject=message.subject, message_id=message.message_id,
+                        spam_score=None if scan.spam.skipped else scan.spam.score,
+                        virus=scan.virus.virus, rule=d.rule)))
+            await loop.run_in_executor(None, lambda b=body, r=rcpts: reinject(
+                b, sender, r, port=ctx.layout.ports.reinject, hostname=hostname, xforward=xf))
+            deliveries += [Delivery(r, "accept", first.rule, original_id) for r in rcpts]
+        elif first.final in ("quarantine", "reject"):
+            # A reject that cannot be said during the SMTP dialogue (after-queue mode, or a
+            # message whose other recipients accept it) is quarantined: a bounce would be
+            # backscatter, and silently dropping could lose mail someone wanted.
+            body = mail_actions.modify(message, first.actions, ctx_actions)
+            kind = first.quarantine_kind or _kind_of(first, scan)
+            qid = await loop.run_in_executor(None, lambda b=body, r=rcpts, k=kind, d=first: (
+                ctx.quarantine.put(
+                    b, kind=k, sender=sender, recipients=r,
+                    lifetime_days=getattr(state.quarantine.lifetimes, k),
+                    subject=message.subject, message_id=message.message_id,
+                    spam_score=None if scan.spam.skipped else scan.spam.score,
+                    virus=scan.virus.virus, rule=d.rule)))
+            deliveries += [Delivery(r, "quarantine", first.rule, qid) for r in rcpts]
+        else:  # block: discarded on purpose, recorded
+            deliveries += [Delivery(r, first.final, first.rule) for r in rcpts]
+
+    await _side_effects(ctx, state, message, envelope, decisions, scan)
+    _record(ctx, envelope, message, scan, deliveries, started)
+    return "250 2.0.0 Ok: filtered"
+
+
+async def _side_effects(ctx: FilterContext, state: State, message: ParsedMessage,
+                        envelope: Envelope, decisions: list[Any], scan: ScanResult) -> None:
+    """BCC copies and notifications: after the mail itself is safe; failures are logged
+    and counted, never turned into a 4xx (that would deliver the message twice)."""
+    loop = asyncio.get_running_loop()
+    for effect in mail_actions.side_effects(decisions, message, envelope, state, scan):
+        try:
+            await loop.run_in_executor(None, lambda e=effect: reinject(
+                e.raw, e.sender, list(e.recipients), port=ctx.layout.ports.reinject,
+                hostname=state.system.hostname))
+        except MailwardenError:
+            log.exception("could not send %s to %s", type(effect).__name__, effect.recipients)
+
+
+def _record(ctx: FilterContext, envelope: Envelope, message: ParsedMessage, scan: ScanResult,
+            deliveries: list[Delivery], started: float) -> None:
+    ctx.tracking.record(MessageRecord(
+        direction=envelope.direction, sender=envelope.sender, size=message.size,
+        deliveries=deliveries, queue_id=envelope.queue_id, message_id=message.message_id,
+        client_ip=envelope.client_ip, helo=envelope.helo, subject=message.subject,
+        spam_score=None if scan.spam.skipped else scan.spam.score,
+        spam_symbols=scan.spam.symbols, virus=scan.virus.virus, spf=scan.auth.spf,
+        dkim=scan.auth.dkim, dmarc=scan.auth.dmarc,
+        filter_ms=(time.perf_counter() - started) * 1000))
+
+
+def _kind_of(decision: engine.RecipientDecision, scan: ScanResult) -> str:
+    if scan.virus.virus:
+        return "virus"
+    if any(m.spam for m in decision.matches if m.rule == decision.rule):
+        return "spam"
+    return "blocked"
+
+
+def _clean_addr(value: str | None) -> str | None:
+    if not value or value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+        return None
+    return value.removeprefix("IPV6:")

@@ -1,0 +1,65 @@
+"""The filter daemon: both listeners in one asyncio process, state reloaded on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from ..render.layout import Layout
+from ..state.load import load_state_file
+from ..store.db import Database
+from .filter import ContentFilter, FilterContext, FilterSMTP
+
+log = logging.getLogger("mailwarden.filter")
+
+
+def database_path(layout: Layout) -> str:
+    return str(layout.path("/var/lib/mailwarden/mailwarden.db"))
+
+
+async def serve_filter(layout: Layout) -> None:
+    from pathlib import Path
+
+    state = load_state_file(layout.state_file)
+    ctx = FilterContext(state=state, layout=layout, db=Database(Path(database_path(layout))))
+    loop = asyncio.get_running_loop()
+    # Postfix may send up to twice the size limit after reinjection headers; the size
+    # limit itself is enforced by Postfix, with a clear 552.
+    size_limit = state.mail.max_size_mb * 1024 * 1024 * 2
+
+    def factory(direction: str) -> FilterSMTP:
+        return FilterSMTP(ContentFilter(ctx, direction),  # type: ignore[arg-type]
+                          hostname=state.system.hostname, ident="Mailwarden filter",
+                          data_size_limit=size_limit, enable_SMTPUTF8=True,
+                          decode_data=False, timeout=600)
+
+    servers = [
+        await loop.create_server(lambda: factory("in"), "127.0.0.1", layout.ports.filter_in),
+        await loop.create_server(lambda: factory("out"), "127.0.0.1", layout.ports.filter_out),
+    ]
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            ctx.state = load_state_file(layout.state_file)
+            log.info("state reloaded")
+        except Exception:
+            log.exception("state reload failed; keeping the previous state")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    log.info("content filter listening on 127.0.0.1:%d (in) and :%d (out)",
+             layout.ports.filter_in, layout.ports.filter_out)
+    await stop.wait()
+    for server in servers:
+        server.close()
+    for server in servers:
+        await server.wait_closed()
+
+
+def run_filter(layout: Layout) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve_filter(layout))
+    return 0
