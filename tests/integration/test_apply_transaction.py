@@ -150,3 +150,18 @@ def test_second_of_two_racing_writers_gets_a_conflict(box: Sandbox) -> None:
     assert store.current() == base + 1
     assert f"based on revision {base}" in conflicts[0].message
     assert "max_size_mb" in conflicts[0].message  # it shows what changed meanwhile
+
+
+def test_malformed_state_reports_ten_errors_and_changes_nothing(box: Sandbox) -> None:
+    from mailwarden.errors import StateError
+
+    store = _store(box)
+    number, live, state = store.current(), _live_files(box), box.layout.state_file.read_text()
+    bad = (Path(__file__).parents[1] / "data/states/invalid/ten_mistakes.yaml").read_text()
+    with pytest.raises(StateError) as refused:
+        box.apply(bad, comment="ten mistakes")
+    assert len(refused.value.errors) == 10
+    assert all(e.path and e.line for e in refused.value.errors)
+    assert store.current() == number
+    assert _live_files(box) == live
+    assert box.layout.state_file.read_text() == state

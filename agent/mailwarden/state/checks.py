@@ -48,8 +48,11 @@ def check_dkim(dkim: Dkim) -> Iterator[FieldError]:
     yield from _duplicates(dkim.sign, lambda k: k.domain, "dkim.sign[{}].domain", "domain")
 
 
-def check_rule_objects(objects: dict[str, list[Entry]]) -> Iterator[FieldError]:
+def check_rule_objects(objects: dict[str, list[Entry] | None]) -> Iterator[FieldError]:
+    """Objects may be None where an object is invalid on its own (reported already)."""
     for name, entries in objects.items():
+        if entries is None:
+            continue
         families = {entry.family for entry in entries}
         if len(families) > 1:
             yield FieldError(
@@ -62,9 +65,9 @@ _GROUP_FAMILY = {"from": "who", "to": "who", "what": "what", "when": "when"}
 
 
 def check_rules(
-    rules: list[Rule | None], objects: dict[str, list[Entry]] | None
+    rules: list[Rule | None], objects: dict[str, list[Entry] | None] | None
 ) -> Iterator[FieldError]:
-    """Rules may hold None where a rule is invalid on its own (reported already)."""
+    """Rules and objects may hold None where one is invalid on its own (reported already)."""
     yield from _duplicates(rules, lambda r: r.name, "rules[{}].name", "rule name")
     for index, rule in enumerate(rules):
         if rule is None:
@@ -86,7 +89,10 @@ def check_rules(
                 if ref not in objects:
                     yield FieldError(path, f"no rule object named '{ref}'")
                     continue
-                families = {entry.family for entry in objects[ref]}
+                entries = objects[ref]
+                if entries is None:  # broken itself; reported there
+                    continue
+                families = {entry.family for entry in entries}
                 if families and families != {want}:
                     yield FieldError(
                         path,

@@ -222,7 +222,7 @@ def _semantic(sections: dict[str, Any]) -> Iterator[FieldError]:
         if name in sections:
             yield from check(sections[name])
     if "rules" in sections:
-        objects: dict[str, list[Entry]] | None = sections.get("rule_objects")
+        objects: dict[str, list[Entry] | None] | None = sections.get("rule_objects")
         yield from checks.check_rules(sections["rules"], objects)
 
 
@@ -239,7 +239,8 @@ def _located(errors: Iterator[FieldError], lines: dict[Loc, int]) -> list[FieldE
 
 
 def _valid_part(annotation: Any, value: Any) -> Any:
-    """The value validated on its own; for a list, its valid items (None for the others)."""
+    """The value validated on its own; for a list or a mapping, its valid items (None for
+    the others)."""
     if typing.get_origin(annotation) is list and isinstance(value, list):
         item = TypeAdapter(typing.get_args(annotation)[0])
         items = []
@@ -249,6 +250,18 @@ def _valid_part(annotation: Any, value: Any) -> Any:
             except ValidationError:
                 items.append(None)
         return items
+    if typing.get_origin(annotation) is dict and isinstance(value, dict):
+        # Per value too: one broken rule object must not hide the rules' references.
+        key_type, value_type = typing.get_args(annotation)
+        keys, values = TypeAdapter(key_type), TypeAdapter(value_type)
+        entries: dict[Any, Any] = {}
+        for key, raw in value.items():
+            try:
+                keys.validate_python(key)
+                entries[key] = values.validate_python(raw)
+            except ValidationError:
+                entries[key] = None
+        return entries
     try:
         return TypeAdapter(annotation).validate_python(value)
     except ValidationError:

@@ -1,0 +1,241 @@
+"""Reading and validating state files: every mistake reported, with its path and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailwarden.errors import FieldError, StateError
+from mailwarden.state.load import dump_state, load_state_file, load_state_text, validate_data
+from mailwarden.state.migrate import migrate
+from mailwarden.state.schema import CURRENT_VERSION, State
+
+STATES = Path(__file__).parent.parent / "data" / "states"
+VALID = sorted(STATES.glob("*.yaml"))
+
+MINIMAL = """\
+version: 1
+system: {hostname: mx1.example.org}
+domains:
+  - name: example.org
+    transport: {host: 10.0.0.5}
+"""
+
+
+def errors_of(text: str) -> list[FieldError]:
+    with pytest.raises(StateError) as caught:
+        load_state_text(text)
+    return caught.value.errors
+
+
+# --- the ten-mistake file ---------------------------------------------------------------
+
+TEN = [
+    # (path, line, substring of the message)
+    ("system.hostname", 4, "must be a fully qualified name"),
+    ("networks.trusted[0]", 6, "has host bits set; did you mean 10.0.0.0/8?"),
+    ("networks.trustd", 7, "unknown key; did you mean 'trusted'?"),
+    ("domains[1].transport.port", 12, "must be 1..65535"),
+    ("domains[2].name", 13, "domain 'example.org' is already at domains[0]"),
+    ("mail.max_size_mb", 16, "must be a whole number (got 'lots')"),
+    ("mail.filter_mode", 17, "must be 'after_queue' or 'before_queue' (got 'sometimes')"),
+    ("spam.levels", 19, "tag <= quarantine <= reject (got 12.0 / 8.0 / 15.0)"),
+    ("rule_objects.bad[0].regex", 22, "not a valid regular expression"),
+    ("rules[0].from.objects[0]", 26, "no rule object named 'ghost'"),
+]
+
+
+@pytest.fixture(scope="module")
+def ten_errors() -> list[FieldError]:
+    with pytest.raises(StateError) as caught:
+        load_state_file(STATES / "invalid" / "ten_mistakes.yaml")
+    return caught.value.errors
+
+
+def test_ten_mistakes_give_exactly_ten_messages(ten_errors: list[FieldError]) -> None:
+    assert len(ten_errors) == 10, "\n".join(map(str, ten_errors))
+    assert sorted(e.path for e in ten_errors) == sorted(path for path, _, _ in TEN)
+
+
+@pytest.mark.parametrize(("path", "line", "message"), TEN, ids=[p for p, _, _ in TEN])
+def test_each_mistake_is_precise(
+    ten_errors: list[FieldError], path: str, line: int, message: str
+) -> None:
+    found = [e for e in ten_errors if e.path == path]
+    assert len(found) == 1, ten_errors
+    assert message in found[0].message
+    assert found[0].line == line
+
+
+def test_state_error_text_lists_every_mistake_with_its_line(ten_errors: list[FieldError]) -> None:
+    with pytest.raises(StateError) as caught:
+        load_state_file(STATES / "invalid" / "ten_mistakes.yaml")
+    text = str(caught.value)
+    assert "ten_mistakes.yaml: 10 errors" in text
+    assert "domains[1].transport.port (line 12): must be 1..65535" in text
+
+
+def test_broken_rule_object_does_not_hide_missing_references() -> None:
+    text = MINIMAL + """\
+rule_objects:
+  bad: [{regex: '('}]
+  good: [{domain: good.example}]
+rules:
+  - {name: A, priority: 1, from: {objects: [bad, good, ghost]}, actions: [block]}
+"""
+    found = {e.path: e.message for e in errors_of(text)}
+    # 'bad' exists (broken, reported once); only 'ghost' is missing.
+    assert set(found) == {"rule_objects.bad[0].regex", "rules[0].from.objects[2]"}
+
+
+def test_rule_group_with_objects_of_the_wrong_family() -> None:
+    text = MINIMAL + """\
+rule_objects:
+  night: [{timeframe: {start: "20:00", end: "06:00"}}]
+rules:
+  - {name: A, priority: 1, from: {objects: [night]}, actions: [block]}
+"""
+    (error,) = errors_of(text)
+    assert error.path == "rules[0].from.objects[0]"
+    assert "the from group needs who objects" in error.message
+
+
+# --- YAML-level problems ----------------------------------------------------------------
+
+
+def test_unknown_top_level_key_suggests_the_right_one() -> None:
+    (error,) = errors_of(MINIMAL + "greylsting: {enabled: false}\n")
+    assert error.path == "greylsting"
+    assert error.message == "unknown key; did you mean 'greylisting'?"
+    assert error.line == 6
+
+
+def test_unknown_key_without_a_close_match_lists_the_allowed_ones() -> None:
+    (error,) = errors_of(MINIMAL.replace("{host: 10.0.0.5}", "{host: 10.0.0.5, zzz: 1}"))
+    assert error.path == "domains[0].transport.zzz"
+    assert error.message == "unknown key (allowed: host, port, mx_lookup, protocol, tls)"
+
+
+def test_duplicate_yaml_keys_are_errors() -> None:
+    (error,) = errors_of(MINIMAL + "mail: {max_size_mb: 10}\nmail: {max_size_mb: 20}\n")
+    assert error.path == "mail"
+    assert error.message == "duplicate key (first at line 6)"
+    assert error.line == 7
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n"])
+def test_empty_file(text: str) -> None:
+    (error,) = errors_of(text)
+    assert error.message == "the file is empty"
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just text\n", "42\n"])
+def test_top_level_must_be_a_mapping(text: str) -> None:
+    (error,) = errors_of(text)
+    assert error.path == ""
+    assert "must be a mapping" in error.message
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    (error,) = errors_of("version: 1\nsystem: {hostname: [\n")
+    assert error.message.startswith("not valid YAML")
+    assert error.line == 3
+
+
+def test_missing_file() -> None:
+    with pytest.raises(StateError, match="file not found"):
+        load_state_file(Path("/nonexistent/state.yaml"))
+
+
+# --- versions and migration -------------------------------------------------------------
+
+
+def test_missing_version() -> None:
+    (error,) = errors_of(MINIMAL.replace("version: 1\n", ""))
+    assert error.path == "version"
+    assert error.message.startswith("required")
+
+
+def test_future_version_is_refused() -> None:
+    (error,) = errors_of(MINIMAL.replace("version: 1", f"version: {CURRENT_VERSION + 1}"))
+    assert error.path == "version"
+    assert "written by a newer Mailwarden" in error.message
+
+
+@pytest.mark.parametrize("version", ["one", 0, True, 1.5])
+def test_version_must_be_a_positive_whole_number(version: object) -> None:
+    with pytest.raises(StateError) as caught:
+        validate_data({"version": version})
+    assert caught.value.errors[0].path == "version"
+
+
+def test_injected_migration_runs_forward() -> None:
+    def rename_hostname(data: dict[str, Any]) -> dict[str, Any]:
+        data["system"] = {"hostname": data.pop("fqdn")}
+        return data
+
+    old = {"version": 1, "fqdn": "mx.example.org", "domains": []}
+    new = migrate(old, migrations={1: rename_hostname}, target=2)
+    assert new == {"version": 2, "system": {"hostname": "mx.example.org"}, "domains": []}
+    assert "fqdn" in old  # the caller's data is not changed in place
+
+
+def test_missing_migration_step_is_an_error() -> None:
+    with pytest.raises(StateError, match="no migration from version 2"):
+        migrate({"version": 1}, migrations={1: dict}, target=3)
+
+
+# --- defaults ---------------------------------------------------------------------------
+
+
+def test_minimal_file_gets_safe_defaults() -> None:
+    state = load_state_file(STATES / "minimal.yaml")
+    assert state.mail.filter_mode == "after_queue"  # mail is never lost
+    assert state.spam.enabled and state.virus.enabled
+    assert state.spam.on_failure == "tempfail"
+    assert state.virus.on_failure == "tempfail"
+    assert state.virus.exceeding_limits == "virus"  # zip bombs are not let through
+    assert state.postscreen.enabled
+    assert state.postscreen.dnsbl[0].zone == "zen.spamhaus.org"
+    assert state.system.dns.resolver == "local"  # DNSBLs refuse public resolvers
+    assert state.networks.trusted == []  # nobody may relay unless listed
+    assert state.networks.ssh is False
+    assert state.tls.inbound.enabled
+    assert state.domains[0].transport.port == 25
+    assert state.domains[0].transport.mx_lookup is False
+    assert state.admin_email == "postmaster@example.org"
+    assert state.quarantine.user_release_virus is False
+    assert "Block viruses" in [r.name for r in state.rules]
+
+
+def test_defaults_validate_by_themselves() -> None:
+    state = State.model_validate(
+        {"version": 1, "system": {"hostname": "mx.example.org"},
+         "domains": [{"name": "example.org", "transport": {"host": "10.0.0.5"}}]}
+    )
+    dumped = state.model_dump(mode="json", by_alias=True)
+    assert validate_data(dumped) == state
+
+
+# --- valid fixtures and the round trip ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
+def test_fixture_is_valid(path: Path) -> None:
+    assert isinstance(load_state_file(path), State)
+
+
+@pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
+def test_dump_round_trip(path: Path) -> None:
+    state = load_state_file(path)
+    text = dump_state(state)
+    assert load_state_text(text) == state
+    assert dump_state(load_state_text(text)) == text
+
+
+def test_dump_keeps_defaults_implicit() -> None:
+    text = dump_state(load_state_file(STATES / "minimal.yaml"))
+    assert "postscreen" not in text
+    assert "rules" not in text
