@@ -55,9 +55,7 @@ def _fresh_run_dir(run_dir: Path) -> None:
 def run_dev(state_path: Path | None, run_dir: Path | None) -> int:
     run_dir = (run_dir or Path.cwd() / "run" / "dev").resolve()
     _fresh_run_dir(run_dir)
-    # The agent's filter and policy service come with the mail path; until then Postfix
-    # relays straight to the transports.
-    sandbox = Sandbox(run_dir, agent_services=False, api=True)
+    sandbox = Sandbox(run_dir, agent_services=True, api=True)
     text = (state_path.read_text(encoding="utf-8") if state_path
             else example_state(sandbox.sink.port))
 
