@@ -253,3 +253,37 @@ def _filter_answers(gw: Sandbox) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_gtube_through_the_api_release_and_audit(gw: Sandbox) -> None:
+    from falcon import testing
+
+    from mailwarden.api.app import Services, create_app
+    from mailwarden.render.apply import NoController
+    from mailwarden.store.users import Users
+
+    db = Database(gw.layout.path("/var/lib/mailwarden/mailwarden.db"))
+    Users(db).add("qm-alice", "correct horse battery", "qmanager")
+    api = testing.TestClient(create_app(Services(gw.layout, db, NoController())))
+    session = api.simulate_post("/api/session", json={"username": "qm-alice",
+                                                      "password": "correct horse battery"})
+    headers = {"X-CSRF-Token": session.json["csrf_token"],
+               "Cookie": f"mw_session={session.cookies['mw_session'].value}"}
+    subject = marker()
+    send(gw, build(subject, body=f"{GTUBE}\n"))
+
+    def listed() -> list[dict[str, object]]:
+        items = api.simulate_get("/api/quarantine", headers=headers,
+                                 params={"q": subject}).json["items"]
+        return [i for i in items if i["subject"] == subject]
+
+    wait_until("GTUBE listed by the API", lambda: bool(listed()), 60)
+    [entry] = listed()
+    assert entry["kind"] == "spam"
+    released = api.simulate_post(f"/api/quarantine/{entry['id']}/release", headers=headers)
+    assert released.json == {"released": ["user@example.test"]}
+    gw.sink.wait_for_marker(subject)
+    admin_token = Users(db).create_token("audit-reader", "audit", None)[1]
+    audit = api.simulate_get("/api/audit", headers={"Authorization": f"Bearer {admin_token}"})
+    assert any(item["action"] == "quarantine.release" and item["actor"] == "qm-alice"
+               and item["target"] == entry["id"] for item in audit.json["items"])

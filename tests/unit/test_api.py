@@ -390,3 +390,88 @@ def test_dkim_key_generation_and_records(env) -> None:
     assert client.simulate_post("/api/dkim/keys", headers=headers,
                                 json={"domain": "example.test"}).json["error"]["field"] == \
         "selector"
+
+
+def test_simulate_says_which_rule_and_why(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    result = client.simulate_post("/api/rules/simulate", headers=headers, json={
+        "message": "From: a@sender.test\r\nSubject: hello\r\n\r\nbody\r\n",
+        "from": "a@sender.test", "to": ["user@example.test"], "score": 99.0})
+    assert result.status_code == 200, result.text
+    text = str(result.json)
+    assert "Reject spam" in text and "99.0 >= reject level" in text
+    bad = client.simulate_post("/api/rules/simulate", headers=headers,
+                               json={"message": "x", "to": "not-a-list"})
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "to"
+
+
+ROLE_NAMES = ("admin", "qmanager", "helpdesk", "audit", "quser")
+
+
+def test_every_resource_allows_and_refuses_by_role(env) -> None:
+    """For each route and method: a token of each role gets in (not 401/403) or is refused
+    (403), exactly as the resource declares."""
+    client, users, _ = env
+    tokens = {role: users.create_token(f"matrix-{role}", role, None)[1] for role in ROLE_NAMES}
+    app = client.app
+    checked = 0
+    for path, resource in _routes(app):
+        roles: dict[str, tuple[str, ...]] = getattr(resource, "roles", {})
+        for method, allowed in roles.items():
+            concrete = (path.replace("{number:int(min=1)}", "1").replace("{token_id:int}", "999")
+                        .replace("{section}", "spam").replace("{entry_id}", "none")
+                        .replace("{action}", "release").replace("{username}", "nobody")
+                        .replace("{queue_id}", "ABCDEF123"))
+            for role in ROLE_NAMES:
+                result = client.simulate_request(
+                    method, concrete, headers={"Authorization": f"Bearer {tokens[role]}"},
+                    json={} if method in ("POST", "PUT") else None)
+                if role in allowed:
+                    assert result.status_code not in (401, 403), (method, path, role,
+                                                                  result.text)
+                else:
+                    assert result.status_code == 403, (method, path, role, result.status_code)
+                checked += 1
+    assert checked > 100
+
+
+def _routes(app):
+    """(path template, resource) for every route of the Falcon app."""
+    found = []
+
+    def walk(nodes):
+        for node in nodes:
+            if node.resource is not None:
+                found.append((node.uri_template, node.resource))
+            walk(node.children)
+
+    walk(app._router._roots)
+    return found
+
+
+def test_brute_force_is_throttled_and_the_lockout_holds(env) -> None:
+    _client, users, root = env
+    from mailwarden.api.app import Services, create_app
+    from mailwarden.render.layout import load_layout
+
+    users.add("target", PASSWORD, "admin")
+    now = [1_000_000.0]
+    sb = root / "sb"
+    app = create_app(Services(load_layout(sb), Database(sb / "var/lib/mailwarden/mailwarden.db"),
+                              NoController(), clock=lambda: now[0]))
+    c = testing.TestClient(app)
+    statuses = [c.simulate_post("/api/session", remote_addr="198.51.100.50",
+                                json={"username": "target", "password": f"guess-{n}"}
+                                ).status_code for n in range(50)]
+    assert statuses[:5] == [401] * 5  # wrong password
+    assert set(statuses[10:]) == {429}  # this address is throttled
+    right = {"username": "target", "password": PASSWORD}
+    assert c.simulate_post("/api/session", remote_addr="198.51.100.50",
+                           json=right).status_code == 429
+    # From another address the account itself is still locked.
+    locked = c.simulate_post("/api/session", remote_addr="198.51.100.51", json=right)
+    assert locked.status_code == 429 and locked.json["error"]["code"] == "locked_out"
+    now[0] += 16 * 60  # the lockout and the throttle window end
+    assert c.simulate_post("/api/session", remote_addr="198.51.100.50",
+                           json=right).status_code == 200

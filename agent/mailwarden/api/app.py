@@ -3,6 +3,7 @@ thin module gunicorn loads."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .quarantine import (
     QuarantinePreviewResource,
     QuarantineRawResource,
 )
+from .rules import SimulateResource
 from .settings import SettingsResource
 
 
@@ -49,6 +51,7 @@ class Services:
     deliver: Callable[[bytes, str, list[str]], None] | None = None
     # The web UI's static files (webui/ of the source tree, or the installed copy).
     webui: Path | None = None
+    clock: Callable[[], float] = time.time
 
 
 UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -101,7 +104,7 @@ def create_app(services: Services) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     routes: dict[str, Any] = {
         "/api/health": resources.HealthResource(),
-        "/api/session": resources.SessionResource(users, audit),
+        "/api/session": resources.SessionResource(users, audit, services.clock),
         "/api/state": resources.StateResource(store, apply, audit, layout.state_file),
         "/api/state/revisions": resources.RevisionsResource(store),
         "/api/state/revisions/{number:int(min=1)}": resources.RevisionResource(store),
@@ -115,6 +118,7 @@ def create_app(services: Services) -> falcon.App:
         "/api/tokens/{token_id:int}": accounts.TokenResource(users, audit),
         "/api/session/totp": accounts.TotpResource(users, audit),
         "/api/dkim/keys": DkimKeysResource(layout, audit),
+        "/api/rules/simulate": SimulateResource(layout),
         "/api/system/services": system.ServicesResource(layout),
         "/api/system/queue": system.QueueResource(layout, audit),
         "/api/system/queue/{queue_id}": system.QueueEntryResource(layout, audit),

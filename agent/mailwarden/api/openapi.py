@@ -39,6 +39,8 @@ _DESCRIPTIONS = {
     "/api/tokens": "API tokens: list, create (the secret is shown once).",
     "/api/tokens/{token_id}": "Revoke an API token.",
     "/api/session/totp": "Enrol (POST), confirm (POST with secret+code), remove (DELETE) TOTP.",
+    "/api/rules/simulate": "Run a message (raw source + envelope, optional assumed score/virus) "
+    "through the rules: which match, why, and what would happen. No side effects.",
     "/api/dkim/keys": "DKIM keys: records to publish (GET), generate a key (POST).",
     "/api/system/services": "Each service probed over its protocol, with its processes.",
     "/api/system/queue": "Postfix's mail queue (GET); flush it (POST).",

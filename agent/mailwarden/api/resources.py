@@ -52,10 +52,15 @@ def _base_revision(req: falcon.Request) -> int:
                        "If-Match") from None
 
 
+LOGIN_FAILURES_PER_ADDRESS = 10
+LOGIN_WINDOW = 15 * 60
+
+
 @dataclass
 class SessionResource:
     users: Users
     audit: Audit
+    clock: Callable[[], float] = time.time
     public = ("POST",)
     roles = {"GET": (*EVERYONE, "quser"), "DELETE": (*EVERYONE, "quser")}
 
@@ -66,10 +71,20 @@ class SessionResource:
             raise BadInput("username is required", "username")
         if not isinstance(password, str) or not password:
             raise BadInput("password is required", "password")
+        now = self.clock()
+        # Per source address too: guessing across many accounts from one host is throttled,
+        # whatever the accounts' own lockouts say.
+        recent = self.audit.count("login.failed", source_ip=req.remote_addr,
+                                  since=now - LOGIN_WINDOW)
+        if recent >= LOGIN_FAILURES_PER_ADDRESS:
+            raise falcon.HTTPTooManyRequests(
+                title="Too Many Requests",
+                description="too many failed logins from your address; wait 15 minutes",
+                retry_after=LOGIN_WINDOW)
         try:
-            user = self.users.authenticate(username, password, data.get("totp"))
+            user = self.users.authenticate(username, password, data.get("totp"), now=now)
         except Exception:
-            self.audit.record(username, "login.failed", source_ip=req.remote_addr)
+            self.audit.record(username, "login.failed", source_ip=req.remote_addr, now=now)
             raise
         token, session = self.users.create_session(user)
         self.audit.record(user.username, "login", source_ip=req.remote_addr)

@@ -223,13 +223,19 @@ class Audit:
         self.db = db
 
     def record(self, actor: str, action: str, target: str | None = None,
-               detail: dict[str, Any] | None = None, source_ip: str | None = None) -> None:
+               detail: dict[str, Any] | None = None, source_ip: str | None = None,
+               now: float | None = None) -> None:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO audit_log (time, actor, action, target, detail, source_ip)"
                 " VALUES (?,?,?,?,?,?)",
-                (time.time(), actor, action, target,
+                (time.time() if now is None else now, actor, action, target,
                  json.dumps(detail) if detail is not None else None, source_ip))
+
+    def count(self, action: str, *, source_ip: str | None, since: float) -> int:
+        return int(self.db.connection().execute(
+            "SELECT COUNT(*) FROM audit_log WHERE action = ? AND source_ip IS ? AND time >= ?",
+            (action, source_ip, since)).fetchone()[0])
 
     def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         rows = self.db.connection().execute(
