@@ -283,6 +283,8 @@ def test_statistics_and_tracking(env) -> None:
     headers = login(client)
     stats = client.simulate_get("/api/statistics", headers=headers).json
     assert stats["totals"]["in"]["virus"] >= 1 and stats["top_viruses"][0]["virus"] == "Eicar-Test"
+    assert stats["daily"] and any(u["recipient"] == "user@example.test" and u["viruses"]
+                                  for u in stats["users"])
     found = client.simulate_get("/api/tracking", params={"queue_id": "Q1"}, headers=headers)
     assert found.json["items"][0]["deliveries"][0]["rule"] == "Block viruses"
     user = login(client, "user@example.test")

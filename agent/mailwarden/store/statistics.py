@@ -24,6 +24,8 @@ class Statistics:
         by_direction = f"SELECT direction, {sums} {base} GROUP BY direction"
         by_hour = (f"SELECT hour * 3600 AS time, direction, {sums} {base}"
                    " GROUP BY hour, direction ORDER BY hour")
+        by_day = (f"SELECT (hour / 24) * 86400 AS time, direction, {sums} {base}"
+                  " GROUP BY hour / 24, direction ORDER BY hour / 24")
         by_domain = (f"SELECT domain, direction, {sums} {base}"
                      " GROUP BY domain, direction ORDER BY messages DESC LIMIT 100")
         totals = {
@@ -31,6 +33,7 @@ class Statistics:
             for r in conn.execute(by_direction, args)
         }
         hourly = [dict(r) for r in conn.execute(by_hour, args)]
+        daily = [dict(r) for r in conn.execute(by_day, args)]
         domains = [dict(r) for r in conn.execute(by_domain, args)]
         top_senders = [dict(r) for r in conn.execute(
             "SELECT sender, COUNT(*) messages FROM messages WHERE time >= ? AND time < ?"
@@ -39,10 +42,17 @@ class Statistics:
             "SELECT d.recipient, COUNT(*) messages FROM deliveries d JOIN messages m"
             " ON m.id = d.message WHERE m.time >= ? AND m.time < ?"
             " GROUP BY d.recipient ORDER BY messages DESC LIMIT 10", (since, until))]
+        # Per user: what each recipient received and how it ended (accepted, quarantined...).
+        users = [dict(r) for r in conn.execute(
+            "SELECT d.recipient, COUNT(*) messages,"
+            " SUM(d.action = 'quarantine') quarantined, SUM(m.virus IS NOT NULL) viruses,"
+            " SUM(m.size) bytes FROM deliveries d JOIN messages m ON m.id = d.message"
+            " WHERE m.time >= ? AND m.time < ? GROUP BY d.recipient"
+            " ORDER BY messages DESC LIMIT 100", (since, until))]
         top_viruses = [dict(r) for r in conn.execute(
             "SELECT virus, COUNT(*) messages FROM messages WHERE virus IS NOT NULL"
             " AND time >= ? AND time < ? GROUP BY virus ORDER BY messages DESC LIMIT 10",
             (since, until))]
         return {"since": since, "until": until, "totals": totals, "hourly": hourly,
-                "domains": domains, "top_senders": top_senders,
+                "daily": daily, "domains": domains, "users": users, "top_senders": top_senders,
                 "top_recipients": top_recipients, "top_viruses": top_viruses}
