@@ -447,6 +447,44 @@ async function viewSettings(section, render) {
   render(h("h1", {}, `Settings: ${section}`), h("p", {}, h("a", { href: "#/settings" }, "All sections")), form);
 }
 
+async function viewRules(arg, render) {
+  const data = await api("GET", "/api/settings/rules");
+  const result = h("div", { "aria-live": "polite" });
+  const form = h("form", { onsubmit: async (event) => {
+    event.preventDefault();
+    result.replaceChildren(h("p", { class: "muted" }, "Testing…"));
+    const body = { message: form.message.value, from: form.sender.value,
+                   to: form.to.value.split(/[\s,]+/).filter(Boolean) };
+    if (form.score.value !== "") body.score = Number(form.score.value);
+    if (form.virus.value) body.virus = form.virus.value;
+    try {
+      const report = await api("POST", "/api/rules/simulate", body);
+      result.replaceChildren(...report.recipients.map((r) => h("div", { class: "card" },
+        h("p", {}, h("strong", {}, r.recipient), `: ${r.outcome.toUpperCase()}`, r.quarantine_kind ? ` (${r.quarantine_kind})` : "", ` by rule "${r.rule}"`),
+        h("ul", {}, r.matches.map((m) => h("li", {}, `${m.rule}: ${m.reasons.join("; ")}`))),
+        r.actions.length ? h("p", {}, "Actions: ", r.actions.map((a) => `${a.action} (${a.rule})`).join(", ")) : "",
+        h("p", { class: "muted" }, `Subject after: ${r.subject_after}`))));
+    } catch (e) {
+      result.replaceChildren(h("p", { class: "errors" }, e.field ? `${e.field}: ${e.message}` : e.message));
+    }
+  } },
+  h("div", { class: "field" }, h("label", { for: "message" }, "Message source"),
+    h("textarea", { id: "message", name: "message", rows: "8", spellcheck: "false", required: true }, "From: someone@example.com\nSubject: Hello\n\nBody\n")),
+  h("div", { class: "field" }, h("label", { for: "sender" }, "Envelope sender"), h("input", { id: "sender", name: "sender", value: "someone@example.com" })),
+  h("div", { class: "field" }, h("label", { for: "to" }, "Recipients"), h("input", { id: "to", name: "to", required: true })),
+  h("div", { class: "field" }, h("label", { for: "score" }, "Assume spam score"), h("input", { id: "score", name: "score", type: "number", step: "any" })),
+  h("div", { class: "field" }, h("label", { for: "virus" }, "Assume virus"), h("input", { id: "virus", name: "virus" })),
+  h("p", {}, h("button", { class: "primary", type: "submit" }, "Test against the rules")));
+  const rules = [...data.rules].sort((a, b) => b.priority - a.priority);
+  render(h("h1", {}, "Rules"),
+    h("p", {}, "Edit objects and rules in ", h("a", { href: "#/settings/rules" }, "Settings: rules"), " and ", h("a", { href: "#/settings/rule_objects" }, "rule objects"), "."),
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["Priority", "Name", "Direction", "Active", "Matches", "Actions"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rules.map((r) => h("tr", {}, h("td", {}, r.priority), h("td", {}, r.name), h("td", {}, r.direction), h("td", {}, r.active ? "yes" : "no"),
+        h("td", {}, ["from", "to", "what", "when"].filter((g) => r[g]).map((g) => `${g}: ${r[g].invert ? "not " : ""}${r[g].objects.join(r[g].mode === "all" ? " and " : " or ")}`).join("; ") || "everything"),
+        h("td", {}, r.actions.map((a) => Object.keys(a).filter((k) => a[k] !== null)[0]).join(", ")))))),
+    h("h2", {}, "Test a message against the rules"), form, result);
+}
+
 async function viewHistory(arg, render) {
   const data = await api("GET", "/api/state/revisions");
   const diffBox = h("pre", { class: "diff", hidden: true });
@@ -517,7 +555,7 @@ async function viewSystem(arg, render) {
 
 const routes = {
   login: viewLogin, dashboard: viewDashboard, quarantine: viewQuarantine, tracking: viewTracking,
-  settings: viewSettings, history: viewHistory, users: viewUsers, system: viewSystem,
+  settings: viewSettings, rules: viewRules, history: viewHistory, users: viewUsers, system: viewSystem,
 };
 
 let navigation = 0;

@@ -152,3 +152,15 @@ def test_phone_width(page: Page) -> None:
     assert page.page.is_hidden("#nav")  # collapsed behind the menu button
     page.page.click("#menu-toggle")
     assert page.page.is_visible("#nav a[href='#/quarantine']")
+
+
+def test_rules_page_tests_a_message(page: Page) -> None:
+    page.login("admin")
+    page.page.goto(f"{page.base}/#/rules")
+    page.page.wait_for_selector("text=Block viruses")
+    page.page.fill("#to", "user@example.test")
+    page.page.fill("#score", "12")
+    page.page.click("text=Test against the rules")
+    page.page.wait_for_selector("text=by rule \"Quarantine spam\"")
+    assert "spam score 12.0 >= quarantine level 10.0" in page.page.inner_text("main")
+    page.page.screenshot(path=str(SCREENSHOTS / "rules.png"), full_page=True)
