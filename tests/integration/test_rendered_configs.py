@@ -22,6 +22,7 @@ from mailwarden.render.checks import (
 )
 from mailwarden.render.engine import SERVICES, render
 from mailwarden.render.layout import Layout, sandbox
+from mailwarden.sandbox.instance import make_runtime_dirs
 from mailwarden.state.load import load_state_file
 
 pytestmark = pytest.mark.integration
@@ -33,34 +34,12 @@ ROOT_KEY = Path("/usr/share/dns/root.key")  # Debian's dns-root-data, a dependen
 
 def _prepare(layout: Layout) -> None:
     """The folders the rendered configs point at, owned as the daemons expect."""
-    p, u = layout.path, layout.users
-    owned = {
-        "/var/spool/postfix": "root",
-        "/var/lib/postfix": u.postfix,
-        "/var/log/postfix": "root",
-        "/var/lib/rspamd": u.rspamd,
-        "/run/rspamd": u.rspamd,
-        "/var/lib/clamav": u.clamav,
-        "/run/clamav": u.clamav,
-        "/var/log/clamav": u.clamav,
-        "/var/lib/redis": u.redis,
-        "/run/redis": u.redis,
-        "/var/log/redis": u.redis,
-        "/etc/unbound": "root",
-        "/var/lib/unbound": u.unbound,
-        "/run": "root",
-        "/var/lib/mailwarden/staging": "root",
-    }
-    for path, user in owned.items():
-        folder = p(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o755)
-        shutil.chown(folder, user=user)
+    make_runtime_dirs(layout)
     # Unbound's DNSSEC trust anchor, seeded from Debian's dns-root-data as unbound-helper
     # does before the first start (unbound-checkconf insists that it exists).
-    anchor = p("/var/lib/unbound/root.key")
+    anchor = layout.path("/var/lib/unbound/root.key")
     shutil.copyfile(ROOT_KEY, anchor)
-    shutil.chown(anchor, user=u.unbound)
+    shutil.chown(anchor, user=layout.users.unbound)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import FieldError, MailwardenError, ServiceError, StateError
+from ..files import write_atomic
 from ..state.load import load_state_text
-from ..state.revisions import Revision, RevisionStore, write_atomic
+from ..state.revisions import Revision, RevisionStore
 from ..state.schema import State
 from .checks import CHECKERS
 from .engine import SERVICES, RenderedFile, render

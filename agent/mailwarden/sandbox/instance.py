@@ -48,6 +48,28 @@ def eicar_database(folder: Path) -> Path:
     return path
 
 
+def runtime_dirs(layout: Layout) -> dict[Path, str]:
+    """Every folder the rendered configs expect to exist in a sandbox, and its owner (what
+    the Debian packages create on the appliance)."""
+    u = layout.users
+    owned = {
+        "/var/spool/postfix": "root", "/var/lib/postfix": u.postfix, "/var/log/postfix": "root",
+        "/var/lib/rspamd": u.rspamd, "/run/rspamd": u.rspamd, "/var/log/rspamd": u.rspamd,
+        "/var/lib/clamav": u.clamav, "/run/clamav": u.clamav, "/var/log/clamav": u.clamav,
+        "/var/lib/redis": u.redis, "/run/redis": u.redis, "/var/log/redis": u.redis,
+        "/etc/unbound": "root", "/var/lib/unbound": u.unbound, "/run": "root",
+        "/var/lib/mailwarden": "root", "/var/lib/mailwarden/staging": "root",
+    }
+    return {layout.path(path): user for path, user in owned.items()}
+
+
+def make_runtime_dirs(layout: Layout) -> None:
+    for folder, user in runtime_dirs(layout).items():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        shutil.chown(folder, user=user)
+
+
 @dataclass(frozen=True)
 class Sink:
     """Postfix's smtp-sink, keeping each message as a file."""
@@ -105,31 +127,9 @@ class Sandbox:
     # --- set-up -------------------------------------------------------------------------
 
     def _dirs(self) -> None:
-        p, u = self.layout.path, self.layout.users
-        owned = {
-            "/var/spool/postfix": "root",
-            "/var/lib/postfix": u.postfix,
-            "/var/log/postfix": "root",
-            "/var/lib/rspamd": u.rspamd,
-            "/run/rspamd": u.rspamd,
-            "/var/log/rspamd": u.rspamd,
-            "/var/lib/clamav": u.clamav,
-            "/run/clamav": u.clamav,
-            "/var/log/clamav": u.clamav,
-            "/var/lib/redis": u.redis,
-            "/run/redis": u.redis,
-            "/var/log/redis": u.redis,
-            "/etc/unbound": "root",
-            "/run": "root",
-            "/var/lib/mailwarden": "root",
-        }
-        for path, user in owned.items():
-            folder = p(path)
-            folder.mkdir(parents=True, exist_ok=True)
-            folder.chmod(0o755)
-            shutil.chown(folder, user=user)
+        make_runtime_dirs(self.layout)
         self.sink.folder.mkdir(exist_ok=True)
-        shutil.chown(self.sink.folder, user=u.postfix)
+        shutil.chown(self.sink.folder, user=self.layout.users.postfix)
 
     def _warm_rspamd(self) -> None:
         """Rspamd's first start compiles maps for ~10 s; a warm DBDIR answers in 0.7 s."""

@@ -8,7 +8,6 @@ reinjected exactly once even if two admins click at the same moment.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, StoreError
+from ..files import write_atomic
 from .db import Database
 
 KINDS = ("spam", "virus", "attachment", "blocked")
@@ -42,14 +42,6 @@ class QuarantineEntry:
         return dict(self.__dict__)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Quarantine:
     def __init__(self, db: Database, folder: Path) -> None:
         self.db = db
@@ -69,15 +61,7 @@ class Quarantine:
         folder = self.folder / kind / day
         folder.mkdir(parents=True, exist_ok=True, mode=0o750)
         path = folder / f"{entry_id}.eml"
-        tmp = folder / f".{entry_id}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            os.write(fd, raw)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(folder)
+        write_atomic(path, raw, 0o640, durable=True)
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO quarantine (id, time, expires, kind, path, size, sender, subject,"
