@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Build the wheelhouses the image (and roles/ on a plain host) install from, for Debian 13's
+# CPython 3.13 on amd64:
+#   <dir>/agent/    the mailwarden wheel (pip wheel --no-deps of this tree) and its dependencies
+#   <dir>/ansible/  ansible-core and its dependencies (build-only: runs the roles in the chroot)
+# Pure-Python packages published only as sdists (dkimpy, pyspf...) are built into py3 wheels on
+# this host, so the image needs no compiler. The result is cached under
+# $MAILWARDEN_CACHE/wheelhouse/<hash of pyproject.toml and agent/> and reused when unchanged.
+#
+# Usage: image/build-wheelhouse.sh        prints the wheelhouse directory on stdout
+set -euo pipefail
+
+# shellcheck source=image/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+ANSIBLE_CORE_PIN="${MAILWARDEN_ANSIBLE_CORE:-ansible-core==2.19.4}"
+TARGET_PY=(--python-version 3.13 --implementation cp --abi cp313
+           --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+           --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64
+           --platform manylinux1_x86_64 --only-binary=:all:)
+
+venv="$MW_CACHE/dib-venv"
+[ -x "$venv/bin/pip" ] || mw_die "no build venv at $venv (image/build-image.sh creates it)"
+export PIP_CACHE_DIR="$MW_CACHE/pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+key="$( { cat "$MW_ROOT/pyproject.toml" "$MW_ROOT/README.md"
+          printf '%s\n' "$ANSIBLE_CORE_PIN"
+          (cd "$MW_ROOT" && find agent -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' \
+              -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+        } | sha256sum | cut -c1-16)"
+dest="$MW_CACHE/wheelhouse/$key"
+# Keep the three newest wheelhouses (each agent change makes one).
+prune() {
+    find "$MW_CACHE/wheelhouse" -mindepth 2 -maxdepth 2 -name .complete -printf '%T@ %h\n' \
+        | sort -rn | tail -n +4 | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
+}
+
+if [ -f "$dest/.complete" ]; then
+    touch "$dest/.complete"
+    prune
+    printf '%s\n' "$dest"
+    exit 0
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/src" "$work/host" "$work/pure" "$work/agent" "$work/ansible"
+
+# The agent's pinned requirements, read from pyproject.toml.
+"$venv/bin/python" - "$MW_ROOT/pyproject.toml" > "$work/agent-reqs.txt" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+PY
+printf '%s\n' "$ANSIBLE_CORE_PIN" > "$work/ansible-reqs.txt"
+
+# Build the agent's wheel from a copy, so that nothing is written into the working tree.
+cp -a "$MW_ROOT/pyproject.toml" "$MW_ROOT/README.md" "$work/src/"
+(cd "$MW_ROOT" && tar --exclude='__pycache__' --exclude='*.egg-info' -cf - agent) | tar -C "$work/src" -xf -
+mw_log "building the mailwarden wheel"
+"$venv/bin/pip" wheel -qq --no-deps -w "$work/agent" "$work/src" >&2
+
+# Pass 1: resolve on this host; keep only the pure-Python wheels (some exist only as sdists).
+mw_log "building pure-Python wheels for sdist-only dependencies"
+"$venv/bin/pip" wheel -qq --use-pep517 -w "$work/host" -r "$work/agent-reqs.txt" -r "$work/ansible-reqs.txt" >&2
+find "$work/host" -name '*-none-any.whl' -exec cp {} "$work/pure/" \;
+
+# Pass 2: resolve for CPython 3.13 with binary wheels, the pure ones from pass 1 as a source.
+mw_log "downloading the CPython 3.13 wheels"
+"$venv/bin/pip" download -qq "${TARGET_PY[@]}" --find-links "$work/pure" -d "$work/agent" \
+    -r "$work/agent-reqs.txt" >&2
+"$venv/bin/pip" download -qq "${TARGET_PY[@]}" --find-links "$work/pure" -d "$work/ansible" \
+    -r "$work/ansible-reqs.txt" >&2
+
+mkdir -p "$MW_CACHE/wheelhouse"
+rm -rf "$dest"
+mkdir -p "$dest"
+cp -a "$work/agent" "$work/ansible" "$dest/"
+touch "$dest/.complete"
+prune
+printf '%s\n' "$dest"

@@ -1,0 +1,164 @@
+# shellcheck shell=bash
+# Shared helpers for image/build-image.sh, image/run-image.sh and image/test-image.sh.
+# Sourced, not executed. Callers set `set -euo pipefail` themselves.
+
+MW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+MW_CACHE="${MAILWARDEN_CACHE:-/var/cache/mailwarden}"
+MW_OUT="${MAILWARDEN_OUT:-$MW_ROOT/out}"
+MW_ARCH=amd64
+
+mw_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+mw_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# The agent's version, from pyproject.toml (the one place it is written).
+mw_version() {
+    sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$MW_ROOT/pyproject.toml" | head -n1
+}
+
+# Run a named stage and print how long it took (seconds, wall clock).
+MW_STAGE_TIMES=()
+mw_stage() {
+    local name="$1" start end
+    shift
+    mw_log "stage: $name"
+    start=$(date +%s)
+    "$@"
+    end=$(date +%s)
+    MW_STAGE_TIMES+=("$(printf '%-28s %5d s' "$name" "$((end - start))")")
+    mw_log "stage: $name done in $((end - start)) s"
+}
+
+mw_stage_summary() {
+    local line
+    mw_log "stage timings"
+    for line in "${MW_STAGE_TIMES[@]}"; do
+        printf '    %s\n' "$line" >&2
+    done
+}
+
+# Install Debian packages on the build host when missing.
+mw_need_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    mw_log "installing host packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# The newest image under out/ for this version (qcow2 by default).
+mw_image_path() {
+    local ext="${1:-qcow2}"
+    printf '%s/mailwarden-%s-%s.%s\n' "$MW_OUT" "$(mw_version)" "$MW_ARCH" "$ext"
+}
+
+# --- QEMU -----------------------------------------------------------------------------------
+
+OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
+OVMF_CODE_SB=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd
+OVMF_VARS_MS=/usr/share/OVMF/OVMF_VARS_4M.ms.fd
+
+# Fill the array MW_QEMU_ARGS for one boot.
+#   mw_qemu_args FIRMWARE ACCEL IMAGE VARS_COPY SERIAL
+# FIRMWARE: bios | uefi | secureboot. ACCEL: kvm | tcg. VARS_COPY: a writable file for the
+# UEFI variables (copied from the template here). SERIAL: a QEMU -serial argument.
+# Ports come from MW_HOSTFWD (a -netdev user hostfwd list, may be empty).
+mw_qemu_args() {
+    local firmware="$1" accel="$2" image="$3" vars="$4" serial="$5"
+    local machine=q35
+    MW_QEMU_ARGS=(-name mailwarden -m "${MW_MEMORY:-3072}" -smp "${MW_CPUS:-2}" -nographic
+                  -serial "$serial" -monitor none -no-reboot)
+    case "$accel" in
+        kvm) MW_QEMU_ARGS+=(-accel kvm -cpu host) ;;
+        tcg) MW_QEMU_ARGS+=(-accel tcg -cpu max) ;;
+        *) mw_die "unknown accelerator $accel" ;;
+    esac
+    case "$firmware" in
+        bios) ;;
+        uefi)
+            cp "$OVMF_VARS" "$vars"
+            MW_QEMU_ARGS+=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE"
+                           -drive "if=pflash,format=raw,unit=1,file=$vars")
+            ;;
+        secureboot)
+            machine="q35,smm=on"
+            cp "$OVMF_VARS_MS" "$vars"
+            # shellcheck disable=SC2054  # QEMU option values contain commas
+            MW_QEMU_ARGS+=(-global driver=cfi.pflash01,property=secure,value=on
+                           -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE_SB"
+                           -drive "if=pflash,format=raw,unit=1,file=$vars")
+            ;;
+        *) mw_die "unknown firmware $firmware" ;;
+    esac
+    # shellcheck disable=SC2054  # QEMU option values contain commas
+    MW_QEMU_ARGS+=(-machine "$machine"
+                   -device virtio-scsi-pci,id=scsi0
+                   -drive "if=none,id=disk0,file=$image,format=qcow2,discard=unmap"
+                   -device scsi-hd,drive=disk0,bus=scsi0.0
+                   -netdev "user,id=net0${MW_HOSTFWD:+,$MW_HOSTFWD}"
+                   -device virtio-net-pci,netdev=net0
+                   -device virtio-rng-pci)
+}
+
+# Decide between KVM and TCG by booting the image's kernel, not by the presence of /dev/kvm:
+# on nested paravirtual KVM (kvm-pvm) /dev/kvm opens but guest kernels die with emulation
+# errors. The probe boots IMAGE under KVM (copy-on-write overlay) and looks for the kernel's
+# banner on the serial console within a time limit. Prints kvm or tcg; the result is cached
+# for this host boot in /run.
+mw_probe_accel() {
+    local image="$1" cache=/run/mailwarden-accel-probe dir log pid result=tcg
+    if [ -n "${MAILWARDEN_ACCEL:-}" ]; then
+        printf '%s\n' "$MAILWARDEN_ACCEL"
+        return 0
+    fi
+    if [ -f "$cache" ]; then
+        cat "$cache"
+        return 0
+    fi
+    if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+        dir="$(mktemp -d)"
+        log="$dir/serial.log"
+        qemu-img create -q -f qcow2 -b "$(readlink -f "$image")" -F qcow2 "$dir/probe.qcow2"
+        MW_HOSTFWD="" mw_qemu_args bios kvm "$dir/probe.qcow2" "$dir/vars.fd" "file:$log"
+        qemu-system-x86_64 "${MW_QEMU_ARGS[@]}" >"$dir/qemu.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 1 60); do
+            if grep -q 'Linux version\|Run /init\|systemd\[1\]' "$log" 2>/dev/null; then
+                result=kvm
+                break
+            fi
+            kill -0 "$pid" 2>/dev/null || break
+            # QEMU stays alive, paused, after a KVM emulation failure: stop at its message.
+            grep -qi 'internal error\|emulation failure' "$dir/qemu.log" 2>/dev/null && break
+            sleep 0.5
+        done
+        # A kernel that started can still die right after: give it a moment and look again.
+        if [ "$result" = kvm ]; then
+            sleep 3
+            if ! kill -0 "$pid" 2>/dev/null || grep -qi 'internal error\|emulation failure' "$dir/qemu.log"; then
+                result=tcg
+            fi
+        fi
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        rm -rf "$dir"
+    fi
+    printf '%s\n' "$result" > "$cache"
+    printf '%s\n' "$result"
+}
+
+# Hash of everything that goes into the image (not the test or run scripts): a build whose
+# out/NAME.inputs matches is current.
+mw_inputs_hash() {
+    (
+        cd "$MW_ROOT" || exit 1
+        find image/elements image/block-device.yaml image/build-image.sh \
+            image/build-wheelhouse.sh image/lib/assemble-disk.sh roles agent pyproject.toml \
+            README.md -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
+            | LC_ALL=C sort -z | xargs -0 sha256sum
+    ) | sha256sum | cut -c1-32
+}
