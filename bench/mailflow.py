@@ -74,7 +74,7 @@ def run_load(sandbox: Sandbox, total: int, concurrency: int) -> float:
 
 
 def filter_times(sandbox: Sandbox) -> list[float]:
-    db = sandbox.layout.path("/var/lib/mailwarden/mailwarden.db")
+    db = sandbox.layout.database
     if not db.exists():
         return []
     with sqlite3.connect(db) as conn:

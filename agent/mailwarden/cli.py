@@ -187,8 +187,8 @@ def _quarantine(layout: Layout) -> Any:
     from .store.db import Database
     from .store.quarantine import Quarantine
 
-    db = Database(layout.path("/var/lib/mailwarden/mailwarden.db"))
-    return Quarantine(db, layout.path("/var/lib/mailwarden/quarantine"))
+    db = Database(layout.database)
+    return Quarantine(db, layout.quarantine_dir)
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
@@ -247,7 +247,7 @@ def _users(layout: Layout) -> Any:
     from .store.db import Database
     from .store.users import Users
 
-    return Users(Database(layout.path("/var/lib/mailwarden/mailwarden.db")))
+    return Users(Database(layout.database))
 
 
 def _new_password(args: argparse.Namespace) -> str:

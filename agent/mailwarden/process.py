@@ -7,6 +7,7 @@ become a command.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -55,12 +56,6 @@ def run_tty(
 
     `script` gives it a pseudo-terminal and keeps its exit code (FIELD-NOTES: Postfix).
     """
-    command = " ".join(_quote(str(a)) for a in argv)
+    # `script -c` takes one command line: every argument is quoted for /bin/sh.
+    command = shlex.join(str(a) for a in argv)
     return run(["script", "-qefc", command, "/dev/null"], timeout=timeout)
-
-
-def _quote(arg: str) -> str:
-    # `script -c` takes one command line; quote each argument for /bin/sh.
-    import shlex
-
-    return shlex.quote(arg)

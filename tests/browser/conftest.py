@@ -26,7 +26,7 @@ def ui_gateway() -> Iterator[Sandbox]:
     root.chmod(0o755)
     sandbox = Sandbox(root / "gw", api=True)
     sandbox.start(state_for(sandbox))
-    users = Users(Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db")))
+    users = Users(Database(sandbox.layout.database))
     users.add("admin", PASSWORD, "admin")
     users.add("user@example.test", PASSWORD, "quser")
     try:

@@ -69,8 +69,8 @@ def page(browser: object, ui_gateway: Sandbox) -> Iterator[Page]:
 
 
 def _quarantine(gw: Sandbox) -> Quarantine:
-    return Quarantine(Database(gw.layout.path("/var/lib/mailwarden/mailwarden.db")),
-                      gw.layout.path("/var/lib/mailwarden/quarantine"))
+    return Quarantine(Database(gw.layout.database),
+                      gw.layout.quarantine_dir)
 
 
 def test_dashboard(page: Page) -> None:

@@ -26,7 +26,7 @@ def test_schemathesis_finds_no_server_errors(sandbox_root: Path) -> None:
     sandbox.start(state_for(sandbox))
     try:
         health.api(sandbox.layout)
-        _, token = Users(Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db"))
+        _, token = Users(Database(sandbox.layout.database)
                          ).create_token("schemathesis", "admin", None)
         base = f"https://127.0.0.1:{sandbox.layout.ports.api}"
         result = subprocess.run(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def client(gateway: Sandbox) -> tuple[testing.TestClient, dict[str, str]]:
-    db = Database(gateway.layout.path("/var/lib/mailwarden/mailwarden.db"))
+    db = Database(gateway.layout.database)
     users = Users(db)
     _, secret = users.create_token("test", "admin", None)
     app = create_app(Services(gateway.layout, db, NoController()))

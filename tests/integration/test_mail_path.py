@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailwarden.process import run
+from mailwarden.render import health
 from mailwarden.sandbox.instance import EICAR, Sandbox
 from mailwarden.sandbox.process import wait_until
 from mailwarden.store.db import Database
@@ -43,12 +44,12 @@ def gw(sandbox_root: Path) -> Sandbox:
 
 
 def _quarantine(gw: Sandbox) -> Quarantine:
-    db = Database(gw.layout.path("/var/lib/mailwarden/mailwarden.db"))
-    return Quarantine(db, gw.layout.path("/var/lib/mailwarden/quarantine"))
+    db = Database(gw.layout.database)
+    return Quarantine(db, gw.layout.quarantine_dir)
 
 
 def _tracking(gw: Sandbox) -> Tracking:
-    return Tracking(Database(gw.layout.path("/var/lib/mailwarden/mailwarden.db")))
+    return Tracking(Database(gw.layout.database))
 
 
 def build(subject: str, body: str = "hello\n", sender: str = "alice@sender.test",
@@ -173,19 +174,9 @@ def test_clamd_down_defers_and_nothing_is_lost(gw: Sandbox) -> None:
         assert "Mail queue is empty" not in queue
     finally:
         clamd.start()
-        wait_until("clamd", lambda: _answers(gw), 60)
+        health.wait_healthy("clamav", gw.layout, timeout=60)
     run(["postqueue", "-c", gw.layout.path("/etc/postfix"), "-f"])
     gw.sink.wait_for_marker(subject, timeout=90)
-
-
-def _answers(gw: Sandbox) -> bool:
-    from mailwarden.render import health
-
-    try:
-        health.clamav(gw.layout)
-    except OSError:
-        return False
-    return True
 
 
 def test_filter_killed_mid_run_loses_nothing(gw: Sandbox) -> None:
@@ -212,7 +203,7 @@ def test_filter_killed_mid_run_loses_nothing(gw: Sandbox) -> None:
     thread.join()
     filter_daemon.stop()
     filter_daemon.start()
-    wait_until("filter back", lambda: _filter_answers(gw), 60)
+    health.wait_healthy("filter", gw.layout, timeout=60)
     postfix_dir = gw.layout.path("/etc/postfix")
 
     def all_arrived() -> bool:
@@ -245,16 +236,6 @@ def _ids_at_sink(gw: Sandbox, batch: str, unique: bool = True) -> list[str]:
     return sorted(set(found)) if unique else found
 
 
-def _filter_answers(gw: Sandbox) -> bool:
-    from mailwarden.render import health
-
-    try:
-        health.filter_service(gw.layout)
-    except OSError:
-        return False
-    return True
-
-
 def test_gtube_through_the_api_release_and_audit(gw: Sandbox) -> None:
     from falcon import testing
 
@@ -262,7 +243,7 @@ def test_gtube_through_the_api_release_and_audit(gw: Sandbox) -> None:
     from mailwarden.render.apply import NoController
     from mailwarden.store.users import Users
 
-    db = Database(gw.layout.path("/var/lib/mailwarden/mailwarden.db"))
+    db = Database(gw.layout.database)
     Users(db).add("qm-alice", "correct horse battery", "qmanager")
     api = testing.TestClient(create_app(Services(gw.layout, db, NoController())))
     session = api.simulate_post("/api/session", json={"username": "qm-alice",

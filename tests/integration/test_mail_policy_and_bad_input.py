@@ -62,8 +62,8 @@ def marker() -> str:
 
 
 def quarantined(gw: Sandbox, subject: str, timeout: float = 60) -> object:
-    q = Quarantine(Database(gw.layout.path("/var/lib/mailwarden/mailwarden.db")),
-                   gw.layout.path("/var/lib/mailwarden/quarantine"))
+    q = Quarantine(Database(gw.layout.database),
+                   gw.layout.quarantine_dir)
     found: list[object] = []
 
     def ready() -> bool:

@@ -77,7 +77,7 @@ def env(sandbox_root: Path) -> Iterator[dict[str, object]]:
     sandbox = Sandbox(sandbox_root / "policy", agent_services=False)
     state_text = state_for(sandbox, POLICY_STATE)
     sandbox.start(state_text)
-    db = Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db"))
+    db = Database(sandbox.layout.database)
     state = load_state_text(state_text)
     server = ThreadServer(state, sandbox, db)
     try:

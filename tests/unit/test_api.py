@@ -40,7 +40,7 @@ def env() -> Iterator[tuple[testing.TestClient, Users, Path]]:
     root.chmod(0o755)
     sandbox = Sandbox(root / "sb")
     sandbox.prepare(STATE)  # revision 1, rendered and checked by the real tools
-    db = Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db"))
+    db = Database(sandbox.layout.database)
     users = Users(db)
     users.add("admin", PASSWORD, "admin")
     users.add("auditor", PASSWORD, "audit")

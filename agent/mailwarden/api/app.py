@@ -90,7 +90,7 @@ def create_app(services: Services) -> falcon.App:
         return rollback(number, layout=layout, controller=services.controller, author=author,
                         base=base)
 
-    quarantine = Quarantine(db, layout.path("/var/lib/mailwarden/quarantine"))
+    quarantine = Quarantine(db, layout.quarantine_dir)
 
     def deliver(raw: bytes, sender: str, recipients: list[str]) -> None:
         state = load_state_file(layout.state_file)

@@ -24,7 +24,7 @@ def _services() -> Services:
         from ..render.systemd import SystemdController
 
         controller = SystemdController()  # type: ignore[assignment]
-    db = Database(layout.path("/var/lib/mailwarden/mailwarden.db"))
+    db = Database(layout.database)
     webui = os.environ.get("MAILWARDEN_WEBUI")
     return Services(layout=layout, db=db, controller=controller,
                     webui=Path(webui) if webui else _default_webui())

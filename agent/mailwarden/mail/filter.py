@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,19 +58,10 @@ class FilterSMTP(SMTP):
 
 
 def _unxtext(value: str) -> str:
-    out, i = bytearray(), 0
-    raw = value.encode("ascii", "replace")
-    while i < len(raw):
-        if raw[i:i + 1] == b"+" and i + 2 < len(raw) + 1:
-            try:
-                out.append(int(raw[i + 1:i + 3], 16))
-                i += 3
-                continue
-            except ValueError:
-                pass
-        out.append(raw[i])
-        i += 1
-    return out.decode("utf-8", "replace")
+    """XFORWARD values are xtext: '+' and two hex digits stand for one byte."""
+    decoded = re.sub(rb"\+([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                     value.encode("ascii", "replace"))
+    return decoded.decode("utf-8", "replace")
 
 
 @dataclass
@@ -85,14 +77,10 @@ class FilterContext:
     auth: Authenticator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.quarantine = Quarantine(self.db, self.layout.path("/var/lib/mailwarden/quarantine"))
+        self.quarantine = Quarantine(self.db, self.layout.quarantine_dir)
         self.tracking = Tracking(self.db)
         self.lists = UserLists(self.db)
         self.auth = Authenticator(self.layout, self.db)
-
-
-class FilterError(MailwardenError):
-    code = "filter_failed"
 
 
 class ContentFilter:
@@ -165,7 +153,7 @@ async def _scan(ctx: FilterContext, state: State, raw: bytes, envelope: Envelope
     return ScanResult(spam=spam_result, virus=virus_result, auth=auth), notes
 
 
-def _result_header(state: State, scan: ScanResult, rule: str) -> str:
+def _result_header(scan: ScanResult, rule: str) -> str:
     parts = [f"score={scan.spam.score:.2f}" if not scan.spam.skipped
              else f"score=unscanned ({scan.spam.skipped})"]
     parts.append(f"virus={scan.virus.virus or 'none'}")
@@ -207,7 +195,7 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
     for _key, group in engine.group_by_outcome(decisions):
         first = group[0]
         rcpts = [d.recipient for d in group]
-        extra = [*notes, ("X-Mailwarden", _result_header(state, scan, first.rule))]
+        extra = [*notes, ("X-Mailwarden", _result_header(scan, first.rule))]
         ctx_actions = mail_actions.ActionContext(
             state=state, scan=scan, envelope=envelope, rule=first.rule,
             extra_headers=tuple(extra), strip_headers=RESULT_HEADERS,

@@ -672,13 +672,12 @@ def run_policy_service(state: State, layout: Layout, db: Database) -> None:
 
 def run_policy(layout: Layout) -> int:
     """`mailwarden policy [--root DIR]`: load the state and the store, then serve."""
-    from pathlib import Path
 
     from ..state.load import load_state_file
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     state = load_state_file(layout.state_file)
-    db = Database(Path(layout.path("/var/lib/mailwarden/mailwarden.db")))
+    db = Database(layout.database)
     run_policy_service(state, layout, db)
     return 0

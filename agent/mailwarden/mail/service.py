@@ -14,15 +14,9 @@ from .filter import ContentFilter, FilterContext, FilterSMTP
 log = logging.getLogger("mailwarden.filter")
 
 
-def database_path(layout: Layout) -> str:
-    return str(layout.path("/var/lib/mailwarden/mailwarden.db"))
-
-
 async def serve_filter(layout: Layout) -> None:
-    from pathlib import Path
-
     state = load_state_file(layout.state_file)
-    ctx = FilterContext(state=state, layout=layout, db=Database(Path(database_path(layout))))
+    ctx = FilterContext(state=state, layout=layout, db=Database(layout.database))
     loop = asyncio.get_running_loop()
     # Postfix may send up to twice the size limit after reinjection headers; the size
     # limit itself is enforced by Postfix, with a clear 552.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +85,15 @@ class Layout:
     @property
     def revisions_dir(self) -> Path:
         return self.path("/var/lib/mailwarden/revisions")
+
+    @property
+    def database(self) -> Path:
+        """The runtime store (SQLite, WAL)."""
+        return self.path("/var/lib/mailwarden/mailwarden.db")
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.path("/var/lib/mailwarden/quarantine")
 
     @property
     def run_dir(self) -> Path:
@@ -173,5 +182,5 @@ def load_layout(root: Path | None) -> Layout:
 
 
 __all__ = [
-    "LAYOUT_FILE", "Layout", "Ports", "Users", "appliance", "load_layout", "replace", "sandbox",
+    "LAYOUT_FILE", "Layout", "Ports", "Users", "appliance", "load_layout", "sandbox",
 ]

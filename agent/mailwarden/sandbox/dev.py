@@ -70,7 +70,7 @@ def run_dev(state_path: Path | None, run_dir: Path | None) -> int:
     print(f"starting the gateway in {run_dir} ...", flush=True)
     sandbox.start(text)
     password = secrets.token_urlsafe(12)
-    Users(Database(sandbox.layout.path("/var/lib/mailwarden/mailwarden.db"))).add(
+    Users(Database(sandbox.layout.database)).add(
         "admin", password, "admin")
     endpoints = sandbox.endpoints()
     print(f"ready in {sandbox.started_in:.1f} s; endpoints (also in {run_dir}/endpoints.json):")

@@ -23,7 +23,6 @@ from .types import (
     IPAddress,
     Line,
     Network,
-    Percent,
     Port,
     Seconds,
     SecretName,
@@ -588,4 +587,4 @@ class State(Section):
         return self.notifications.sender or f"postmaster@{self.system.hostname}"
 
 
-__all__ = ["CURRENT_VERSION", "Percent", "Section", "State"]
+__all__ = ["CURRENT_VERSION", "Section", "State"]

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]*[a-z0-9]$|^(?:{_LABEL}\.)+[a-z]{{2,63}}$")
@@ -121,10 +121,6 @@ def _int_range(low: int, high: int) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
 Domain = Annotated[str, AfterValidator(_domain)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Host = Annotated[str, AfterValidator(_host)]
@@ -137,7 +133,5 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 Line = Annotated[str, AfterValidator(_single_line)]
 TimeOfDay = Annotated[str, AfterValidator(_hhmm)]
 Port = Annotated[int, _int_range(1, 65535)]
-Percent = Annotated[int, _int_range(0, 100)]
 Seconds = Annotated[int, _int_range(1, 86400)]
 Days = Annotated[int, _int_range(1, 3650)]
-LowerStr = Annotated[str, BeforeValidator(_lower)]
