@@ -177,7 +177,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from .sandbox.dev import run_dev
 
     return run_dev(Path(args.state) if args.state else None,
-                   Path(args.run_dir) if args.run_dir else None)
+                   Path(args.run_dir) if args.run_dir else None, fresh=args.fresh)
 
 
 # --- quarantine -------------------------------------------------------------------------
@@ -274,6 +274,27 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
 def cmd_user_del(args: argparse.Namespace) -> int:
     _users(_layout(args)).delete(args.username)
     print(f"user {args.username} deleted")
+    return 0
+
+
+def cmd_user_hash_password(args: argparse.Namespace) -> int:
+    from .store.users import hash_password
+
+    # For seed files: the answer file carries this hash, never the password itself.
+    print(hash_password(_new_password(args)))
+    return 0
+
+
+def cmd_setup_code(args: argparse.Namespace) -> int:
+    from .firstboot import setupcode
+    from .firstboot.engine import AlreadySetUp, is_set_up
+    from .store.db import Database
+
+    layout = _layout(args)
+    if is_set_up(Database(layout.database)):
+        raise AlreadySetUp("an administrator exists; the web wizard is closed "
+                           "(`mailwarden user passwd admin` resets a lost password)")
+    print(setupcode.issue(layout.setup_code))
     return 0
 
 
@@ -436,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("list", help="users and roles")
     root_option(p)
     p.set_defaults(func=cmd_user_list)
+    p = users.add_parser("hash-password", help="print a password's argon2 hash (seed files)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input (scripts)")
+    p.set_defaults(func=cmd_user_hash_password)
+
+    p = sub.add_parser("setup-code", help="a new one-time code for the first-run web wizard")
+    root_option(p)
+    p.set_defaults(func=cmd_setup_code)
 
     rules = sub.add_parser("rules", help="the rule engine").add_subparsers(dest="rules_command",
                                                                          required=True)
@@ -478,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="run the whole gateway on this machine (private daemons)")
     p.add_argument("--state", help="state file (default: a built-in example)")
     p.add_argument("--run-dir", help="folder for the instance (default: ./run/dev)")
+    p.add_argument("--fresh", action="store_true",
+                   help="no admin yet: the web UI opens the first-run wizard (code printed)")
     p.set_defaults(func=cmd_dev)
     return parser
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import falcon
 
 from ..errors import MailwardenError
+from ..firstboot.answers import Answers
+from ..firstboot.engine import FirstbootResult, Host, NullHost, apply_answers
 from ..mail.reinject import reinject
 from ..render.apply import ApplyResult, Controller, apply_state, rollback
 from ..render.layout import Layout
@@ -38,6 +40,7 @@ from .quarantine import (
 )
 from .rules import SimulateResource
 from .settings import SettingsResource
+from .setup import SetupResource
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Services:
     # The web UI's static files (webui/ of the source tree, or the installed copy).
     webui: Path | None = None
     clock: Callable[[], float] = time.time
+    # The operating system's settings the first-run wizard changes; a sandbox's are not ours.
+    host: Host = field(default_factory=NullHost)
 
 
 UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -90,6 +95,10 @@ def create_app(services: Services) -> falcon.App:
         return rollback(number, layout=layout, controller=services.controller, author=author,
                         base=base)
 
+    def setup(answers: Answers) -> FirstbootResult:
+        return apply_answers(answers, layout=layout, controller=services.controller,
+                             host=services.host, db=db, author="setup wizard")
+
     quarantine = Quarantine(db, layout.quarantine_dir)
 
     def deliver(raw: bytes, sender: str, recipients: list[str]) -> None:
@@ -105,6 +114,7 @@ def create_app(services: Services) -> falcon.App:
     routes: dict[str, Any] = {
         "/api/health": resources.HealthResource(),
         "/api/session": resources.SessionResource(users, audit, services.clock),
+        "/api/setup": SetupResource(users, audit, layout.setup_code, setup, services.clock),
         "/api/state": resources.StateResource(store, apply, audit, layout.state_file),
         "/api/state/revisions": resources.RevisionsResource(store),
         "/api/state/revisions/{number:int(min=1)}": resources.RevisionResource(store),

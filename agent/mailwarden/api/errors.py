@@ -19,6 +19,7 @@ from ..errors import (
     StateError,
     StoreError,
 )
+from ..firstboot.engine import AlreadySetUp
 from ..store.users import AuthError, LockedOut
 
 log = logging.getLogger("mailwarden.api")
@@ -31,7 +32,7 @@ def body(code: str, message: str, field: str | None = None, **extra: Any) -> dic
 def _status(exc: MailwardenError) -> str:
     if isinstance(exc, StateError):
         return falcon.HTTP_400
-    if isinstance(exc, ConflictError):
+    if isinstance(exc, ConflictError | AlreadySetUp):
         return falcon.HTTP_409
     if isinstance(exc, NotFound | RevisionNotFound):
         return falcon.HTTP_404

@@ -96,6 +96,11 @@ class Layout:
         return self.path("/var/lib/mailwarden/quarantine")
 
     @property
+    def setup_code(self) -> Path:
+        """The web wizard's one-time code; beside the store, which the API may write."""
+        return self.path("/var/lib/mailwarden/setup-code")
+
+    @property
     def run_dir(self) -> Path:
         return self.path("/run/mailwarden")
 

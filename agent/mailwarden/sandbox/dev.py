@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from ..errors import HarnessError
+from ..firstboot import setupcode
 from ..render.layout import LAYOUT_FILE
 from ..store.db import Database
 from ..store.users import Users
@@ -52,7 +53,7 @@ def _fresh_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_dev(state_path: Path | None, run_dir: Path | None) -> int:
+def run_dev(state_path: Path | None, run_dir: Path | None, fresh: bool = False) -> int:
     run_dir = (run_dir or Path.cwd() / "run" / "dev").resolve()
     _fresh_run_dir(run_dir)
     sandbox = Sandbox(run_dir, agent_services=True, api=True)
@@ -69,13 +70,18 @@ def run_dev(state_path: Path | None, run_dir: Path | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"starting the gateway in {run_dir} ...", flush=True)
     sandbox.start(text)
-    password = secrets.token_urlsafe(12)
-    Users(Database(sandbox.layout.database)).add(
-        "admin", password, "admin")
     endpoints = sandbox.endpoints()
     print(f"ready in {sandbox.started_in:.1f} s; endpoints (also in {run_dir}/endpoints.json):")
     print(json.dumps(endpoints, indent=2))
-    print(f"API login:  admin / {password}  (this run only)")
+    if fresh:
+        # Like a fresh appliance: no admin until someone with this code runs the wizard.
+        code = setupcode.issue(sandbox.layout.setup_code)
+        print(f"first-run wizard: https://127.0.0.1:{sandbox.layout.ports.api}/  "
+              f"setup code {code}")
+    else:
+        password = secrets.token_urlsafe(12)
+        Users(Database(sandbox.layout.database)).add("admin", password, "admin")
+        print(f"API login:  admin / {password}  (this run only)")
     print(f"send mail:  swaks --server {endpoints['smtp']} --to user@example.test")
     print(f"change it:  mailwarden apply --root {run_dir} NEW-STATE.yaml")
     print("Ctrl-C stops everything.", flush=True)

@@ -118,9 +118,9 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _allowed_keys(loc: Loc) -> list[str]:
-    """Key names accepted at loc (a path into State), for 'did you mean' hints."""
-    current: list[Any] = [State]
+def _allowed_keys(loc: Loc, root: type[BaseModel]) -> list[str]:
+    """Key names accepted at loc (a path into root), for 'did you mean' hints."""
+    current: list[Any] = [root]
     for part in loc:
         following: list[Any] = []
         for annotation in current:
@@ -146,14 +146,14 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _message(error: ErrorDetails, loc: Loc) -> str:
+def _message(error: ErrorDetails, loc: Loc, root: type[BaseModel]) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     got = error.get("input")
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], root)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
@@ -172,7 +172,8 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
     if kind == "too_long":
         return f"must have at most {ctx.get('max_length')} items or characters"
     if kind == "string_too_short":
-        return "must not be empty"
+        need = ctx.get("min_length", 1)
+        return "must not be empty" if need == 1 else f"must be at least {need} characters"
     if kind == "string_too_long":
         return f"must be at most {ctx.get('max_length')} characters"
     if kind == "string_pattern_mismatch":
@@ -193,7 +194,10 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
     return str(error["msg"])
 
 
-def _field_errors(exc: ValidationError, prefix: Loc, lines: dict[Loc, int]) -> list[FieldError]:
+def field_errors(exc: ValidationError, prefix: Loc, lines: dict[Loc, int],
+                 root: type[BaseModel] = State) -> list[FieldError]:
+    """pydantic's errors of a model (State, or another file format such as the first-boot
+    answers) in the admin's words, one per path, with the line it came from."""
     by_path: dict[Loc, list[ErrorDetails]] = {}
     for error in exc.errors():
         loc = (*prefix, *_clean_loc(tuple(error["loc"])))
@@ -203,7 +207,7 @@ def _field_errors(exc: ValidationError, prefix: Loc, lines: dict[Loc, int]) -> l
         # A union reports one error per member; the validator's own words say most.
         best = next((e for e in errors if e["type"] == "value_error"), errors[0])
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-        result.append(FieldError(format_loc(loc), _message(best, loc), line))
+        result.append(FieldError(format_loc(loc), _message(best, loc, root), line))
     return result
 
 
@@ -277,7 +281,7 @@ def validate_data(data: Any, lines: dict[Loc, int] | None = None, source: str = 
     try:
         state = State.model_validate(data)
     except ValidationError as exc:
-        errors = _field_errors(exc, (), lines)
+        errors = field_errors(exc, (), lines)
         # Run the cross-field checks on every section that is valid on its own, so that
         # one pass reports everything that is wrong.
         valid: dict[str, Any] = {}

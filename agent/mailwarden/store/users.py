@@ -27,6 +27,13 @@ LOCKOUT_AFTER = 5
 LOCKOUT_SECONDS = 15 * 60
 
 _hasher = argon2.PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash the store keeps (and a seed file may carry instead of a password)."""
+    return _hasher.hash(password)
+
+
 # Verifying an unknown user costs the same as a known one: no user enumeration by timing.
 _DUMMY_HASH = _hasher.hash("mailwarden-no-such-user")
 
@@ -65,15 +72,22 @@ class Users:
     # --- accounts -----------------------------------------------------------------------
 
     def add(self, username: str, password: str, role: str) -> User:
-        if role not in ROLES:
-            raise StoreError(f"unknown role '{role}' (one of {', '.join(ROLES)})")
         if len(password) < 10:
             raise StoreError("the password must have at least 10 characters")
+        return self.add_hashed(username, _hasher.hash(password), role)
+
+    def add_hashed(self, username: str, password_hash: str, role: str) -> User:
+        """An account whose password arrives already hashed (a first-boot seed file, so the
+        password itself is never written to a disk image or a cloud-init drive)."""
+        if role not in ROLES:
+            raise StoreError(f"unknown role '{role}' (one of {', '.join(ROLES)})")
+        if not password_hash.startswith(("$argon2id$", "$argon2i$")):
+            raise StoreError("the password hash must be an argon2 hash")
         try:
             with self.db.transaction() as conn:
                 conn.execute(
                     "INSERT INTO users (username, password_hash, role, created) VALUES (?,?,?,?)",
-                    (username, _hasher.hash(password), role, time.time()))
+                    (username, password_hash, role, time.time()))
         except Exception as exc:
             if "UNIQUE" in str(exc):
                 raise StoreError(f"user '{username}' exists already") from None
@@ -93,8 +107,13 @@ class Users:
                 for r in self.db.connection().execute(
                     "SELECT id, username, role, totp_secret FROM users ORDER BY username")]
 
-    def count(self) -> int:
-        return int(self.db.connection().execute("SELECT COUNT(*) FROM users").fetchone()[0])
+    def count(self, role: str | None = None) -> int:
+        if role is None:
+            row = self.db.connection().execute("SELECT COUNT(*) FROM users").fetchone()
+        else:
+            row = self.db.connection().execute(
+                "SELECT COUNT(*) FROM users WHERE role = ?", (role,)).fetchone()
+        return int(row[0])
 
     def set_password(self, username: str, password: str) -> None:
         if len(password) < 10:

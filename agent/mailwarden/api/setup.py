@@ -1,0 +1,89 @@
+"""The first-run web wizard's endpoint: public until an admin exists, then closed for good.
+
+Whoever reaches a fresh appliance first must not own it, so the wizard needs the one-time
+code shown on the console; wrong codes are throttled per address like logins. A successful
+setup applies the answers (the same engine the seed file and the console wizard use), deletes
+the code and logs the new admin in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+from ..firstboot import setupcode
+from ..firstboot.answers import Answers, validate_answers
+from ..firstboot.engine import AlreadySetUp, FirstbootResult
+from ..store.users import SESSION_LIFETIME, Audit, Users
+from .auth import set_session_cookie
+from .errors import BadInput
+from .resources import LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW
+
+# answers -> result; in-process on a sandbox, the privileged helper on the
+# appliance.
+SetupFn = Callable[[Answers], FirstbootResult]
+
+
+class WrongSetupCode(falcon.HTTPForbidden):
+    def __init__(self) -> None:
+        super().__init__(title="Forbidden", description=(
+            "that is not the setup code; it is shown on the appliance's console "
+            "(or run `mailwarden setup-code` there for a new one)"))
+        self.code = "setup_code"
+        self.field = "setup_code"
+
+
+@dataclass
+class SetupResource:
+    users: Users
+    audit: Audit
+    code_file: Path
+    setup: SetupFn
+    clock: Callable[[], float] = time.time
+    public = ("GET", "POST")
+
+    def _needed(self) -> bool:
+        return self.users.count("admin") == 0
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        needed = self._needed()
+        resp.media = {"needed": needed,
+                      "code_issued": needed and setupcode.current(self.code_file) is not None}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not self._needed():
+            raise AlreadySetUp("this appliance is set up already; sign in as an administrator")
+        data = req.get_media(default_when_empty=None)
+        if not isinstance(data, dict):
+            raise BadInput("the request body must be a JSON object")
+        now = self.clock()
+        recent = self.audit.count("setup.failed", source_ip=req.remote_addr,
+                                  since=now - LOGIN_WINDOW)
+        if recent >= LOGIN_FAILURES_PER_ADDRESS:
+            raise falcon.HTTPTooManyRequests(
+                title="Too Many Requests",
+                description="too many wrong setup codes from your address; wait 15 minutes",
+                retry_after=LOGIN_WINDOW)
+        code = data.get("setup_code")
+        if not isinstance(code, str) or not code.strip():
+            raise BadInput("the setup code is required", "setup_code")
+        if not setupcode.matches(self.code_file, code):
+            self.audit.record("-", "setup.failed", source_ip=req.remote_addr, now=now)
+            raise WrongSetupCode()
+        answers: Any = data.get("answers")
+        result = self.setup(validate_answers(answers, "answers"))
+        setupcode.discard(self.code_file)
+        user = self.users.get(result.admin)
+        self.audit.record(user.username, "setup.complete",
+                          f"revision {result.applied.revision.number}", None, req.remote_addr)
+        token, session = self.users.create_session(user)
+        set_session_cookie(resp, token, SESSION_LIFETIME)
+        resp.status = falcon.HTTP_201
+        resp.media = {"username": user.username, "role": user.role,
+                      "csrf_token": session.csrf_token, "expires": session.expires,
+                      "revision": result.applied.revision.number}
