@@ -130,6 +130,78 @@ function viewLogin(arg, render) {
   form.username.focus();
 }
 
+// The first-run wizard: a fresh appliance has no admin; the console shows a one-time code.
+async function viewSetup(arg, render) {
+  const status = await api("GET", "/api/setup");
+  if (!status.needed) {
+    render(h("div", { class: "login" }, h("h1", {}, "Mailwarden"),
+      h("p", {}, "This appliance is set up already."), h("p", {}, h("a", { href: "#/login" }, "Log in"))));
+    return;
+  }
+  const fields = [
+    ["setup_code", "Setup code (shown on the appliance's console)", { autocomplete: "off", spellcheck: "false", placeholder: "XXXX-XXXX-XXXX-XXXX" }],
+    ["admin.password", "Admin password (at least 10 characters)", { type: "password", autocomplete: "new-password", minlength: "10" }],
+    ["confirm", "Admin password again", { type: "password", autocomplete: "new-password" }],
+    ["hostname", "Host name of this gateway (e.g. mx1.example.org)", { autocomplete: "off" }],
+    ["domains[0].name", "Your mail domain (e.g. example.org)", { autocomplete: "off" }],
+    ["domains[0].server", "Its internal mail server (name or IP address)", { autocomplete: "off" }],
+    ["domains[0].port", "Its SMTP port", { type: "number", min: "1", max: "65535", value: "25" }],
+  ];
+  const inputs = {};
+  const rows = fields.map(([name, label, attrs]) => {
+    const id = `setup-${name.replace(/[^a-z0-9]+/gi, "-")}`;
+    inputs[name] = h("input", { id, name, required: true, ...attrs });
+    return h("div", {}, h("label", { for: id }, label), inputs[name],
+      h("div", { class: "error", "data-error-for": name, id: `${id}-error` }));
+  });
+  const messages = h("p", { class: "errors", role: "alert" });
+  const submit = h("button", { class: "primary", type: "submit" }, "Set up Mailwarden");
+  const form = h("form", { class: "login wizard", onsubmit: async (event) => {
+    event.preventDefault();
+    for (const el of form.querySelectorAll("[data-error-for]")) el.textContent = "";
+    messages.textContent = "";
+    if (inputs.confirm.value !== inputs["admin.password"].value) {
+      form.querySelector('[data-error-for="confirm"]').textContent = "The two passwords differ.";
+      inputs.confirm.focus();
+      return;
+    }
+    const body = { setup_code: inputs.setup_code.value, answers: {
+      version: 1, hostname: inputs.hostname.value.trim(),
+      admin: { password: inputs["admin.password"].value },
+      domains: [{ name: inputs["domains[0].name"].value.trim(), server: inputs["domains[0].server"].value.trim(),
+                  port: Number(inputs["domains[0].port"].value || 25) }] } };
+    submit.disabled = true;
+    submit.textContent = "Applying… (checking and reloading the mail services)";
+    try {
+      const session = await api("POST", "/api/setup", body);
+      state.user = { username: session.username, role: session.role };
+      state.csrf = session.csrf_token;
+      sessionStorage.setItem("mw_csrf", state.csrf);
+      toast(`Mailwarden is set up (configuration revision ${session.revision}).`);
+      location.hash = "#/dashboard";
+    } catch (e) {
+      const errors = e.errors.length ? e.errors : [{ field: e.field, message: e.message }];
+      const unplaced = [];
+      for (const err of errors) {
+        const target = form.querySelector(`[data-error-for="${CSS.escape((err.field || "").replace(/^answers\./, ""))}"]`);
+        if (target) target.textContent = err.message;
+        else unplaced.push(err.field ? `${err.field}: ${err.message}` : err.message);
+      }
+      messages.textContent = unplaced.join("\n");
+      const first = form.querySelector("[data-error-for]:not(:empty)");
+      if (first) first.previousElementSibling.focus();
+    } finally {
+      submit.disabled = false;
+      submit.textContent = "Set up Mailwarden";
+    }
+  } },
+  h("h1", {}, "Welcome to Mailwarden"),
+  h("p", { class: "muted" }, "This appliance has no administrator yet. Enter the setup code from its console, then the few settings it needs to start relaying mail. Everything else can be changed later."),
+  rows, h("p", {}, submit), messages);
+  render(form);
+  inputs.setup_code.focus();
+}
+
 function barChart(hourly) {
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -447,8 +519,20 @@ async function viewSettings(section, render) {
   render(h("h1", {}, `Settings: ${section}`), h("p", {}, h("a", { href: "#/settings" }, "All sections")), form);
 }
 
+const kindOf = (oneOf) => Object.keys(oneOf).find((k) => oneOf[k] !== null && oneOf[k] !== undefined);
+const describeEntry = (entry) => {
+  const kind = kindOf(entry);
+  const value = entry[kind];
+  const text = typeof value === "object" ? JSON.stringify(value, (k, v) => (v === null ? undefined : v)) : value;
+  return `${kind} ${text}`;
+};
+const slug = (text) => text.toLowerCase().replace(/[^a-z0-9]+/g, "_").replace(/^_+|_+$/g, "").slice(0, 60) || "object";
+
+// Rules: PMG's model (objects, priorities, actions) with the edits an admin makes most often
+// (enable/disable, order, add "when mail comes from X, do Y", delete) applied in one revision.
 async function viewRules(arg, render) {
-  const data = await api("GET", "/api/settings/rules");
+  let live = null;
+  try { live = await api("GET", "/api/state"); } catch (e) { if (e.status !== 403) throw e; }
   const result = h("div", { "aria-live": "polite" });
   const form = h("form", { onsubmit: async (event) => {
     event.preventDefault();
@@ -475,14 +559,126 @@ async function viewRules(arg, render) {
   h("div", { class: "field" }, h("label", { for: "score" }, "Assume spam score"), h("input", { id: "score", name: "score", type: "number", step: "any" })),
   h("div", { class: "field" }, h("label", { for: "virus" }, "Assume virus"), h("input", { id: "virus", name: "virus" })),
   h("p", {}, h("button", { class: "primary", type: "submit" }, "Test against the rules")));
-  const rules = [...data.rules].sort((a, b) => b.priority - a.priority);
-  render(h("h1", {}, "Rules"),
-    h("p", {}, "Edit objects and rules in ", h("a", { href: "#/settings/rules" }, "Settings: rules"), " and ", h("a", { href: "#/settings/rule_objects" }, "rule objects"), "."),
-    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["Priority", "Name", "Direction", "Active", "Matches", "Actions"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, rules.map((r) => h("tr", {}, h("td", {}, r.priority), h("td", {}, r.name), h("td", {}, r.direction), h("td", {}, r.active ? "yes" : "no"),
+  const simulator = [h("h2", {}, "Test a message against the rules"), form, result];
+  if (!live) { render(h("h1", {}, "Rules"), ...simulator); return; }
+
+  let revision = live.revision;
+  let rules = live.state.rules.map((r, i) => ({ ...r, _id: i }));
+  let objects = { ...live.state.rule_objects };
+  const dirty = h("p", { class: "muted", "aria-live": "polite" });
+  const errors = h("p", { class: "errors", role: "alert" });
+  const tbody = h("tbody");
+  const applyButton = h("button", { class: "primary", disabled: true, onclick: () => save() }, "Apply changes");
+  const readOnly = state.user.role !== "admin";
+
+  const sorted = () => [...rules].sort((a, b) => b.priority - a.priority || a._id - b._id);
+  function changed(what) {
+    dirty.textContent = `Not applied yet: ${what}`;
+    applyButton.disabled = false;
+    draw();
+  }
+  function move(rule, step) {
+    const list = sorted();
+    const i = list.indexOf(rule);
+    const other = list[i + step];
+    if (!other) return;
+    if (other.priority === rule.priority) rule.priority = Math.max(0, Math.min(100, rule.priority - step));
+    else [rule.priority, other.priority] = [other.priority, rule.priority];
+    changed(`moved "${rule.name}"`);
+  }
+  const objectRows = h("tbody");
+  function draw() {
+    objectRows.replaceChildren(...Object.entries(objects).map(([name, entries]) => h("tr", {}, h("td", {}, name),
+      h("td", {}, entries.length ? entries.map(describeEntry).join("; ") : h("span", { class: "muted" }, "(empty)")))));
+    const list = sorted();
+    tbody.replaceChildren(...list.map((r, i) => {
+      const active = h("input", { type: "checkbox", "aria-label": `rule ${r.name} active`, disabled: readOnly,
+        onchange: (e) => { r.active = e.target.checked; changed(`"${r.name}" ${r.active ? "enabled" : "disabled"}`); } });
+      active.checked = r.active;
+      return h("tr", { dataset: { rule: r.name } },
+        h("td", {}, r.priority), h("td", {}, r.name), h("td", {}, r.direction), h("td", {}, active),
         h("td", {}, ["from", "to", "what", "when"].filter((g) => r[g]).map((g) => `${g}: ${r[g].invert ? "not " : ""}${r[g].objects.join(r[g].mode === "all" ? " and " : " or ")}`).join("; ") || "everything"),
-        h("td", {}, r.actions.map((a) => Object.keys(a).filter((k) => a[k] !== null)[0]).join(", ")))))),
-    h("h2", {}, "Test a message against the rules"), form, result);
+        h("td", {}, r.actions.map((a) => kindOf(a)).join(", ")),
+        h("td", {}, readOnly ? "" : h("span", { class: "toolbar" },
+          h("button", { "aria-label": `move ${r.name} up`, disabled: i === 0, onclick: () => move(r, -1) }, "↑"),
+          h("button", { "aria-label": `move ${r.name} down`, disabled: i === list.length - 1, onclick: () => move(r, 1) }, "↓"),
+          h("button", { class: "danger", "aria-label": `delete rule ${r.name}`,
+            onclick: () => { rules = rules.filter((x) => x !== r); changed(`deleted "${r.name}"`); } }, "Delete"))));
+    }));
+  }
+
+  async function save() {
+    errors.textContent = "";
+    applyButton.disabled = true;
+    applyButton.textContent = "Applying…";
+    const clean = rules.map(({ _id, ...rule }) => rule);
+    try {
+      const out = await api("PATCH", "/api/state", { sections: { rules: clean, rule_objects: objects },
+        comment: dirty.textContent.replace(/^Not applied yet: /, "rules: ") }, { ifMatch: revision });
+      revision = out.revision;
+      dirty.textContent = "";
+      toast(`Applied as revision ${out.revision}`);
+    } catch (e) {
+      applyButton.disabled = false;
+      errors.textContent = e.status === 409 ? `Someone else changed the configuration (now revision ${e.currentRevision}). Reload the page to start from it.`
+        : (e.errors.length ? e.errors : [e]).map((x) => `${x.field ? `${x.field}: ` : ""}${x.message}`).join("\n");
+    } finally {
+      applyButton.textContent = "Apply changes";
+    }
+  }
+
+  // "When mail comes from <domain or address>, do <action>": the rule and its object at once.
+  const fromKind = (text) => (text.includes("@") ? "email" : "domain");
+  const addForm = h("form", { class: "card", onsubmit: (event) => {
+    event.preventDefault();
+    const f = addForm.elements;
+    const name = f["rule-name"].value.trim();
+    const senders = f["rule-from"].value.split(/[\s,]+/).filter(Boolean);
+    const action = f["rule-action"].value;
+    const param = f["rule-param"].value;
+    const rule = { name, priority: Number(f["rule-priority"].value || 50), direction: f["rule-direction"].value, active: true, _id: rules.length + 1000 };
+    if (senders.length) {
+      let objectName = slug(name);
+      while (objects[objectName]) objectName = `${objectName}_2`.slice(0, 64);
+      objects = { ...objects, [objectName]: senders.map((s) => ({ [fromKind(s)]: s })) };
+      rule.from = { objects: [objectName] };
+    }
+    rule.actions = [{
+      tag_subject: { tag_subject: { text: param || null } },
+      add_header: { add_header: { name: "X-Mailwarden-Rule", value: param || name } },
+      quarantine: { quarantine: { kind: "auto" } },
+      block: { block: {} }, accept: { accept: {} },
+      reject: { reject: { message: param || "5.7.1 Message rejected by policy" } },
+    }[action]];
+    rules = [...rules, rule];
+    addForm.reset();
+    changed(`added "${name}"`);
+  } },
+  h("h2", {}, "Add a rule"),
+  h("div", { class: "field" }, h("label", { for: "rule-name" }, "Name"), h("input", { id: "rule-name", name: "rule-name", required: true, maxlength: "80" })),
+  h("div", { class: "field" }, h("label", { for: "rule-from" }, "When mail comes from"), h("input", { id: "rule-from", name: "rule-from", placeholder: "example.com, boss@example.org" }),
+    h("div", { class: "help" }, "Domains or addresses, separated by commas; empty means any sender.")),
+  h("div", { class: "field" }, h("label", { for: "rule-direction" }, "Direction"),
+    h("select", { id: "rule-direction", name: "rule-direction" }, h("option", { value: "in" }, "inbound"), h("option", { value: "out" }, "outbound"), h("option", { value: "both" }, "both"))),
+  h("div", { class: "field" }, h("label", { for: "rule-action" }, "Then"),
+    h("select", { id: "rule-action", name: "rule-action" },
+      h("option", { value: "tag_subject" }, "tag the subject with…"), h("option", { value: "add_header" }, "add the header X-Mailwarden-Rule: …"),
+      h("option", { value: "quarantine" }, "quarantine"), h("option", { value: "block" }, "block (discard)"),
+      h("option", { value: "accept" }, "accept (skip later rules)"), h("option", { value: "reject" }, "reject with…"))),
+  h("div", { class: "field" }, h("label", { for: "rule-param" }, "Text"), h("input", { id: "rule-param", name: "rule-param", placeholder: "[EXTERNAL]" })),
+  h("div", { class: "field" }, h("label", { for: "rule-priority" }, "Priority (0–100, higher first)"), h("input", { id: "rule-priority", name: "rule-priority", type: "number", min: "0", max: "100", value: "50" })),
+  h("p", {}, h("button", { type: "submit" }, "Add to the list")));
+
+  draw();
+  render(h("h1", {}, "Rules"),
+    h("p", { class: "muted" }, "The first matching rule with a final action (accept, block, reject, quarantine) decides, per recipient. Objects and every option are also in ",
+      h("a", { href: "#/settings/rules" }, "Settings: rules"), " and ", h("a", { href: "#/settings/rule_objects" }, "rule objects"), "."),
+    h("div", { class: "toolbar" }, applyButton, dirty), errors,
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["Priority", "Name", "Direction", "Active", "Matches", "Actions", ""].map((c) => h("th", {}, c)))), tbody),
+    readOnly ? "" : addForm,
+    h("h2", {}, "Objects"),
+    h("table", { class: "responsive" }, objectRows),
+    ...simulator);
 }
 
 async function viewHistory(arg, render) {
@@ -554,7 +750,7 @@ async function viewSystem(arg, render) {
 // --- router -------------------------------------------------------------------------------
 
 const routes = {
-  login: viewLogin, dashboard: viewDashboard, quarantine: viewQuarantine, tracking: viewTracking,
+  login: viewLogin, setup: viewSetup, dashboard: viewDashboard, quarantine: viewQuarantine, tracking: viewTracking,
   settings: viewSettings, rules: viewRules, history: viewHistory, users: viewUsers, system: viewSystem,
 };
 
@@ -565,7 +761,13 @@ async function route() {
   // A view still loading when the user moves on must not paint over the next one.
   const render = (...nodes) => { if (token === navigation) show(...nodes); };
   const [, name = "", arg] = location.hash.split("/");
-  if (!state.user && name !== "login") {
+  if (!state.user && name !== "setup") {
+    // A fresh appliance opens the first-run wizard, whatever page was asked for.
+    const setup = await api("GET", "/api/setup").catch(() => ({ needed: false }));
+    if (token !== navigation) return;
+    if (setup.needed) { location.hash = "#/setup"; return; }
+  }
+  if (!state.user && name !== "login" && name !== "setup") {
     try {
       const me = await api("GET", "/api/session");
       state.user = me;

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.firstboot import setupcode
 from mailwarden.sandbox.instance import Sandbox
-from mailwarden.store.db import Database
-from mailwarden.store.users import Users
 
 from ..integration.conftest import state_for
+from ..integration.test_mail_path import EXTRA
 
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
@@ -24,11 +24,11 @@ PASSWORD = "correct horse battery"
 def ui_gateway() -> Iterator[Sandbox]:
     root = Path(tempfile.mkdtemp(prefix="mw-ui-", dir="/tmp"))
     root.chmod(0o755)
-    sandbox = Sandbox(root / "gw", api=True)
-    sandbox.start(state_for(sandbox))
-    users = Users(Database(sandbox.layout.database))
-    users.add("admin", PASSWORD, "admin")
-    users.add("user@example.test", PASSWORD, "quser")
+    # The whole gateway, filter included: mail sent over SMTP reaches the quarantine the UI
+    # shows. Like a fresh appliance it has no admin: the first-run wizard makes one.
+    sandbox = Sandbox(root / "gw", agent_services=True, api=True)
+    sandbox.start(state_for(sandbox, EXTRA))
+    setupcode.issue(sandbox.layout.setup_code)
     try:
         yield sandbox
     finally:

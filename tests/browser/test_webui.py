@@ -1,29 +1,42 @@
-"""The web UI end to end: log in, dashboard, quarantine preview (no script, nothing remote),
-release to the sink, settings applied and rolled back, a quarantine user's own view."""
+"""The web UI end to end on a whole gateway: the first-run wizard, GTUBE sent over SMTP found
+in the quarantine and previewed (no script, nothing remote) and released to the sink, a rule
+made in the UI tagging the next message and gone after a rollback, settings with their errors,
+a quarantine user's own view, a phone's width."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from mailwarden.firstboot import setupcode
 from mailwarden.sandbox.instance import Sandbox
+from mailwarden.state.revisions import RevisionStore
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine
+from mailwarden.store.users import Users
 
+from ..integration.test_mail_path import GTUBE, build, marker, send, wait_quarantined
 from .conftest import PASSWORD
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-HOSTILE = b"""From: Eve <eve@sender.test>\r
-To: user@example.test\r
-Subject: Hostile preview test\r
-MIME-Version: 1.0\r
-Content-Type: text/html; charset=utf-8\r
-\r
-<p>Hello <b>there</b></p><script>parent.document.title = "pwned"; fetch("http://tracker.example/x")</script>\r
-<img src="http://tracker.example/pixel.gif" onerror="parent.document.title='pwned'">\r
+HOSTILE_HTML = """<p>Hello <b>there</b></p>
+<script>parent.document.title = "pwned"; fetch("http://tracker.example/x")</script>
+<img src="http://tracker.example/pixel.gif" onerror="parent.document.title='pwned'">
 """
+
+
+def hostile_spam(subject: str, to: str = "user@example.test") -> bytes:
+    """GTUBE in the text part (so Rspamd quarantines it) and a hostile HTML part."""
+    msg = EmailMessage()
+    msg["From"] = "Eve <alice@sender.test>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content(f"{GTUBE}\n")
+    msg.add_alternative(HOSTILE_HTML, subtype="html")
+    return msg.as_bytes()
 
 
 class Page:
@@ -46,6 +59,11 @@ class Page:
         if not url.startswith(("https://127.0.0.1", "data:", "about:")):
             self.outside.append(url)
 
+    def expect_http_error(self, status: int, reason: str) -> None:
+        """Chromium logs each 4xx the API answers; a test provoking one says so."""
+        self.expected.append(f"Failed to load resource: the server responded with a status of "
+                             f"{status} ({reason})")
+
     def login(self, username: str) -> None:
         self.page.goto(f"{self.base}/#/login")
         self.page.fill("#username", username)
@@ -53,6 +71,33 @@ class Page:
         self.page.click("button[type=submit]")
         self.page.wait_for_selector("#who")
         self.page.wait_for_function("document.getElementById('who').textContent.length > 0")
+
+
+def complete_wizard(page: Page, gw: Sandbox, screenshot: bool = False) -> None:
+    """The first-run wizard as an admin meets it: any page leads there; a wrong code is
+    refused next to its field; the right one sets the gateway up and logs the admin in."""
+    code = setupcode.current(gw.layout.setup_code)
+    assert code, "the sandbox has no setup code"
+    p = page.page
+    p.goto(f"{page.base}/#/dashboard")
+    p.wait_for_selector("h1:has-text('Welcome to Mailwarden')")
+    p.fill("#setup-setup-code", "WRONG-CODE-0000-0000")
+    p.fill("#setup-admin-password", PASSWORD)
+    p.fill("#setup-confirm", PASSWORD)
+    p.fill("#setup-hostname", "mx.example.test")
+    p.fill("#setup-domains-0-name", "example.test")
+    p.fill("#setup-domains-0-server", "127.0.0.1")
+    p.fill("#setup-domains-0-port", str(gw.sink.port))
+    if screenshot:
+        p.screenshot(path=str(SCREENSHOTS / "wizard.png"), full_page=True)
+    page.expect_http_error(403, "Forbidden")
+    p.click("button[type=submit]")
+    error = p.wait_for_selector("#setup-setup-code-error:has-text('not the setup code')")
+    assert error.is_visible()
+    p.fill("#setup-setup-code", code.lower())  # read off a console: case does not matter
+    p.click("button[type=submit]")
+    p.wait_for_selector("text=Mail per hour")
+    assert p.inner_text("#who") == "admin (admin)"
 
 
 @pytest.fixture
@@ -69,25 +114,39 @@ def page(browser: object, ui_gateway: Sandbox) -> Iterator[Page]:
 
 
 def _quarantine(gw: Sandbox) -> Quarantine:
-    return Quarantine(Database(gw.layout.database),
-                      gw.layout.quarantine_dir)
+    return Quarantine(Database(gw.layout.database), gw.layout.quarantine_dir)
 
 
-def test_dashboard(page: Page) -> None:
-    page.login("admin")
-    page.page.wait_for_selector("text=Mail per hour")
-    page.page.wait_for_selector("text=running")
-    page.page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+@pytest.fixture
+def admin(browser: object, ui_gateway: Sandbox) -> None:
+    """Tests after the wizard's need its admin; run alone, they complete it first."""
+    if Users(Database(ui_gateway.layout.database)).count("admin") == 0:
+        p = Page(browser, f"https://127.0.0.1:{ui_gateway.layout.ports.api}")
+        complete_wizard(p, ui_gateway)
+        p.context.close()
 
 
-def test_quarantine_preview_runs_nothing_and_release_delivers(page: Page,
-                                                                ui_gateway: Sandbox) -> None:
-    qid = _quarantine(ui_gateway).put(HOSTILE, kind="spam", sender="eve@sender.test",
-                                      recipients=["user@example.test"], lifetime_days=7,
-                                      subject="Hostile preview test", spam_score=11.5)
+def test_first_run_wizard(page: Page, ui_gateway: Sandbox) -> None:
+    complete_wizard(page, ui_gateway, screenshot=True)
+    state = RevisionStore(ui_gateway.layout.revisions_dir)
+    assert state.get(state.current()).author == "setup wizard"
+    assert not ui_gateway.layout.setup_code.exists()
+    # Closed for good: the wizard's address now says so, and pages lead to the login.
+    page.page.click("#logout")
+    page.page.wait_for_selector("button:has-text('Log in')")
+    page.page.goto(f"{page.base}/#/setup")
+    page.page.wait_for_selector("text=This appliance is set up")
+
+
+def test_gtube_over_smtp_is_quarantined_previewed_safely_and_released(
+        page: Page, ui_gateway: Sandbox, admin: None) -> None:
+    subject = f"Hostile preview {marker()}"
+    send(ui_gateway, hostile_spam(subject))
+    entry = wait_quarantined(ui_gateway, subject)
+    assert entry.kind == "spam"
     page.login("admin")
     page.page.goto(f"{page.base}/#/quarantine")
-    page.page.click("text=Hostile preview test")
+    page.page.click(f"text={subject}")
     frame_el = page.page.wait_for_selector("iframe[title='Message preview']")
     frame = frame_el.content_frame()
     frame.wait_for_selector("b")
@@ -97,21 +156,59 @@ def test_quarantine_preview_runs_nothing_and_release_delivers(page: Page,
     assert frame.query_selector("script") is None
     assert frame.query_selector("img[src]") is None
     page.page.screenshot(path=str(SCREENSHOTS / "quarantine.png"), full_page=True)
-    before = len(ui_gateway.sink.containing("Hostile preview test"))
+    assert ui_gateway.sink.containing(subject) == []
     page.page.click("text=Release (r)")
     page.page.wait_for_selector("text=release: done")
-    ui_gateway.sink.wait_for_marker("Hostile preview test", before + 1)
-    assert _quarantine(ui_gateway).get(qid).recipients == {"user@example.test": "released"}
+    ui_gateway.sink.wait_for_marker(subject)
+    assert _quarantine(ui_gateway).get(entry.id).recipients == {"user@example.test": "released"}
 
 
-def test_settings_apply_shows_field_errors_and_rolls_back(page: Page) -> None:
+def test_rule_made_in_the_ui_tags_the_next_message_and_rollback_removes_it(
+        page: Page, ui_gateway: Sandbox, admin: None) -> None:
+    store = RevisionStore(ui_gateway.layout.revisions_dir)
+    before = store.current()
+    page.login("admin")
+    p = page.page
+    p.goto(f"{page.base}/#/rules")
+    p.wait_for_selector("text=Block viruses")
+    p.fill("#rule-name", "Tag partner mail")
+    p.fill("#rule-from", "sender.test")
+    p.select_option("#rule-action", "tag_subject")
+    p.fill("#rule-param", "[PARTNER]")
+    p.fill("#rule-priority", "90")
+    p.click("text=Add to the list")
+    p.wait_for_selector("tr[data-rule='Tag partner mail']")
+    p.click("text=Apply changes")
+    p.wait_for_selector(f"text=Applied as revision {before + 1}")
+    p.screenshot(path=str(SCREENSHOTS / "rules.png"), full_page=True)
+
+    tagged = marker()
+    send(ui_gateway, build(tagged))
+    [delivered] = ui_gateway.sink.wait_for_marker(tagged)
+    assert f"Subject: [PARTNER] {tagged}".encode() in delivered
+
+    p.goto(f"{page.base}/#/history")
+    p.on("dialog", lambda dialog: dialog.accept())
+    p.click(f"tr[data-revision='{before}'] >> text=Roll back to this")
+    p.wait_for_selector(f"text=rollback to revision {before}")
+    p.goto(f"{page.base}/#/rules")
+    p.wait_for_selector("text=Block viruses")
+    assert p.query_selector("tr[data-rule='Tag partner mail']") is None
+    plain = marker()
+    send(ui_gateway, build(plain))
+    [delivered] = ui_gateway.sink.wait_for_marker(plain)
+    assert f"Subject: {plain}".encode() in delivered and b"[PARTNER]" not in delivered
+
+
+def test_settings_apply_shows_field_errors_and_rolls_back(page: Page, ui_gateway: Sandbox,
+                                                          admin: None) -> None:
+    before = RevisionStore(ui_gateway.layout.revisions_dir).current()
     page.login("admin")
     page.page.goto(f"{page.base}/#/settings/spam")
     tag = page.page.wait_for_selector("[data-path='spam.levels.tag']")
     tag.fill("30")
-    # Chromium logs the API's 400 for the invalid value; that one is the point of the test.
-    page.expected.append("Failed to load resource: the server responded with a status of 400 "
-                         "(Bad Request)")
+    # The API's 400 for the invalid value is the point of the test.
+    page.expect_http_error(400, "Bad Request")
     page.page.click("text=Apply")
     error = page.page.wait_for_selector(
         "[data-error-for='spam.levels']:has-text('tag <= quarantine')")
@@ -125,25 +222,38 @@ def test_settings_apply_shows_field_errors_and_rolls_back(page: Page) -> None:
     page.page.wait_for_selector("text=lower tag level")
     page.page.screenshot(path=str(SCREENSHOTS / "history.png"), full_page=True)
     page.page.on("dialog", lambda dialog: dialog.accept())
-    page.page.click("tr[data-revision='1'] >> text=Roll back to this")
-    page.page.wait_for_selector("text=rollback to revision 1")
+    page.page.click(f"tr[data-revision='{before}'] >> text=Roll back to this")
+    page.page.wait_for_selector(f"text=rollback to revision {before}")
     page.page.goto(f"{page.base}/#/settings/spam")
     assert page.page.wait_for_selector("[data-path='spam.levels.tag']").input_value() == "6"
 
 
-def test_quarantine_user_sees_only_their_mail(page: Page, ui_gateway: Sandbox) -> None:
-    q = _quarantine(ui_gateway)
-    q.put(b"Subject: For the user\r\n\r\nx", kind="spam", sender="s@sender.test",
-          recipients=["user@example.test"], lifetime_days=7, subject="For the user")
-    q.put(b"Subject: For the boss\r\n\r\nx", kind="spam", sender="s@sender.test",
-          recipients=["boss@example.test"], lifetime_days=7, subject="For the boss")
+def test_quarantine_user_sees_only_their_mail(page: Page, ui_gateway: Sandbox,
+                                              admin: None) -> None:
+    users = Users(Database(ui_gateway.layout.database))
+    if "user@example.test" not in {u.username for u in users.list()}:
+        users.add("user@example.test", PASSWORD, "quser")
+    mine, theirs = f"For the user {marker()}", f"For the boss {marker()}"
+    send(ui_gateway, build(mine, body=f"{GTUBE}\n"))
+    send(ui_gateway, build(theirs, body=f"{GTUBE}\n", to="boss@example.test"),
+         to=("boss@example.test",))
+    wait_quarantined(ui_gateway, mine)
+    wait_quarantined(ui_gateway, theirs)
     page.login("user@example.test")
-    page.page.wait_for_selector("text=For the user")
+    page.page.wait_for_selector(f"text={mine}")
+    assert page.page.query_selector(f"text={theirs}") is None
     assert page.page.query_selector("text=For the boss") is None
     assert page.page.is_hidden("#nav a[href='#/settings']")
 
 
-def test_phone_width(page: Page) -> None:
+def test_dashboard(page: Page, admin: None) -> None:
+    page.login("admin")
+    page.page.wait_for_selector("text=Mail per hour")
+    page.page.wait_for_selector("text=running")
+    page.page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+
+
+def test_phone_width(page: Page, admin: None) -> None:
     page.page.set_viewport_size({"width": 380, "height": 800})
     page.login("admin")
     page.page.goto(f"{page.base}/#/quarantine")
@@ -154,7 +264,7 @@ def test_phone_width(page: Page) -> None:
     assert page.page.is_visible("#nav a[href='#/quarantine']")
 
 
-def test_rules_page_tests_a_message(page: Page) -> None:
+def test_rules_page_tests_a_message(page: Page, admin: None) -> None:
     page.login("admin")
     page.page.goto(f"{page.base}/#/rules")
     page.page.wait_for_selector("text=Block viruses")
@@ -163,4 +273,3 @@ def test_rules_page_tests_a_message(page: Page) -> None:
     page.page.click("text=Test against the rules")
     page.page.wait_for_selector("text=by rule \"Quarantine spam\"")
     assert "spam score 12.0 >= quarantine level 10.0" in page.page.inner_text("main")
-    page.page.screenshot(path=str(SCREENSHOTS / "rules.png"), full_page=True)

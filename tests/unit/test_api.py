@@ -273,6 +273,41 @@ def test_settings_sections(env) -> None:
     assert client.simulate_get("/api/settings/nope", headers=headers).status_code == 404
 
 
+def test_patch_replaces_several_sections_in_one_revision(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    live = client.simulate_get("/api/state", headers=headers).json
+    revision, state = live["revision"], live["state"]
+    objects = {**state["rule_objects"], "partners": [{"domain": "partner.test"}]}
+    rules = [*state["rules"], {"name": "Tag partners", "priority": 90,
+                               "from": {"objects": ["partners"]},
+                               "actions": [{"tag_subject": {"text": "[PARTNER]"}}]}]
+    changed = client.simulate_patch(
+        "/api/state", headers={**headers, "If-Match": f'"{revision}"'},
+        json={"sections": {"rule_objects": objects, "rules": rules}, "comment": "partners"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json["revision"] == revision + 1
+    after = client.simulate_get("/api/state", headers=headers).json["state"]
+    [entry] = after["rule_objects"]["partners"]
+    assert {k: v for k, v in entry.items() if v is not None} == {"domain": "partner.test"}
+    assert after["rules"][-1]["name"] == "Tag partners"
+    history = client.simulate_get("/api/state/revisions", headers=headers).json["items"]
+    assert history[0]["comment"] == "partners"
+    # A rule naming an object that does not exist is refused with its path; nothing applied.
+    broken = client.simulate_patch(
+        "/api/state", headers={**headers, "If-Match": f'"{revision + 1}"'},
+        json={"sections": {"rules": [*rules[:-1], {**rules[-1], "from": {"objects": ["nope"]}}]}})
+    assert broken.status_code == 400
+    assert broken.json["error"]["field"].startswith(f"rules[{len(rules) - 1}].from")
+    unknown = client.simulate_patch(
+        "/api/state", headers={**headers, "If-Match": f'"{revision + 1}"'},
+        json={"sections": {"version": 2}})
+    assert unknown.status_code == 400 and unknown.json["error"]["field"] == "version"
+    stale = client.simulate_patch("/api/state", headers={**headers, "If-Match": f'"{revision}"'},
+                                  json={"sections": {"rules": rules}})
+    assert stale.status_code == 409
+
+
 def test_statistics_and_tracking(env) -> None:
     client, _, root = env
     from mailwarden.store.tracking import Delivery, MessageRecord, Tracking
@@ -428,7 +463,7 @@ def test_every_resource_allows_and_refuses_by_role(env) -> None:
             for role in ROLE_NAMES:
                 result = client.simulate_request(
                     method, concrete, headers={"Authorization": f"Bearer {tokens[role]}"},
-                    json={} if method in ("POST", "PUT") else None)
+                    json={} if method in ("POST", "PUT", "PATCH") else None)
                 if role in allowed:
                     assert result.status_code not in (401, 403), (method, path, role,
                                                                   result.text)

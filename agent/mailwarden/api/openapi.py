@@ -25,7 +25,10 @@ ERROR = {
 _DESCRIPTIONS = {
     "/api/health": "Liveness of the API process.",
     "/api/session": "Log in (POST), who am I (GET), log out (DELETE).",
-    "/api/state": "The live state (GET, with ETag) and applying a new one (PUT, If-Match).",
+    "/api/state": "The live state (GET, with ETag), applying a new one (PUT, If-Match) or "
+                  "replacing some of its sections in one revision (PATCH, If-Match).",
+    "/api/setup": "First-run wizard: is it needed (GET); set up with the console's one-time "
+                  "code (POST); closed once an admin exists.",
     "/api/state/revisions": "Applied revisions, newest first.",
     "/api/state/revisions/{number}": "One revision's state file and metadata.",
     "/api/state/diff": "Unified diff between two revisions (?from=&to=).",
@@ -96,6 +99,12 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
                     "schema": {"type": "object", "properties": {
                         "state": {"$ref": "#/components/schemas/State"},
                         "yaml": {"type": "string"},
+                        "comment": {"type": "string"}}}}}}
+            if path == "/api/state" and method == "PATCH":
+                operation["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["sections"], "properties": {
+                        "sections": {"type": "object", "minProperties": 1, "description":
+                                     "Top-level sections of State to replace, by name."},
                         "comment": {"type": "string"}}}}}}
             item[method.lower()] = operation
         paths[path] = item

@@ -109,7 +109,7 @@ class StateResource:
     apply: Applier
     audit: Audit
     state_file: Any
-    roles = {"GET": READERS, "PUT": ADMIN}
+    roles = {"GET": READERS, "PUT": ADMIN, "PATCH": ADMIN}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         current = self.store.current()
@@ -120,9 +120,33 @@ class StateResource:
         resp.media = {"revision": current,
                       "state": state.model_dump(mode="json", by_alias=True)}
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Replace some sections in one revision: a rule and the object it names belong
+        together (one apply, one entry in the history, one rollback)."""
         base = _base_revision(req)
         data = _media(req)
+        sections = data.get("sections")
+        if not isinstance(sections, dict) or not sections:
+            raise BadInput("send {\"sections\": {\"rules\": [...], ...}}", "sections")
+        unknown = [name for name in sections if name not in State.model_fields
+                   or name == "version"]
+        if unknown:
+            raise BadInput(f"no section '{unknown[0]}'", unknown[0])
+        current = self.store.current()
+        if current is None:
+            raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
+        live = yaml.safe_load(self.store.text(current))
+        live.update(sections)
+        validate_data(live, source="state")  # errors name e.g. rules[3].from.objects[0]
+        data["yaml"] = yaml.safe_dump(live, sort_keys=False, allow_unicode=True)
+        data.setdefault("comment", f"{', '.join(sections)} changed")
+        self._apply(req, resp, data, base)
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._apply(req, resp, _media(req), _base_revision(req))
+
+    def _apply(self, req: falcon.Request, resp: falcon.Response, data: dict[str, Any],
+               base: int) -> None:
         comment = data.get("comment", "")
         if not isinstance(comment, str):
             raise BadInput("comment must be text", "comment")

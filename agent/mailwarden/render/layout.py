@@ -107,6 +107,9 @@ class Layout:
     def pidfile(self, service: str) -> Path | None:
         """Where the service's main process writes its pid, if it does."""
         path = _PIDFILES.get(service)
+        if path is None and self.name == "sandbox":
+            # The sandbox writes these for its controller; on the appliance systemd knows.
+            path = _SANDBOX_PIDFILES.get(service)
         return self.path(path) if path else None
 
     def to_json(self) -> str:
@@ -139,6 +142,11 @@ _PIDFILES = {
     "unbound": "/run/unbound.pid",
     "clamav": "/run/clamav/clamd.pid",
     "redis": "/run/redis/redis-server.pid",
+}
+_SANDBOX_PIDFILES = {
+    "filter": "/run/mailwarden/filter.pid",
+    "policy": "/run/mailwarden/policy.pid",
+    "api": "/run/mailwarden/api.pid",
 }
 
 

@@ -48,5 +48,7 @@ class PidfileController:
             return
         # rspamd and unbound re-read their configuration on SIGHUP; clamd and Redis are
         # stopped and the supervising process starts them again with the new files.
-        sig = signal.SIGHUP if service in ("rspamd", "unbound") else signal.SIGTERM
+        # The agent's daemons re-read the state file on SIGHUP.
+        sig = (signal.SIGHUP if service in ("rspamd", "unbound", "filter", "policy")
+               else signal.SIGTERM)
         os.kill(pid, sig)

@@ -90,7 +90,7 @@ def run_dev(state_path: Path | None, run_dir: Path | None, fresh: bool = False) 
             for name, daemon in sandbox.daemons.items():
                 if not daemon.running:
                     print(f"{name} exited; starting it again", file=sys.stderr, flush=True)
-                    daemon.start()
+                    sandbox.launch(name)
             time.sleep(0.5)
     finally:
         print("stopping ...", flush=True)

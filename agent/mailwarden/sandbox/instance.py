@@ -194,15 +194,25 @@ class Sandbox:
                               logs / "unbound.out")
         raise HarnessError(f"no such sandbox service: {service}")
 
+    def launch(self, service: str) -> None:
+        """Start (or restart) a daemon and record its pid where the layout says.
+
+        Rspamd in the foreground, and the agent's own daemons, write no pid file; the API's
+        controller (another process) finds them to reload them, and its service view to
+        show them.
+        """
+        daemon = self.daemons[service]
+        daemon.start()
+        pidfile = self.layout.pidfile(service)
+        if (service in ("rspamd", *self.AGENT, "api") and pidfile is not None
+                and daemon.process is not None):
+            pidfile.parent.mkdir(parents=True, exist_ok=True)
+            pidfile.write_text(f"{daemon.process.pid}\n")
+
     def _start_service(self, service: str, timeout: float) -> None:
         daemon = self._make(service)
         self.daemons[service] = daemon
-        daemon.start()
-        pidfile = self.layout.pidfile(service)
-        if service == "rspamd" and pidfile is not None and daemon.process is not None:
-            # In the foreground (-f) Rspamd writes no pid file; the CLI's controller and the
-            # API's service view need one, as on the appliance.
-            pidfile.write_text(f"{daemon.process.pid}\n")
+        self.launch(service)
         try:
             health.wait_healthy(service, self.layout, timeout=timeout)
         except Exception as exc:
@@ -262,7 +272,7 @@ class Sandbox:
         else:
             # clamd and Redis read their configuration only at start.
             daemon.stop()
-            daemon.start()
+            self.launch(service)
 
     # --- conveniences -------------------------------------------------------------------
 
