@@ -23,7 +23,7 @@ function h(tag, attrs = {}, ...children) {
 
 function show(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false && n !== ""));
 }
 
 function toast(text) {
@@ -735,6 +735,80 @@ async function viewUsers(arg, render) {
     h("table", {}, h("tbody", {}, tokens.items.map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, t.role), h("td", {}, t.revoked ? "revoked" : "active"))))));
 }
 
+async function copyText(text) {
+  try { await navigator.clipboard.writeText(text); toast("Copied"); } catch (e) { toast("Select the text and copy it"); }
+}
+
+// DKIM: make a key, publish its record, then sign with it (one revision of the dkim section).
+async function viewDkim(arg, render) {
+  const [keys, dkim, domains] = await Promise.all([api("GET", "/api/dkim/keys"), api("GET", "/api/settings/dkim"), api("GET", "/api/settings/domains")]);
+  const out = h("div", { "aria-live": "polite" });
+  const record = (item) => h("div", { class: "card" },
+    h("p", {}, h("strong", {}, item.dns_name || `${item.selector}._domainkey.${item.domain}`), " TXT"),
+    item.error ? h("p", { class: "errors" }, item.error) : [h("pre", { class: "record" }, item.txt), h("button", { onclick: () => copyText(item.txt) }, "Copy the record")]);
+  const month = new Date().toISOString().slice(0, 7).replace("-", "");
+  const form = h("form", { class: "card", onsubmit: async (event) => {
+    event.preventDefault();
+    out.replaceChildren(h("p", { class: "muted" }, "Generating…"));
+    try {
+      const made = await api("POST", "/api/dkim/keys", { domain: form.domain.value, selector: form.selector.value });
+      const sign = h("button", { class: "primary", onclick: async () => {
+        sign.disabled = true;
+        try {
+          const entry = { domain: made.domain, selector: made.selector, key: made.key };
+          const result = await api("PATCH", "/api/state", { sections: { dkim: { ...dkim.dkim, sign: [...dkim.dkim.sign, entry] } },
+            comment: `sign ${made.domain} with DKIM selector ${made.selector}` }, { ifMatch: dkim.revision });
+          toast(`Signing with ${made.selector}._domainkey.${made.domain} (revision ${result.revision})`);
+          viewDkim(arg, render);
+        } catch (e) { sign.disabled = false; out.append(h("p", { class: "errors" }, e.message)); }
+      } }, "Sign outbound mail with this key");
+      out.replaceChildren(h("p", {}, "Publish this record in DNS, then start signing:"), record(made), sign);
+    } catch (e) { out.replaceChildren(h("p", { class: "errors" }, e.field ? `${e.field}: ${e.message}` : e.message)); }
+  } },
+  h("h2", {}, "New key"),
+  h("div", { class: "field" }, h("label", { for: "dkim-domain" }, "Domain"),
+    h("select", { id: "dkim-domain", name: "domain" }, domains.domains.map((d) => h("option", { value: d.name }, d.name)))),
+  h("div", { class: "field" }, h("label", { for: "dkim-selector" }, "Selector"), h("input", { id: "dkim-selector", name: "selector", value: `mw${month}`, required: true, pattern: "[a-z0-9][a-z0-9\\-]{0,62}" }),
+    h("div", { class: "help" }, "A new selector per key lets the old record stay published while mail signed with it is still in transit.")),
+  h("p", {}, h("button", { type: "submit" }, "Generate a 2048-bit RSA key")));
+  render(h("h1", {}, "DKIM"),
+    h("p", {}, `Outbound mail is signed with ${dkim.dkim.sign.length || "no"} key${dkim.dkim.sign.length === 1 ? "" : "s"}; inbound signatures are ${dkim.dkim.verify ? "verified" : "not verified"}; DMARC: ${dkim.dkim.dmarc}.`),
+    keys.items.map(record), state.user.role === "admin" ? [form, out] : "");
+}
+
+// My account: every role, quarantine users included, can turn on a second factor.
+async function viewAccount(arg, render) {
+  const me = await api("GET", "/api/session");
+  const box = h("div");
+  async function start() {
+    const enrol = await api("POST", "/api/session/totp", {});
+    const code = h("input", { id: "totp-code", inputmode: "numeric", autocomplete: "one-time-code", required: true, pattern: "[0-9]{6}" });
+    const error = h("p", { class: "errors", role: "alert" });
+    const form = h("form", { class: "card", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        await api("POST", "/api/session/totp", { secret: enrol.secret, code: code.value });
+        toast("Two-factor login is on");
+        viewAccount(arg, render);
+      } catch (e) { error.textContent = e.message; }
+    } },
+    h("p", {}, "Add this key to an authenticator app (type it in, or open the link on the phone):"),
+    h("pre", { class: "record", id: "totp-secret" }, enrol.secret.match(/.{1,4}/g).join(" ")),
+    h("p", {}, h("a", { href: enrol.uri }, "otpauth link"), " ", h("button", { type: "button", onclick: () => copyText(enrol.secret) }, "Copy the key")),
+    h("div", { class: "field" }, h("label", { for: "totp-code" }, "Code the app shows now"), code),
+    h("p", {}, h("button", { class: "primary", type: "submit" }, "Turn on")), error);
+    box.replaceChildren(form);
+    code.focus();
+  }
+  render(h("h1", {}, "My account"),
+    h("p", {}, `${me.username} (${me.role})`),
+    h("h2", {}, "Two-factor login (TOTP)"),
+    me.totp
+      ? h("p", {}, "On. ", h("button", { class: "danger", onclick: async () => { if (confirm("Turn two-factor login off?")) { await api("DELETE", "/api/session/totp"); viewAccount(arg, render); } } }, "Turn off"))
+      : h("p", {}, "Off. ", h("button", { class: "primary", onclick: () => start() }, "Set up")),
+    box);
+}
+
 async function viewSystem(arg, render) {
   const [services, versions, queue] = await Promise.all([api("GET", "/api/system/services"), api("GET", "/api/system/versions"), api("GET", "/api/system/queue").catch((e) => ({ items: [], error: e.message }))]);
   render(h("h1", {}, "System"),
@@ -751,7 +825,7 @@ async function viewSystem(arg, render) {
 
 const routes = {
   login: viewLogin, setup: viewSetup, dashboard: viewDashboard, quarantine: viewQuarantine, tracking: viewTracking,
-  settings: viewSettings, rules: viewRules, history: viewHistory, users: viewUsers, system: viewSystem,
+  settings: viewSettings, rules: viewRules, dkim: viewDkim, account: viewAccount, history: viewHistory, users: viewUsers, system: viewSystem,
 };
 
 let navigation = 0;

@@ -94,7 +94,7 @@ class SessionResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = req.context.user
-        resp.media = {"username": user.username, "role": user.role}
+        resp.media = {"username": user.username, "role": user.role, "totp": user.totp}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.context.session_token:
