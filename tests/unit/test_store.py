@@ -168,6 +168,13 @@ def test_list_search_score_dates_and_sort(quarantine: Quarantine) -> None:
                           lifetime_days=7, subject="Loan offer", spam_score=25.0, now=200)
     assert [e.id for e in quarantine.list(search="100%")] == [cheap]
     assert [e.id for e in quarantine.list(search="_")] == []  # LIKE wildcards are literal
+    # Three characters or more go through the trigram index: substrings, any case, either
+    # column, and quotes or FTS syntax in the text are just text.
+    assert [e.id for e in quarantine.list(search="LOAN OF")] == [loan]
+    assert [e.id for e in quarantine.list(search="b@sender")] == [loan]
+    assert {e.id for e in quarantine.list(search="sender.test")} == {cheap, loan}
+    assert quarantine.list(search='pills" OR "loan') == []
+    assert quarantine.list(search="NEAR(a b)") == []
     assert [e.id for e in quarantine.list(min_score=20)] == [loan]
     assert [e.id for e in quarantine.list(since=150)] == [loan]
     assert [e.id for e in quarantine.list(until=150)] == [cheap]

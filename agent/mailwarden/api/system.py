@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,21 +65,22 @@ class ServicesResource:
     layout: Layout
     roles = {"GET": STAFF}
 
+    def _check(self, name: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            health.PROBES[name](self.layout)
+            ok, error = True, None
+        except Exception as exc:  # a probe failing is the answer, not an API error
+            ok, error = False, str(exc)
+        return {"name": name, "healthy": ok, "error": error,
+                "probe_ms": round((time.perf_counter() - started) * 1000, 1),
+                "processes": _processes(self.layout, name)}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        items = []
-        for name, probe in health.PROBES.items():
-            if name == "freshclam":
-                continue
-            started = time.perf_counter()
-            try:
-                probe(self.layout)
-                ok, error = True, None
-            except Exception as exc:  # a probe failing is the answer, not an API error
-                ok, error = False, str(exc)
-            items.append({"name": name, "healthy": ok, "error": error,
-                          "probe_ms": round((time.perf_counter() - started) * 1000, 1),
-                          "processes": _processes(self.layout, name)})
-        resp.media = {"items": items}
+        names = [name for name in health.PROBES if name != "freshclam"]
+        # Side by side: the dashboard waits for the slowest probe, not for their sum.
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            resp.media = {"items": list(pool.map(self._check, names))}
 
 
 def _postfix(argv: list[str]) -> str:

@@ -112,7 +112,12 @@ class Quarantine:
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        if search:
+        if search and len(search) >= 3:
+            # The trigram index: a quoted phrase matches any substring of subject or sender.
+            where.append("q.rowid IN (SELECT rowid FROM quarantine_text"
+                         " WHERE quarantine_text MATCH ?)")
+            args.append('"' + search.replace('"', '""') + '"')
+        elif search:  # too short for trigrams
             escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("(q.subject LIKE ? ESCAPE '\\' OR q.sender LIKE ? ESCAPE '\\')")
             args += [f"%{escaped}%", f"%{escaped}%"]
@@ -122,19 +127,23 @@ class Quarantine:
         if sender:
             where.append("q.sender = ?")
             args.append(sender)
-        if recipient or status:
-            sub, sub_args = ["r.quarantine_id = q.id"], []
-            if recipient:
-                sub.append("r.recipient = ?")
-                sub_args.append(recipient)
+        if recipient:
+            # One recipient (a user's own view): start from that recipient's rows, a few
+            # hundred, instead of walking every message newest first looking for theirs.
+            source = "quarantine_recipients r JOIN quarantine q ON q.id = r.quarantine_id"
+            where.append("r.recipient = ?")
+            args.append(recipient)
             if status:
-                sub.append("r.status = ?")
-                sub_args.append(status)
-            where.append("EXISTS (SELECT 1 FROM quarantine_recipients r WHERE "  # noqa: S608
-                         + " AND ".join(sub) + ")")
-            args += sub_args
+                where.append("r.status = ?")
+                args.append(status)
+        else:
+            source = "quarantine q"
+            if status:
+                where.append("EXISTS (SELECT 1 FROM quarantine_recipients r WHERE "
+                             "r.quarantine_id = q.id AND r.status = ?)")
+                args.append(status)
         # Only fixed fragments are joined; every value is a bound parameter.
-        sql = "SELECT q.id FROM quarantine q"
+        sql = f"SELECT q.id FROM {source}"  # noqa: S608
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
