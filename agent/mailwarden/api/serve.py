@@ -4,6 +4,7 @@ on first start when none is installed)."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from .. import secrets
@@ -11,9 +12,16 @@ from ..render.layout import Layout
 from ..state.load import load_state_file
 
 
+def _hostname(layout: Layout) -> str:
+    """The state's host name; before the first-run wizard there is no state yet, and the
+    wizard must be served all the same."""
+    if layout.state_file.exists():
+        return load_state_file(layout.state_file).system.hostname
+    return socket.getfqdn()
+
+
 def run_api(layout: Layout, workers: int = 2) -> int:
-    state = load_state_file(layout.state_file)
-    secrets.ensure_self_signed(layout.secrets_dir, "api", state.system.hostname)
+    secrets.ensure_self_signed(layout.secrets_dir, "api", _hostname(layout))
     host = "127.0.0.1" if layout.name == "sandbox" else "0.0.0.0"  # noqa: S104 - nftables filters
     env = {**os.environ}
     if layout.name == "sandbox":

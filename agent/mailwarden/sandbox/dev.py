@@ -57,8 +57,10 @@ def run_dev(state_path: Path | None, run_dir: Path | None, fresh: bool = False) 
     run_dir = (run_dir or Path.cwd() / "run" / "dev").resolve()
     _fresh_run_dir(run_dir)
     sandbox = Sandbox(run_dir, agent_services=True, api=True)
+    # --fresh without a state: a fresh appliance, where only the web wizard runs until it
+    # has applied the first state.
     text = (state_path.read_text(encoding="utf-8") if state_path
-            else example_state(sandbox.sink.port))
+            else None if fresh else example_state(sandbox.sink.port))
 
     stopping = False
 
@@ -78,15 +80,22 @@ def run_dev(state_path: Path | None, run_dir: Path | None, fresh: bool = False) 
         code = setupcode.issue(sandbox.layout.setup_code)
         print(f"first-run wizard: https://127.0.0.1:{sandbox.layout.ports.api}/  "
               f"setup code {code}")
+        if text is None:
+            print(f"(as internal mail server give 127.0.0.1 port {sandbox.sink.port}, the "
+                  "local sink; the mail daemons start once the wizard has applied a state)")
     else:
         password = secrets.token_urlsafe(12)
         Users(Database(sandbox.layout.database)).add("admin", password, "admin")
         print(f"API login:  admin / {password}  (this run only)")
-    print(f"send mail:  swaks --server {endpoints['smtp']} --to user@example.test")
+    to = "user@YOUR-DOMAIN" if text is None else "user@example.test"
+    print(f"send mail:  swaks --server {endpoints['smtp']} --to {to}")
     print(f"change it:  mailwarden apply --root {run_dir} NEW-STATE.yaml")
     print("Ctrl-C stops everything.", flush=True)
     try:
         while not stopping:
+            if len(sandbox.daemons) < len(sandbox.services) and sandbox.layout.state_file.exists():
+                print("a state was applied; starting the mail daemons", flush=True)
+                sandbox.start_remaining()
             for name, daemon in sandbox.daemons.items():
                 if not daemon.running:
                     print(f"{name} exited; starting it again", file=sys.stderr, flush=True)

@@ -149,15 +149,20 @@ class Sandbox:
             except OSError:
                 shutil.rmtree(cache, ignore_errors=True)  # a cache is an optimisation only
 
-    def prepare(self, state_text: str, author: str = "sandbox") -> ApplyResult:
-        """Directories, secrets, test signatures, and revision 1 rendered into place."""
+    def prepare(self, state_text: str | None, author: str = "sandbox") -> ApplyResult | None:
+        """Directories, secrets, test signatures, and revision 1 rendered into place; with
+        no state, what a fresh appliance has before its first-run wizard: the machine's own
+        certificate and nothing rendered."""
         self._dirs()
-        state = load_state_text(state_text, "sandbox state")
-        secrets.ensure_self_signed(self.layout.secrets_dir, state.tls.inbound.certificate,
-                                   state.system.hostname)
+        state = load_state_text(state_text, "sandbox state") if state_text else None
+        secrets.ensure_self_signed(
+            self.layout.secrets_dir, state.tls.inbound.certificate if state else "smtp",
+            state.system.hostname if state else "mailwarden.invalid")
         db = eicar_database(self.layout.path("/var/lib/clamav"))
         shutil.chown(db, user=self.layout.users.clamav)
         self._warm_rspamd()
+        if state_text is None:
+            return None
         return apply_state(state_text, layout=self.layout, controller=NoController(),
                            author=author, comment="sandbox created", base=None)
 
@@ -219,7 +224,9 @@ class Sandbox:
             daemon.check_alive()
             raise HarnessError(f"{service} did not become healthy: {exc}\n{daemon.tail()}") from exc
 
-    def start(self, state_text: str, timeout: float = 90.0) -> None:
+    def start(self, state_text: str | None, timeout: float = 90.0) -> None:
+        """Every daemon, from state_text; with None a fresh appliance: only the API runs
+        (its first-run wizard applies the first state), then start_remaining()."""
         started = time.monotonic()
         try:
             self.dns.start()
@@ -231,13 +238,22 @@ class Sandbox:
             self.extra = [self.dns.daemon, sink]
             self.prepare(state_text)
             for service in self.services:
-                self._start_service(service, timeout)
+                if state_text is not None or service == "api":
+                    self._start_service(service, timeout)
             wait_until("the SMTP sink", lambda: _listening(self.sink.port), 10, sink.check_alive)
         except BaseException:
             self.stop()
             raise
         self._save_warm_rspamd()
         self.started_in = time.monotonic() - started
+        self.write_endpoints()
+
+    def start_remaining(self, timeout: float = 90.0) -> None:
+        """The daemons a fresh start left out, once a state has been applied."""
+        for service in self.services:
+            if service not in self.daemons:
+                self._start_service(service, timeout)
+        self._save_warm_rspamd()
         self.write_endpoints()
 
     def stop(self) -> None:
