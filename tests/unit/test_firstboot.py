@@ -23,6 +23,8 @@ from mailwarden.state.load import load_state_text
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users, hash_password
 
+from .test_api import STATE
+
 SEED = """\
 version: 1
 hostname: mx1.example.org
@@ -129,16 +131,6 @@ def test_setup_code_is_single_use_and_forgiving_about_case(tmp_path: Path) -> No
 
 
 # --- the web wizard's endpoint ---------------------------------------------------------------
-
-STATE = """\
-version: 1
-system:
-  hostname: mx.example.test
-domains:
-  - name: example.test
-    transport: {host: 192.0.2.10, port: 25}
-"""
-
 
 @pytest.fixture
 def fresh() -> Iterator[tuple[testing.TestClient, Sandbox, str]]:

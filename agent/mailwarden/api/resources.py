@@ -56,6 +56,18 @@ LOGIN_FAILURES_PER_ADDRESS = 10
 LOGIN_WINDOW = 15 * 60
 
 
+def throttle_guessing(audit: Audit, action: str, source_ip: str, now: float,
+                      what: str) -> None:
+    """429 once an address has failed LOGIN_FAILURES_PER_ADDRESS times in the window (failed
+    attempts are audited under `action`)."""
+    recent = audit.count(action, source_ip=source_ip, since=now - LOGIN_WINDOW)
+    if recent >= LOGIN_FAILURES_PER_ADDRESS:
+        raise falcon.HTTPTooManyRequests(
+            title="Too Many Requests",
+            description=f"too many {what} from your address; wait 15 minutes",
+            retry_after=LOGIN_WINDOW)
+
+
 @dataclass
 class SessionResource:
     users: Users
@@ -74,13 +86,7 @@ class SessionResource:
         now = self.clock()
         # Per source address too: guessing across many accounts from one host is throttled,
         # whatever the accounts' own lockouts say.
-        recent = self.audit.count("login.failed", source_ip=req.remote_addr,
-                                  since=now - LOGIN_WINDOW)
-        if recent >= LOGIN_FAILURES_PER_ADDRESS:
-            raise falcon.HTTPTooManyRequests(
-                title="Too Many Requests",
-                description="too many failed logins from your address; wait 15 minutes",
-                retry_after=LOGIN_WINDOW)
+        throttle_guessing(self.audit, "login.failed", req.remote_addr, now, "failed logins")
         try:
             user = self.users.authenticate(username, password, data.get("totp"), now=now)
         except Exception:

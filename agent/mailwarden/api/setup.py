@@ -22,7 +22,7 @@ from ..firstboot.engine import AlreadySetUp, FirstbootResult
 from ..store.users import SESSION_LIFETIME, Audit, Users
 from .auth import set_session_cookie
 from .errors import BadInput
-from .resources import LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW
+from .resources import throttle_guessing
 
 # answers -> result; in-process on a sandbox, the privileged helper on the
 # appliance.
@@ -62,13 +62,7 @@ class SetupResource:
         if not isinstance(data, dict):
             raise BadInput("the request body must be a JSON object")
         now = self.clock()
-        recent = self.audit.count("setup.failed", source_ip=req.remote_addr,
-                                  since=now - LOGIN_WINDOW)
-        if recent >= LOGIN_FAILURES_PER_ADDRESS:
-            raise falcon.HTTPTooManyRequests(
-                title="Too Many Requests",
-                description="too many wrong setup codes from your address; wait 15 minutes",
-                retry_after=LOGIN_WINDOW)
+        throttle_guessing(self.audit, "setup.failed", req.remote_addr, now, "wrong setup codes")
         code = data.get("setup_code")
         if not isinstance(code, str) or not code.strip():
             raise BadInput("the setup code is required", "setup_code")
