@@ -273,10 +273,13 @@ async function viewQuarantine(arg, render) {
   const frame = h("iframe", { title: "Message preview", sandbox: "", referrerpolicy: "no-referrer" });
   const details = h("div");
   const tbody = h("tbody");
-  const progress = h("div", { class: "progress", hidden: true }, h("div"));
+  const progress = h("div", { class: "progress", hidden: true, role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" }, h("div"));
+  const progressText = h("span", { class: "muted", "aria-live": "polite" });
+  const all = h("input", { type: "checkbox", "aria-label": "select every message shown",
+    onchange: (e) => { for (const item of items) e.target.checked ? selected.add(item.id) : selected.delete(item.id); renderRows(); } });
 
   async function load() {
-    const params = new URLSearchParams({ limit: "200" });
+    const params = new URLSearchParams({ limit: "500" });
     if (filters.kind) params.set("kind", filters.kind);
     if (filters.q) params.set("q", filters.q);
     items = (await api("GET", `/api/quarantine?${params}`)).items;
@@ -328,15 +331,28 @@ async function viewQuarantine(arg, render) {
     if (!ids.length) { toast("Select messages first"); return; }
     progress.hidden = false;
     let done = 0;
-    for (let i = 0; i < ids.length; i += 50) {
-      await api("POST", "/api/quarantine/bulk", { ids: ids.slice(i, i + 50), action });
-      done = Math.min(ids.length, i + 50);
-      progress.firstChild.style.width = `${(100 * done) / ids.length}%`;
+    let failed = 0;
+    const verb = action === "release" ? "Released" : "Deleted";
+    try {
+      for (let i = 0; i < ids.length; i += 50) {
+        const out = await api("POST", "/api/quarantine/bulk", { ids: ids.slice(i, i + 50), action });
+        failed += Object.values(out.results || {}).filter((r) => r.error).length;
+        done = Math.min(ids.length, i + 50);
+        const percent = Math.round((100 * done) / ids.length);
+        progress.firstChild.style.width = `${percent}%`;
+        progress.setAttribute("aria-valuenow", String(percent));
+        progressText.textContent = `${verb} ${done} of ${ids.length}…`;
+      }
+      toast(`${action}: ${done - failed} messages${failed ? `, ${failed} failed` : ""}`);
+    } catch (e) {
+      toast(`${action} stopped after ${done} of ${ids.length}: ${e.message}`);
+    } finally {
+      selected.clear();
+      all.checked = false;
+      progress.hidden = true;
+      progressText.textContent = "";
+      await load();
     }
-    selected.clear();
-    progress.hidden = true;
-    toast(`${action}: ${done} messages`);
-    await load();
   }
 
   const search = h("input", { type: "search", placeholder: "Search subject or sender", "aria-label": "Search",
@@ -350,9 +366,9 @@ async function viewQuarantine(arg, render) {
       h("button", { class: "danger", onclick: () => bulk("delete") }, "Delete selected"),
       h("span", { class: "muted" }, "Keys: ", h("span", { class: "kbd" }, "j"), "/", h("span", { class: "kbd" }, "k"), " move, ",
         h("span", { class: "kbd" }, "r"), " release, ", h("span", { class: "kbd" }, "d"), " delete")),
-    progress,
+    progress, progressText,
     h("div", { class: "split" },
-      h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["", "Time", "Kind", "Sender", "Subject", "Score / virus"].map((c) => h("th", {}, c)))), tbody),
+      h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, [all, "Time", "Kind", "Sender", "Subject", "Score / virus"].map((c) => h("th", {}, c)))), tbody),
       h("div", { class: "preview" }, details, frame)));
   document.onkeydown = (event) => {
     if (!location.hash.startsWith("#/quarantine") || ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) return;

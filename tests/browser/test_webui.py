@@ -334,3 +334,29 @@ def test_every_page_and_settings_section_renders(page: Page, admin: None) -> Non
         p.goto(f"{page.base}/#/settings/{section}")
         p.wait_for_selector(f"h1:has-text('Settings: {section}')")
         assert p.query_selector("button:has-text('Apply')") is not None, section
+
+
+def test_bulk_release_of_500_shows_progress_and_loses_nothing(page: Page, ui_gateway: Sandbox,
+                                                              admin: None) -> None:
+    q = _quarantine(ui_gateway)
+    batch = marker()
+    for n in range(500):
+        subject = f"Bulk {batch} {n:03d}"
+        q.put(build(subject), kind="spam", sender="alice@sender.test",
+              recipients=["user@example.test"], lifetime_days=7, subject=subject,
+              spam_score=12.0)
+    page.login("admin")
+    p = page.page
+    p.goto(f"{page.base}/#/quarantine")
+    p.fill("input[type=search]", batch)
+    p.press("input[type=search]", "Enter")
+    p.wait_for_selector(f"text=Bulk {batch} 000")
+    assert len(p.query_selector_all("tbody tr[data-id]")) == 500
+    p.check("input[aria-label='select every message shown']")
+    p.click("text=Release selected")
+    p.wait_for_selector("[role=progressbar]:visible")
+    p.wait_for_selector("text=/Released \\d+ of 500/")
+    p.wait_for_selector("text=release: 500 messages", timeout=120_000)
+    assert p.query_selector(f"text=Bulk {batch} 000") is None
+    ui_gateway.sink.wait_for_marker(f"Bulk {batch}", 500)
+    assert len(ui_gateway.sink.containing(f"Bulk {batch}")) == 500
