@@ -31,10 +31,10 @@ from ..store.lists import UserLists
 from ..store.quarantine import Quarantine
 from ..store.tracking import Delivery, MessageRecord, Tracking
 from . import actions as mail_actions
-from . import engine
+from . import cpu, engine
 from .auth import Authenticator
 from .message import ParsedMessage, parse_message
-from .reinject import reinject
+from .reinject import Reinjector
 from .scanners import clamd_scan, rspamd_check
 from .types import Direction, Envelope, ScanResult, SpamResult, VirusResult
 
@@ -46,6 +46,12 @@ RESULT_HEADERS = ("X-Mailwarden", "X-Mailwarden-Spam-Scan", "X-Mailwarden-Virus-
 
 class FilterSMTP(SMTP):
     """aiosmtpd's server plus XFORWARD, so the filter sees the original client."""
+
+    async def _handle_client(self) -> None:
+        # aiosmtpd runs each connection as one task of this coroutine (pinned 1.4.6): metering
+        # it measures the session's own CPU, DATA handling included (mail/cpu.py).
+        self.cpu_meter = cpu.CpuMeter()
+        await cpu.session(super()._handle_client(), self.cpu_meter)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         attrs: dict[str, str] = getattr(self.session, "xforward", {})
@@ -71,12 +77,16 @@ class FilterContext:
     state: State
     layout: Layout
     db: Database
+    stats: cpu.FilterStats = field(default_factory=cpu.FilterStats)
     quarantine: Quarantine = field(init=False)
     tracking: Tracking = field(init=False)
     lists: UserLists = field(init=False)
     auth: Authenticator = field(init=False)
+    reinjector: Reinjector = field(init=False)
 
     def __post_init__(self) -> None:
+        self.reinjector = Reinjector(port=self.layout.ports.reinject,
+                                     hostname=self.state.system.hostname)
         self.quarantine = Quarantine(self.db, self.layout.quarantine_dir)
         self.tracking = Tracking(self.db)
         self.lists = UserLists(self.db)
@@ -99,6 +109,7 @@ class ContentFilter:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
         xforward: dict[str, str] = dict(getattr(session, "xforward", {}))
+        started = time.perf_counter()
         try:
             return await process(self.ctx, self.direction, envelope.original_content or b"",
                                  envelope.mail_from or "", list(envelope.rcpt_tos), xforward)
@@ -107,6 +118,11 @@ class ContentFilter:
             log.exception("filter failed for a message from %r; answered 451",
                           envelope.mail_from)
             return TEMPFAIL
+        finally:
+            meter: cpu.CpuMeter | None = getattr(server, "cpu_meter", None)
+            if meter is not None:
+                # Since the previous message of this session: its commands, DATA, the work.
+                self.ctx.stats.add(meter.lap(), time.perf_counter() - started)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %r", error)
@@ -149,7 +165,8 @@ async def _scan(ctx: FilterContext, state: State, raw: bytes, envelope: Envelope
             return VirusResult(virus=None, skipped="failed")
 
     spam_result, virus_result, auth = await asyncio.gather(
-        spam(), virus(), ctx.auth.check(state, raw, message, envelope))
+        cpu.metered(spam()), cpu.metered(virus()),
+        cpu.metered(ctx.auth.check(state, raw, message, envelope)))
     return ScanResult(spam=spam_result, virus=virus_result, auth=auth), notes
 
 
@@ -203,20 +220,21 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
         if first.final == "accept":
             body = mail_actions.modify(message, first.actions, ctx_actions)
             if direction == "out":
-                body = await loop.run_in_executor(None, ctx.auth.sign, state, body)
+                body = await loop.run_in_executor(
+                    None, cpu.in_thread(lambda b=body: ctx.auth.sign(state, b)))
             original_id = None
             if first.quarantine_original:
                 # Attachments were removed: the untouched original waits in the attachment
                 # quarantine, written before the stripped copy goes out.
-                original_id = await loop.run_in_executor(None, lambda r=rcpts, d=first: (
-                    ctx.quarantine.put(
+                original_id = await loop.run_in_executor(None, cpu.in_thread(
+                    lambda r=rcpts, d=first: ctx.quarantine.put(
                         raw, kind="attachment", sender=sender, recipients=r,
                         lifetime_days=state.quarantine.lifetimes.attachment,
                         subject=message.subject, message_id=message.message_id,
                         spam_score=None if scan.spam.skipped else scan.spam.score,
                         virus=scan.virus.virus, rule=d.rule)))
-            await loop.run_in_executor(None, lambda b=body, r=rcpts: reinject(
-                b, sender, r, port=ctx.layout.ports.reinject, hostname=hostname, xforward=xf))
+            await loop.run_in_executor(None, cpu.in_thread(
+                lambda b=body, r=rcpts: ctx.reinjector.send(b, sender, r, xforward=xf)))
             deliveries += [Delivery(r, "accept", first.rule, original_id) for r in rcpts]
         elif first.final in ("quarantine", "reject"):
             # A reject that cannot be said during the SMTP dialogue (after-queue mode, or a
@@ -224,8 +242,8 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
             # backscatter, and silently dropping could lose mail someone wanted.
             body = mail_actions.modify(message, first.actions, ctx_actions)
             kind = first.quarantine_kind or _kind_of(first, scan)
-            qid = await loop.run_in_executor(None, lambda b=body, r=rcpts, k=kind, d=first: (
-                ctx.quarantine.put(
+            qid = await loop.run_in_executor(None, cpu.in_thread(
+                lambda b=body, r=rcpts, k=kind, d=first: ctx.quarantine.put(
                     b, kind=k, sender=sender, recipients=r,
                     lifetime_days=getattr(state.quarantine.lifetimes, k),
                     subject=message.subject, message_id=message.message_id,
@@ -247,9 +265,8 @@ async def _side_effects(ctx: FilterContext, state: State, message: ParsedMessage
     loop = asyncio.get_running_loop()
     for effect in mail_actions.side_effects(decisions, message, envelope, state, scan):
         try:
-            await loop.run_in_executor(None, lambda e=effect: reinject(
-                e.raw, e.sender, list(e.recipients), port=ctx.layout.ports.reinject,
-                hostname=state.system.hostname))
+            await loop.run_in_executor(None, cpu.in_thread(
+                lambda e=effect: ctx.reinjector.send(e.raw, e.sender, list(e.recipients))))
         except MailwardenError:
             log.exception("could not send %s to %s", type(effect).__name__, effect.recipients)
 
