@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, model_validator
 
 from .types import Domain, Email, HeaderName, Line, Network, Regex, TimeOfDay
 
@@ -36,6 +36,8 @@ class _Strict(BaseModel):
 
 class _OneOf(_Strict):
     """A mapping with exactly one of its optional keys set."""
+
+    _kind: str = PrivateAttr(default="")
 
     @model_validator(mode="before")
     @classmethod
@@ -53,11 +55,14 @@ class _OneOf(_Strict):
             choices = ", ".join(type(self).model_fields)
             got = ", ".join(present) or "nothing"
             raise ValueError(f"needs exactly one of: {choices} (got {got})")
+        # Known once: the rule engine asks for every entry of every rule, for every message
+        # (found in the filter's profile, issue 7).
+        self._kind = present[0]
         return self
 
     @property
     def kind(self) -> str:
-        return next(n for n in type(self).model_fields if getattr(self, n) is not None)
+        return self._kind
 
     @property
     def value(self) -> Any:
