@@ -74,6 +74,9 @@ cmd_test() {
     if [ -x "$ROOT/image/test-image.sh" ]; then
         log "end-to-end tier (the image booted in QEMU)"
         timed "end-to-end tier" "$ROOT/image/test-image.sh"
+    else
+        log "end-to-end tier SKIPPED: image/test-image.sh is not enabled (not executable) until" \
+            "it passes reliably under TCG here; run it by hand: bash image/test-image.sh"
     fi
 }
 
