@@ -76,6 +76,7 @@ stage_wheelhouse() {
 BUILD_DIR=""
 stage_rootfs() {
     local elements=(mailwarden-apt mailwarden-release mailwarden-bootloader mailwarden-network
+                    mailwarden-growroot
                     mailwarden-boot-report)
     [ "$minimal" = 1 ] || elements+=(mailwarden-roles)
     mkdir -p "$MW_OUT" "$MW_CACHE/dib"

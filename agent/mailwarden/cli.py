@@ -338,6 +338,41 @@ def cmd_rules_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_firstboot(args: argparse.Namespace) -> int:
+    from .firstboot.boot import run_firstboot
+    from .firstboot.engine import NullHost
+    from .firstboot.host import ApplianceHost
+    from .firstboot.seed import Seed
+
+    layout = _layout(args)
+    find = None
+    if args.seed:
+        path = Path(args.seed)
+        text = path.read_text(encoding="utf-8")
+
+        def find() -> Seed:
+            return Seed(str(path), text)
+
+    host = ApplianceHost(layout=layout) if layout.name == "appliance" else NullHost()
+    outcome = run_firstboot(layout, controller=_controller(layout), host=host, find=find,
+                            live=layout.name == "appliance",
+                            skip_identity=args.skip_identity or layout.name != "appliance")
+    return EXIT_ERROR if outcome.errors else 0
+
+
+def cmd_apply_helper(args: argparse.Namespace) -> int:
+    from .render.privileged import DEFAULT_ALLOWED, run_helper
+
+    return run_helper(_layout(args), socket_path=Path(args.socket) if args.socket else None,
+                      allowed=args.allow or DEFAULT_ALLOWED, idle_timeout=args.idle)
+
+
+def cmd_quarantine_expire(args: argparse.Namespace) -> int:
+    removed = _quarantine(_layout(args)).expire()
+    print(f"{removed} expired quarantine entr{'y' if removed == 1 else 'ies'} removed")
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from .api.serve import run_api
 
@@ -433,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", action="append", help="only these recipients (repeatable)")
     root_option(p)
     p.set_defaults(func=cmd_quarantine_release)
+    p = quarantine.add_parser("expire", help="remove entries past their lifetime "
+                              "(mailwarden-quarantine-expire.timer)")
+    root_option(p)
+    p.set_defaults(func=cmd_quarantine_expire)
     p = quarantine.add_parser("delete", help="delete it")
     p.add_argument("id")
     p.add_argument("--to", action="append", help="only for these recipients (repeatable)")
@@ -503,6 +542,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="run the policy service daemon (10022)")
     root_option(p)
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("firstboot", help="first boot: machine identity, the seed, the setup "
+                       "code (mailwarden-firstboot.service)")
+    p.add_argument("--seed", help="an answer file instead of looking for a seed volume")
+    p.add_argument("--skip-identity", action="store_true",
+                   help="keep machine-id, host keys and certificates")
+    root_option(p)
+    p.set_defaults(func=cmd_firstboot)
+    p = sub.add_parser("apply-helper", help="the root service that applies states for the API "
+                       "(mailwarden-apply.socket)")
+    p.add_argument("--socket", help="listen here instead of the socket systemd passes")
+    p.add_argument("--allow", action="append", metavar="USER",
+                   help="a user who may connect (repeatable; default: mailwarden-api, root)")
+    p.add_argument("--idle", type=float, default=60.0,
+                   help="exit after this many idle seconds (0: never)")
+    root_option(p)
+    p.set_defaults(func=cmd_apply_helper)
 
     p = sub.add_parser("dev", help="run the whole gateway on this machine (private daemons)")
     p.add_argument("--state", help="state file (default: a built-in example)")

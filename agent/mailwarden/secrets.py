@@ -14,8 +14,17 @@ from .process import run
 
 
 def ensure_secrets_dir(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    """A new folder is 0700. An existing one keeps its owner and group: on the appliance it is
+    root:mailwarden-secrets 2770, so that the API (which writes DKIM keys) and the content
+    filter (which signs with them) share it as different users; only access for others is
+    taken away, never given."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        return
+    mode = folder.stat().st_mode & 0o7777
+    if mode & 0o007:
+        os.chmod(folder, mode & ~0o007)
 
 
 def ensure_self_signed(folder: Path, name: str, hostname: str, days: int = 3650) -> bool:

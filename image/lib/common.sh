@@ -74,7 +74,8 @@ mw_qemu_args() {
                   -serial "$serial" -monitor none -no-reboot)
     case "$accel" in
         kvm) MW_QEMU_ARGS+=(-accel kvm -cpu host) ;;
-        tcg) MW_QEMU_ARGS+=(-accel tcg -cpu max) ;;
+        # MW_TCG_THREAD=single runs every vCPU in one host thread (see mw_tcg_note).
+        tcg) MW_QEMU_ARGS+=(-accel "tcg,thread=${MW_TCG_THREAD:-multi}" -cpu "${MW_TCG_CPU:-max}") ;;
         *) mw_die "unknown accelerator $accel" ;;
     esac
     case "$firmware" in
@@ -161,4 +162,35 @@ mw_inputs_hash() {
             README.md -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
             | LC_ALL=C sort -z | xargs -0 sha256sum
     ) | sha256sum | cut -c1-32
+}
+
+# --- helpers for the end-to-end tier ------------------------------------------------------
+
+# A free loopback TCP port.
+mw_free_port() {
+    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Download a Debian 13 (trixie) package without touching this host's apt sources; prints the
+# path of the cached .deb. (The build host may be Debian 12; its keyring verifies trixie.)
+mw_trixie_deb() {
+    local pkg="$1" dir="$MW_CACHE/apt-trixie" mirror="${MAILWARDEN_MIRROR:-http://deb.debian.org/debian}"
+    local opts=(-q -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=-
+                -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir" -o Debug::NoLocking=1
+                -o APT::Sandbox::User=root)
+    mkdir -p "$dir/lists/partial" "$dir/debs"
+    printf 'deb %s trixie main\n' "$mirror" > "$dir/sources.list"
+    if ! ls "$dir/debs/${pkg}_"*.deb >/dev/null 2>&1; then
+        apt-get "${opts[@]}" update >/dev/null
+        (cd "$dir/debs" && apt-get "${opts[@]}" download "$pkg" >/dev/null)
+    fi
+    ls -1 "$dir/debs/${pkg}_"*.deb | tail -n1
+}
+
+# Wait until an SMTP server greets on 127.0.0.1:PORT (through QEMU's port forward, which
+# accepts even when nothing listens in the guest: only the 220 counts).
+mw_smtp_greets() {
+    local port="$1" line=""
+    line="$(timeout 8 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 6 l <&3 && printf "%s" "$l"' _ "$port" 2>/dev/null)" || true
+    [[ "$line" == 220* ]]
 }

@@ -38,9 +38,10 @@ from .quarantine import (
     QuarantinePreviewResource,
     QuarantineRawResource,
 )
+from .resources import Applier, RollbackFn
 from .rules import SimulateResource
 from .settings import SettingsResource
-from .setup import SetupResource
+from .setup import SetupFn, SetupResource
 
 
 @dataclass
@@ -57,6 +58,11 @@ class Services:
     clock: Callable[[], float] = time.time
     # The operating system's settings the first-run wizard changes; a sandbox's are not ours.
     host: Host = field(default_factory=NullHost)
+    # On the appliance the API runs unprivileged: changes go through the root apply helper
+    # (render/privileged.py). Unset: in this process (a sandbox, tests).
+    applier: Applier | None = None
+    rollbacker: RollbackFn | None = None
+    setup: SetupFn | None = None
 
 
 UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -87,17 +93,21 @@ def create_app(services: Services) -> falcon.App:
     users, audit = Users(db), Audit(db)
     store = RevisionStore(layout.revisions_dir)
 
-    def apply(text: str, author: str, comment: str, base: int | None) -> ApplyResult:
+    def apply_here(text: str, author: str, comment: str, base: int | None) -> ApplyResult:
         return apply_state(text, layout=layout, controller=services.controller,
                            author=author, comment=comment, base=base)
 
-    def roll_back(number: int, author: str, base: int | None) -> ApplyResult:
+    def roll_back_here(number: int, author: str, base: int | None) -> ApplyResult:
         return rollback(number, layout=layout, controller=services.controller, author=author,
                         base=base)
 
-    def setup(answers: Answers) -> FirstbootResult:
+    def setup_here(answers: Answers) -> FirstbootResult:
         return apply_answers(answers, layout=layout, controller=services.controller,
                              host=services.host, db=db, author="setup wizard")
+
+    apply: Applier = services.applier or apply_here
+    roll_back: RollbackFn = services.rollbacker or roll_back_here
+    setup: SetupFn = services.setup or setup_here
 
     quarantine = Quarantine(db, layout.quarantine_dir)
 

@@ -16,18 +16,22 @@ from .app import Services, create_app
 def _services() -> Services:
     root = os.environ.get("MAILWARDEN_ROOT")
     layout = load_layout(Path(root) if root else None)
+    db = Database(layout.database)
+    webui = os.environ.get("MAILWARDEN_WEBUI")
+    webui_path = Path(webui) if webui else _default_webui()
     if layout.name == "sandbox":
         from ..sandbox.control import PidfileController
 
-        controller = PidfileController(layout)
-    else:
-        from ..render.systemd import SystemdController
+        return Services(layout=layout, db=db, controller=PidfileController(layout),
+                        webui=webui_path)
+    # The appliance: this process may not write /etc or signal daemons; the root apply
+    # helper runs each transaction (and the first-run setup) for it.
+    from ..render.privileged import privileged_apply, privileged_rollback, privileged_setup
+    from ..render.systemd import SystemdController
 
-        controller = SystemdController()  # type: ignore[assignment]
-    db = Database(layout.database)
-    webui = os.environ.get("MAILWARDEN_WEBUI")
-    return Services(layout=layout, db=db, controller=controller,
-                    webui=Path(webui) if webui else _default_webui())
+    return Services(layout=layout, db=db, controller=SystemdController(), webui=webui_path,
+                    applier=privileged_apply, rollbacker=privileged_rollback,
+                    setup=privileged_setup)
 
 
 def _default_webui() -> Path | None:

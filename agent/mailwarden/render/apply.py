@@ -52,6 +52,18 @@ class NoController:
 
 AGENT_SERVICES = ("filter", "policy")
 
+# How long a reloaded service may take to answer again. clamd loads its whole signature
+# database on restart (about 1 GB: tens of seconds on real hardware, minutes on a slow or
+# emulated one; Debian gives it 420 s to start); Rspamd recompiles its regexps on a reload.
+HEALTH_TIMEOUTS = {"clamav": 420.0, "rspamd": 180.0}
+DEFAULT_HEALTH_TIMEOUT = 30.0
+
+
+def health_timeout_for(service: str, override: float | None = None) -> float:
+    if override is not None:
+        return override
+    return HEALTH_TIMEOUTS.get(service, DEFAULT_HEALTH_TIMEOUT)
+
 
 class LocallyModified(MailwardenError):
     code = "locally_modified"
@@ -103,7 +115,7 @@ def apply_state(
     comment: str,
     base: int | None,
     force: bool = False,
-    health_timeout: float = 30.0,
+    health_timeout: float | None = None,
 ) -> ApplyResult:
     state = load_state_text(text, "new state")
     missing = missing_secrets(state, layout)
@@ -145,7 +157,8 @@ def apply_state(
             for service in AGENT_SERVICES:
                 if controller.is_running(service):
                     controller.reload(service)
-                    wait_healthy(service, layout, timeout=health_timeout)
+                    wait_healthy(service, layout,
+                                 timeout=health_timeout_for(service, health_timeout))
                     reloaded.append(service)
         return ApplyResult(revision, [f.path for f in changed], reloaded)
 
@@ -184,7 +197,7 @@ def _swap_and_reload(
     services: list[str],
     layout: Layout,
     controller: Controller,
-    health_timeout: float,
+    health_timeout: float | None,
 ) -> list[str]:
     reloaded: list[str] = []
     try:
@@ -196,14 +209,14 @@ def _swap_and_reload(
                 controller.reload(service)
                 reloaded.append(service)
         for service in reloaded:
-            wait_healthy(service, layout, timeout=health_timeout)
+            wait_healthy(service, layout, timeout=health_timeout_for(service, health_timeout))
     except MailwardenError as exc:
         _restore(changed, previous)
         problems = []
         for service in reloaded:
             try:
                 controller.reload(service)
-                wait_healthy(service, layout)
+                wait_healthy(service, layout, timeout=health_timeout_for(service))
             except MailwardenError as again:
                 problems.append(str(again))
         note = ("; the previous configuration is back in place"

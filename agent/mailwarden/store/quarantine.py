@@ -59,7 +59,9 @@ class Quarantine:
         entry_id = uuid.uuid4().hex
         day = time.strftime("%Y%m%d", time.gmtime(now))
         folder = self.folder / kind / day
-        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # Group-writable: on the appliance the API (another user of the agent's group)
+        # deletes what the content filter quarantined; the service's umask keeps others out.
+        folder.mkdir(parents=True, exist_ok=True, mode=0o770)
         path = folder / f"{entry_id}.eml"
         write_atomic(path, raw, 0o640, durable=True)
         with self.db.transaction() as conn:

@@ -1,0 +1,216 @@
+"""`mailwarden firstboot`: what the appliance does at boot until it is set up.
+
+mailwarden-firstboot.service runs it at every boot until an administrator exists:
+
+1. machine identity, once (identity.py);
+2. Unbound's trust anchor, so that the first apply's unbound-checkconf passes;
+3. the seed, once (seed.py): its answers through the same engine the wizards use (a refused
+   seed leaves the appliance fresh and says why on the console), then its ClamAV signatures;
+4. still no administrator: a new one-time code for the web wizard, shown on the console.
+
+Lines starting with MWFIRSTBOOT are for scripts reading the console (the end-to-end test).
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import MailwardenError, StateError
+from ..render import health
+from ..render.apply import Controller
+from ..render.layout import Layout
+from ..state.revisions import RevisionStore
+from . import identity, seed, setupcode
+
+log = logging.getLogger("mailwarden.firstboot")
+
+COMPLETE = "/var/lib/mailwarden/firstboot/complete"
+API_USER = "mailwarden-api"
+AGENT_GROUP = "mailwarden"
+# Rspamd's first start on a new disk compiles its maps and regexps: minutes under emulation.
+SCANNER_WARMUP = 900.0
+
+
+@dataclass
+class FirstbootOutcome:
+    identity: identity.IdentityReport | None = None
+    seed_source: str | None = None
+    revision: int | None = None
+    setup_code: str | None = None
+    signatures: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _say(out: TextIO, text: str) -> None:
+    print(text, file=out, flush=True)
+
+
+def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
+                  root: Path = Path("/"), live: bool = True,
+                  find: Callable[[], seed.Seed | None] | None = None,
+                  out: TextIO | None = None, skip_identity: bool = False) -> FirstbootOutcome:
+    from ..store.db import Database
+    from .engine import AlreadySetUp, apply_answers, is_set_up
+
+    out = out if out is not None else _stdout()
+    outcome = FirstbootOutcome()
+    db = Database(layout.database)
+    _share_store(layout)
+
+    found: seed.Seed | None = None
+    answers = None
+    if seed.applied(layout) is None:
+        try:
+            found = (find or (lambda: seed.find_seed(root)))()
+        except MailwardenError as exc:
+            outcome.errors.append(exc.message)
+        if found is not None:
+            outcome.seed_source = found.source
+            _say(out, f"MWFIRSTBOOT seed found {found.source}")
+            try:
+                answers = seed.answers_from_text(found.text, found.source)
+            except MailwardenError as exc:
+                _refused(out, outcome, exc)
+
+    if not skip_identity and not identity.done(layout):
+        hostname = answers.hostname if answers else (socket.getfqdn() or "mailwarden.invalid")
+        report = identity.regenerate(layout, hostname, root=root, live=live)
+        outcome.identity = report
+        _say(out, f"MWFIRSTBOOT identity machine-id={report.machine_id[:8]}... "
+                  f"ssh-host-keys={len(report.ssh_host_keys)} "
+                  f"certificates={','.join(report.certificates)} "
+                  f"dkim-renewed={len(report.dkim_keys)}")
+    identity.seed_unbound_root_key(root)
+
+    if found is not None and answers is not None:
+        started = time.monotonic()
+        try:
+            if is_set_up(db):
+                raise AlreadySetUp("an administrator exists already")
+            _wait_for_scanners(layout, controller)
+            first = RevisionStore(layout.revisions_dir).current() is None
+            result = apply_answers(answers, layout=layout, controller=controller, host=host,
+                                   db=db, author="firstboot")
+            if first and live:
+                listen_publicly(layout)
+        except AlreadySetUp as exc:
+            seed.mark_applied(layout, found, "skipped: " + exc.message, None)
+            _say(out, f"MWFIRSTBOOT seed skipped: {exc.message}")
+        except MailwardenError as exc:
+            _refused(out, outcome, exc)
+        else:
+            outcome.revision = result.applied.revision.number
+            seed.mark_applied(layout, found, "applied", outcome.revision)
+            _say(out, f"MWFIRSTBOOT seed applied revision={outcome.revision} "
+                      f"hostname={answers.hostname} admin={result.admin} "
+                      f"in {time.monotonic() - started:.1f} s")
+        finally:
+            _share_store(layout)
+    if found is not None:
+        # After the apply: clamd (started by mailwarden-clamd.path when signatures appear)
+        # then loads them once, with the rendered configuration, instead of starting with
+        # Debian's and being restarted by the apply.
+        outcome.signatures = seed.install_signatures(found, root)
+        if outcome.signatures:
+            _say(out, f"MWFIRSTBOOT signatures {','.join(outcome.signatures)}")
+
+    if is_set_up(db):
+        complete = layout.path(COMPLETE)
+        complete.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        complete.touch()
+        layout.setup_code.unlink(missing_ok=True)
+        _say(out, "MWFIRSTBOOT set-up complete")
+    else:
+        code = setupcode.issue(layout.setup_code)
+        _give_to_api(layout.setup_code)
+        outcome.setup_code = code
+        _say(out, f"MWFIRSTBOOT setup-code {code}")
+        _say(out, "Mailwarden is not set up yet. Open https://"
+                  f"{_address() or 'THIS-ADDRESS'}:{layout.ports.api}/ and enter the code "
+                  f"{code}, or attach a seed volume and reboot.")
+    _say(out, "MWFIRSTBOOT end")
+    return outcome
+
+
+def _stdout() -> TextIO:
+    import sys
+
+    return sys.stdout
+
+
+def _refused(out: TextIO, outcome: FirstbootOutcome, exc: MailwardenError) -> None:
+    outcome.errors.append(exc.message)
+    if isinstance(exc, StateError):
+        _say(out, f"MWFIRSTBOOT seed refused: {exc.source}: {len(exc.errors)} error(s)")
+        for error in exc.errors:
+            _say(out, f"MWFIRSTBOOT   {error}")
+    else:
+        _say(out, f"MWFIRSTBOOT seed refused: [{exc.code}] "
+                  + exc.message.replace("\n", " | "))
+
+
+def _wait_for_scanners(layout: Layout, controller: Controller) -> None:
+    """The first apply reloads Rspamd and probes it for 30 s; on a new disk Rspamd may still
+    be in its first start (compiling), so wait for it to answer first."""
+    for service in ("rspamd", "redis", "unbound"):
+        if controller.is_running(service):
+            try:
+                health.wait_healthy(service, layout, timeout=SCANNER_WARMUP)
+            except MailwardenError as exc:
+                log.warning("%s", exc.message)
+
+
+def listen_publicly(layout: Layout) -> None:
+    """After the first state: restart Postfix. Until then it listened on loopback only (the
+    image's Debian default), and Postfix takes a new inet_interfaces only at a restart; a
+    reload (all the apply transaction does) keeps the old sockets."""
+    from ..process import run
+
+    run(["systemctl", "restart", "postfix.service"], timeout=300)
+    health.wait_healthy("postfix", layout, timeout=120)
+
+
+def _share_store(layout: Layout) -> None:
+    """The store is written by root here and by the agent's users later."""
+    if os.geteuid() != 0 or layout.name != "appliance":
+        return
+    from ..render.privileged import share_with_agent
+
+    try:
+        grp.getgrnam(AGENT_GROUP)
+    except KeyError:
+        return
+    share_with_agent(layout, AGENT_GROUP)
+
+
+def _give_to_api(path: Path) -> None:
+    """The web wizard (the API's user) reads and deletes the code."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(API_USER)
+    except KeyError:
+        return
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _address() -> str | None:
+    """This machine's address on its default route (no packet is sent)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))
+        address = probe.getsockname()[0]
+        return None if address.startswith("0.") else str(address)
+    except OSError:
+        return None
+    finally:
+        probe.close()

@@ -1,0 +1,200 @@
+"""The appliance's own operating system settings: host name, network, SSH.
+
+`ApplianceHost` is the first-run engine's Host for the real image (Debian 13 with
+systemd-networkd, nftables, OpenSSH installed but masked). Everything it changes is a file
+under `root` first; with `live` it also makes the running system follow (sethostname,
+networkctl, systemctl). `live=False` with another root configures a system that is not running,
+for an installer writing to /target, and for tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import MailwardenError
+from ..files import write_atomic
+from ..process import run
+from ..render.layout import Layout, appliance
+from .answers import NetworkAnswer
+
+log = logging.getLogger("mailwarden.firstboot")
+
+MARK = "# Managed by Mailwarden (first run); changes here are overwritten."
+# Sorted before the image's DHCP default (80-mailwarden-dhcp.network): networkd uses the first
+# file that matches an interface, so this one wins for the interface it names.
+NETWORK_FILE = "etc/systemd/network/10-mailwarden.network"
+SSH_RULES = "etc/nftables.d/mailwarden-ssh.nft"
+SSH_DROPIN = "etc/ssh/sshd_config.d/60-mailwarden.conf"
+ARPHRD_ETHER = "1"
+
+Runner = Callable[[Sequence[str]], object]
+
+
+def _run(argv: Sequence[str]) -> object:
+    return run(list(argv), timeout=120)
+
+
+class ApplianceHost:
+    def __init__(self, root: Path = Path("/"), *, live: bool = True,
+                 layout: Layout | None = None, runner: Runner = _run) -> None:
+        self.root = root
+        self.live = live and root == Path("/")
+        self.layout = layout or appliance()
+        self._run = runner
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    # --- host name ---------------------------------------------------------------------------
+
+    def set_hostname(self, name: str) -> None:
+        name = name.strip().rstrip(".").lower()
+        short = name.split(".", 1)[0]
+        write_atomic(self.path("etc/hostname"), f"{short}\n".encode(), 0o644)
+        # Debian's convention: the FQDN on 127.0.1.1, so `hostname -f` answers it.
+        write_atomic(self.path("etc/hosts"), _hosts(self._read("etc/hosts"), name, short)
+                     .encode(), 0o644)
+        write_atomic(self.path("etc/mailname"), f"{name}\n".encode(), 0o644)
+        if self.live:
+            socket.sethostname(short)
+        log.info("host name set to %s", name)
+
+    # --- network -----------------------------------------------------------------------------
+
+    def set_network(self, network: NetworkAnswer) -> None:
+        target = self.path(NETWORK_FILE)
+        if network.mode == "dhcp":
+            # The image's default already asks DHCP on every Ethernet interface.
+            target.unlink(missing_ok=True)
+            interface = network.interface
+        else:
+            interface = network.interface or self.first_ethernet()
+            write_atomic(target, network_file(network, interface).encode(), 0o644)
+        if self.live:
+            self._run(["networkctl", "reload"])
+            if interface:
+                self._run(["networkctl", "reconfigure", interface])
+        log.info("network: %s on %s", network.mode, interface or "every Ethernet interface")
+
+    def first_ethernet(self) -> str | None:
+        """The first physical Ethernet interface by name (what a one-NIC appliance has)."""
+        found = []
+        net = self.path("sys/class/net") if not self.live else Path("/sys/class/net")
+        if not net.is_dir():
+            return None
+        for entry in sorted(net.iterdir()):
+            kind = (entry / "type").read_text().strip() if (entry / "type").exists() else ""
+            if kind == ARPHRD_ETHER and (entry / "device").exists():
+                found.append(entry.name)
+        return found[0] if found else None
+
+    # --- SSH ---------------------------------------------------------------------------------
+
+    def set_ssh_keys(self, keys: list[str]) -> None:
+        """No keys: SSH stays off. Keys: root may log in with them (only them), from the
+        management networks (the trusted ones if none are set)."""
+        rules = self.path(SSH_RULES)
+        authorized = self.path("root/.ssh/authorized_keys")
+        if not keys:
+            rules.unlink(missing_ok=True)
+            if self.live and self._unit_exists("ssh.service"):
+                self._run(["systemctl", "disable", "--now", "ssh.service"])
+                self._run(["systemctl", "mask", "ssh.service"])
+                self._run(["systemctl", "reload-or-restart", "nftables.service"])
+            return
+        if not self.path("usr/sbin/sshd").exists():
+            raise MailwardenError("SSH keys were given, but OpenSSH is not installed here")
+        authorized.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(authorized.parent, 0o700)
+        body = MARK + "\n" + "".join(f"{k.strip()}\n" for k in keys)
+        write_atomic(authorized, body.encode(), 0o600)
+        write_atomic(self.path(SSH_DROPIN), SSHD_CONFIG.encode(), 0o644)
+        write_atomic(rules, ssh_rules(self._ssh_networks()).encode(), 0o644)
+        if self.live:
+            self._run(["ssh-keygen", "-A"])  # host keys, if first boot has not made them yet
+            self._run(["systemctl", "unmask", "ssh.service"])
+            self._run(["systemctl", "enable", "ssh.service"])
+            self._run(["systemctl", "reload-or-restart", "nftables.service"])
+            # --no-block: at first boot ssh.service is ordered after us; waiting would hang.
+            self._run(["systemctl", "--no-block", "restart", "ssh.service"])
+        log.info("SSH on (key-only, %d key%s)", len(keys), "s" if len(keys) != 1 else "")
+
+    def _ssh_networks(self) -> list[str]:
+        from ..state.load import load_state_file
+
+        try:
+            state = load_state_file(self.layout.state_file)
+        except MailwardenError:
+            return []
+        return list(state.networks.management or state.networks.trusted)
+
+    def _unit_exists(self, unit: str) -> bool:
+        return any((self.path(d) / unit).exists() for d in
+                   ("usr/lib/systemd/system", "lib/systemd/system", "etc/systemd/system"))
+
+    def _read(self, relative: str) -> str:
+        try:
+            return self.path(relative).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+
+SSHD_CONFIG = f"""{MARK}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+MaxAuthTries 3
+LoginGraceTime 30s
+ClientAliveInterval 300
+ClientAliveCountMax 3
+AllowTcpForwarding no
+AllowAgentForwarding no
+AllowStreamLocalForwarding no
+X11Forwarding no
+PermitTunnel no
+"""
+
+
+def _hosts(current: str, fqdn: str, short: str) -> str:
+    lines = [line for line in current.splitlines()
+             if line.split("#", 1)[0].split()[:1] != ["127.0.1.1"]]
+    if not any(line.split()[:1] == ["127.0.0.1"] for line in lines):
+        lines.insert(0, "127.0.0.1\tlocalhost")
+    index = next(i for i, line in enumerate(lines) if line.split()[:1] == ["127.0.0.1"]) + 1
+    names = fqdn if fqdn == short else f"{fqdn} {short}"
+    lines.insert(index, f"127.0.1.1\t{names}")
+    return "\n".join(lines) + "\n"
+
+
+def network_file(network: NetworkAnswer, interface: str | None) -> str:
+    match = f"Name={interface}" if interface else "Type=ether\nName=en* eth*"
+    lines = [MARK, "[Match]", match, "", "[Network]", f"Address={network.address}"]
+    if network.gateway:
+        lines.append(f"Gateway={network.gateway}")
+    lines += [f"DNS={server}" for server in network.dns]
+    # A static gateway is configured on purpose: no DHCP behind the admin's back.
+    lines += ["DHCP=no", ""]
+    return "\n".join(lines)
+
+
+def ssh_rules(networks: Sequence[str]) -> str:
+    """Rules included in the firewall's input chain (roles/hardening's nftables.conf)."""
+    v4 = [n for n in networks if ipaddress.ip_network(n, strict=False).version == 4]
+    v6 = [n for n in networks if ipaddress.ip_network(n, strict=False).version == 6]
+    lines = [MARK, "# SSH (key-only) from the management networks."]
+    if v4:
+        lines.append(f"ip saddr {{ {', '.join(v4)} }} tcp dport 22 accept")
+    if v6:
+        lines.append(f"ip6 saddr {{ {', '.join(v6)} }} tcp dport 22 accept")
+    if not v4 and not v6:
+        # No networks in the state: the ruleset's own management sets (private ranges).
+        lines += ["ip saddr @management_v4 tcp dport 22 accept",
+                  "ip6 saddr @management_v6 tcp dport 22 accept"]
+    return "\n".join(lines) + "\n"

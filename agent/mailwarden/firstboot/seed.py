@@ -1,0 +1,213 @@
+"""The unattended seed: an answer file found at first boot, applied once.
+
+Where it is looked for, first found wins:
+
+1. a NoCloud volume, file system label `cidata` (or `CIDATA`): what Proxmox VE's cloud-init
+   drive is, an ISO made with `xorriso -as mkisofs -V cidata`, or a FAT image `mkfs.vfat -n
+   CIDATA`. Its `mailwarden.yaml`, else its `user-data`: either the answers themselves, or a
+   `#cloud-config` document with the answers under a `mailwarden:` key (Proxmox:
+   `qm set VMID --cicustom user=local:snippets/mailwarden.yaml`);
+2. the boot partition (the FAT EFI system partition, label `MW-ESP`, writable from any
+   operating system after `dd` to a disk): `mailwarden.yaml` at its top;
+3. `/boot/mailwarden.yaml` (an installer writes it there).
+
+Beside the answers, a `clamav/` folder on the volume may hold ClamAV signature files
+(main.cvd, daily.cvd, or your own .hdb/.ndb...): for appliances that cannot reach ClamAV's
+mirrors, and for the end-to-end test's EICAR signature.
+
+The answers are applied once: a stamp under /var/lib/mailwarden/firstboot records that (and
+what), and a later boot finds the seed but leaves it alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import pwd
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import FieldError, MailwardenError, StateError
+from ..files import write_atomic
+from ..process import run
+from ..render.layout import Layout
+from .answers import Answers, load_answers, validate_answers
+
+log = logging.getLogger("mailwarden.firstboot")
+
+SEED_LABELS = ("cidata", "CIDATA")
+BOOT_LABELS = ("MW-ESP",)
+SEED_FILES = ("mailwarden.yaml", "user-data")
+BOOT_FILE = "boot/mailwarden.yaml"
+STAMP = "/var/lib/mailwarden/firstboot/seed.json"
+MAX_SEED = 1024 * 1024
+MAX_SIGNATURES = 2 * 1024 * 1024 * 1024
+# ClamAV database files clamd loads from its DatabaseDirectory (signature formats and
+# containers); nothing else is copied from a seed volume.
+_SIGNATURE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.(cvd|cld|cud|hdb|hsb|hdu|hsu|mdb|"
+                        r"msb|mdu|msu|ndb|ndu|ldb|ldu|idb|cdb|cbc|pdb|gdb|wdb|ftm|fp|sfp|ign|"
+                        r"ign2|info|crb|yar|yara|imp)$")
+
+
+class NoAnswers(MailwardenError):
+    """A seed volume was found, but it holds no answers for Mailwarden."""
+
+    code = "seed_without_answers"
+
+
+@dataclass(frozen=True)
+class Seed:
+    source: str  # where it was found, for the log and the stamp
+    text: str
+    signatures: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def answers_from_text(text: str, source: str) -> Answers:
+    """The answers in a seed file: the file itself, or its `mailwarden:` section."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None  # load_answers reports where
+    if isinstance(data, dict) and "mailwarden" in data:
+        section = data["mailwarden"]
+        return validate_answers(section, f"{source} (mailwarden:)")
+    if text.lstrip().startswith("#cloud-config"):
+        raise NoAnswers(f"{source} is a cloud-config without a 'mailwarden:' section")
+    return load_answers(text, source)
+
+
+def read_seed_dir(folder: Path, source: str) -> Seed | None:
+    """A mounted seed volume (or any folder laid out like one)."""
+    for name in SEED_FILES:
+        path = folder / name
+        if path.is_file():
+            if path.stat().st_size > MAX_SEED:
+                raise StateError([FieldError("", f"larger than {MAX_SEED} bytes")],
+                                 f"{source}/{name}")
+            text = path.read_text(encoding="utf-8", errors="replace")
+            return Seed(f"{source}/{name}", text, _signatures(folder / "clamav"))
+    return None
+
+
+def _signatures(folder: Path) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    if not folder.is_dir():
+        return found
+    total = 0
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not _SIGNATURE.match(path.name):
+            continue
+        total += path.stat().st_size
+        if total > MAX_SIGNATURES:
+            raise MailwardenError(f"{folder}: more than {MAX_SIGNATURES} bytes of signatures")
+        found[path.name] = path.read_bytes()
+    return found
+
+
+# --- finding ---------------------------------------------------------------------------------
+
+
+def devices_with_label(label: str) -> list[str]:
+    """Block devices whose file system has this label (blkid probes afresh, no cache)."""
+    result = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", f"LABEL={label}"],
+                 check=False, timeout=60)
+    return [line.strip() for line in result.stdout.splitlines() if line.startswith("/dev/")]
+
+
+@contextlib.contextmanager
+def mounted(device: str) -> Iterator[Path]:
+    """The device mounted read-only (nothing on it runs) on a private folder."""
+    with tempfile.TemporaryDirectory(prefix="mw-seed-") as folder:
+        run(["mount", "-o", "ro,nosuid,nodev,noexec", device, folder], timeout=60)
+        try:
+            yield Path(folder)
+        finally:
+            run(["umount", folder], check=False, timeout=60)
+
+
+Finder = Callable[[str], list[str]]
+
+
+def find_seed(root: Path = Path("/"), *, finder: Finder = devices_with_label,
+              mount: Callable[[str], contextlib.AbstractContextManager[Path]] = mounted
+              ) -> Seed | None:
+    for labels in (SEED_LABELS, BOOT_LABELS):
+        for label in labels:
+            for device in finder(label):
+                try:
+                    with mount(device) as folder:
+                        seed = read_seed_dir(folder, f"{label}:{device}") if label in \
+                            SEED_LABELS else _boot_seed(folder, f"{label}:{device}")
+                except MailwardenError as exc:
+                    log.warning("seed volume %s (%s) unreadable: %s", device, label,
+                                exc.message.splitlines()[0])
+                    continue
+                if seed is not None:
+                    return seed
+    path = root / BOOT_FILE
+    if path.is_file():
+        return Seed(str(path), path.read_text(encoding="utf-8", errors="replace"))
+    return None
+
+
+def _boot_seed(folder: Path, source: str) -> Seed | None:
+    path = folder / "mailwarden.yaml"
+    if not path.is_file():
+        return None
+    return Seed(f"{source}/mailwarden.yaml", path.read_text(encoding="utf-8", errors="replace"),
+                _signatures(folder / "clamav"))
+
+
+# --- applying once ---------------------------------------------------------------------------
+
+
+def applied(layout: Layout) -> dict[str, object] | None:
+    """What the stamp says was applied, or None."""
+    try:
+        return dict(json.loads(layout.path(STAMP).read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def mark_applied(layout: Layout, seed: Seed, outcome: str, revision: int | None) -> None:
+    stamp = layout.path(STAMP)
+    stamp.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    record = {"source": seed.source, "sha256": seed.sha256, "outcome": outcome,
+              "revision": revision,
+              "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    write_atomic(stamp, (json.dumps(record, indent=2) + "\n").encode(), 0o640)
+
+
+def install_signatures(seed: Seed, root: Path = Path("/")) -> list[str]:
+    """Copy the seed's ClamAV signature files where clamd reads them (owned by clamav)."""
+    folder = root / "var/lib/clamav"
+    if not seed.signatures:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        entry = pwd.getpwnam("clamav")
+        owner: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+    except KeyError:
+        owner = None
+    for name, data in seed.signatures.items():
+        target = folder / name
+        write_atomic(target, data, 0o644)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(target, *owner)
+    return sorted(seed.signatures)

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Host side of the end-to-end tier's mail checks (standard library only).
+
+    e2e.py send PORT KIND RUN_ID       send a clean / gtube / eicar message to 127.0.0.1:PORT
+                                       (the guest's port 25); prints the SMTP reply
+    e2e.py subject KIND RUN_ID         the subject that message carries
+    e2e.py sink-has DIR SUBJECT        exit 0 when a message with SUBJECT reached the sink
+    e2e.py quarantine URL USER PASS    log in to the API, print "kind<TAB>subject" per entry
+    e2e.py services URL USER PASS      every service the API probes; exit 0 when all are healthy
+    e2e.py health URL                  exit 0 when GET URL/api/health says ok
+    e2e.py eicar                       print the 68-byte EICAR test file
+
+The guest's API has its own self-signed certificate: it is not verified here.
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.utils
+import json
+import smtplib
+import ssl
+import sys
+import urllib.request
+from pathlib import Path
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+# The EICAR test file, assembled so that this script is not itself a "virus".
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+SENDER = "alice@outside.example.net"
+RECIPIENT = "bob@e2e.example.org"
+
+
+def subject(kind: str, run_id: str) -> str:
+    return f"mailwarden e2e {kind} {run_id}"
+
+
+def message(kind: str, run_id: str) -> email.message.EmailMessage:
+    msg = email.message.EmailMessage()
+    msg["From"] = SENDER
+    msg["To"] = RECIPIENT
+    msg["Subject"] = subject(kind, run_id)
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = email.utils.make_msgid(domain="outside.example.net")
+    if kind == "gtube":
+        msg.set_content(f"This is spam by definition.\n\n{GTUBE}\n")
+    else:
+        msg.set_content("Hello Bob,\n\nthe minutes of Tuesday's meeting are attached.\n")
+    if kind == "eicar":
+        msg.add_attachment(EICAR.encode(), maintype="application", subtype="octet-stream",
+                           filename="eicar.com")
+    return msg
+
+
+def send(port: int, kind: str, run_id: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.outside.example.net",
+                      timeout=300) as smtp:
+        smtp.ehlo()
+        refused = smtp.send_message(message(kind, run_id), SENDER, [RECIPIENT])
+        code, reply = smtp.noop()
+    print(f"accepted ({'refused: ' + str(refused) if refused else 'all recipients'})")
+    return 0 if not refused and code == 250 else 1
+
+
+def sink_has(folder: Path, wanted: str) -> int:
+    needle = f"Subject: {wanted}".encode()
+    for path in folder.iterdir() if folder.is_dir() else []:
+        try:
+            if needle in path.read_bytes():
+                return 0
+        except OSError:
+            continue
+    return 1
+
+
+def _context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def health(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=10,
+                                    context=_context()) as response:
+            return 0 if json.load(response).get("status") == "ok" else 1
+    except (OSError, ValueError):
+        return 1
+
+
+def _get(url: str, user: str, password: str, path: str) -> dict[str, object]:
+    """GET path as user (logged in with a session cookie)."""
+    login = urllib.request.Request(
+        f"{url}/api/session", method="POST",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(login, timeout=60, context=_context()) as response:
+        cookies = [c.split(";", 1)[0] for c in response.headers.get_all("Set-Cookie") or []]
+    request = urllib.request.Request(f"{url}{path}", headers={"Cookie": "; ".join(cookies)})
+    with urllib.request.urlopen(request, timeout=120, context=_context()) as response:
+        return dict(json.load(response))
+
+
+def quarantine(url: str, user: str, password: str) -> int:
+    items = _get(url, user, password, "/api/quarantine?limit=100")["items"]
+    for item in items:  # type: ignore[attr-defined]
+        print(f"{item.get('kind')}\t{item.get('subject')}")
+    return 0
+
+
+def services(url: str, user: str, password: str) -> int:
+    """Every service the API probes, healthy or not; exit 0 when all are."""
+    try:
+        items = _get(url, user, password, "/api/system/services")["items"]
+    except (OSError, ValueError) as exc:
+        print(f"API: {exc}")
+        return 1
+    unhealthy = 0
+    for item in items:  # type: ignore[attr-defined]
+        print(f"{item['name']}\t{'healthy' if item['healthy'] else item['error']}")
+        unhealthy += not item["healthy"]
+    return 1 if unhealthy else 0
+
+
+def main(args: list[str]) -> int:
+    command, rest = args[0], args[1:]
+    if command == "send":
+        return send(int(rest[0]), rest[1], rest[2])
+    if command == "eicar":
+        sys.stdout.write(EICAR)
+        return 0
+    if command == "subject":
+        print(subject(rest[0], rest[1]))
+        return 0
+    if command == "sink-has":
+        return sink_has(Path(rest[0]), rest[1])
+    if command == "quarantine":
+        return quarantine(rest[0], rest[1], rest[2])
+    if command == "services":
+        return services(rest[0], rest[1], rest[2])
+    if command == "health":
+        return health(rest[0])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
