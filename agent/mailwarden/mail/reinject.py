@@ -32,29 +32,12 @@ def reinject(
     raw: bytes, sender: str, recipients: Sequence[str], *, port: int, hostname: str,
     xforward: Mapping[str, str] | None = None, timeout: float = 120,
 ) -> None:
+    """One conversation for one message: the same transaction as the filter's, closed after."""
+    once = Reinjector(port=port, hostname=hostname, timeout=timeout)
     try:
-        with smtplib.SMTP("127.0.0.1", port, local_hostname=hostname, timeout=timeout) as smtp:
-            smtp.ehlo()
-            if xforward and smtp.has_extn("xforward"):
-                attrs = " ".join(f"{k}={_xtext(v)}" for k, v in xforward.items() if v)
-                if attrs:
-                    code, reply = smtp.docmd("XFORWARD", attrs)
-                    if code != 250:
-                        raise ReinjectError(f"XFORWARD refused: {code} {reply!r}")
-            options = []
-            if _needs_smtputf8(sender, recipients):
-                options.append("SMTPUTF8")
-            if not raw.isascii() and smtp.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")
-            refused = smtp.sendmail(sender, list(recipients), raw, mail_options=options)
-    except smtplib.SMTPRecipientsRefused as exc:
-        raise ReinjectError(f"reinjection refused every recipient: {exc.recipients}") from None
-    except smtplib.SMTPResponseException as exc:
-        raise ReinjectError(f"reinjection failed: {exc.smtp_code} {exc.smtp_error!r}") from None
-    except (smtplib.SMTPException, OSError) as exc:
-        raise ReinjectError(f"reinjection failed: {exc}") from None
-    if refused:
-        raise ReinjectError(f"reinjection refused some recipients: {refused}")
+        once.send(raw, sender, recipients, xforward=xforward)
+    finally:
+        once.close()
 
 
 def _xtext(value: str) -> str:
@@ -89,6 +72,15 @@ class Reinjector:
         self.timeout = timeout
         self.idle = idle
         self._local = threading.local()
+
+    def close(self) -> None:
+        """Close this thread's kept connection, if any."""
+        kept: tuple[smtplib.SMTP, float] | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if kept is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                kept[0].quit()
+            _close(kept[0])
 
     def send(self, raw: bytes, sender: str, recipients: Sequence[str], *,
              xforward: Mapping[str, str] | None = None) -> None:
