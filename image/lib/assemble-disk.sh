@@ -35,10 +35,16 @@ trap cleanup EXIT
 rm -f "$disk"
 truncate -s "$size" "$disk"
 sgdisk -Z "$disk" >/dev/null 2>&1 || true
+# The root partition ends on a 1 MiB boundary, leaving the last MiB (with the backup GPT)
+# unused. Ending at the last usable sector gives it a size that is not a multiple of 4 KiB,
+# and systemd-repart, asked to grow it, then wants a few sectors more than the disk has and
+# fails the boot's repartition unit whenever the disk was not enlarged.
+sectors=$(( $(stat -c %s "$disk") / 512 ))
+root_end=$(( (sectors / 2048 - 1) * 2048 - 1 ))
 sgdisk -o \
     -n1:1M:+1M -t1:EF02 -c1:bios-boot \
     -n2:0:+200M -t2:EF00 -c2:esp \
-    -n3:0:0 -t3:8304 -c3:root \
+    -n3:0:"$root_end" -t3:8304 -c3:root \
     "$disk" >/dev/null
 
 loop="$(losetup -f --show "$disk")"

@@ -153,7 +153,11 @@ AuthenticationMethods publickey
 MaxAuthTries 3
 LoginGraceTime 30s
 ClientAliveInterval 300
-ClientAliveCountMax 3
+ClientAliveCountMax 2
+TCPKeepAlive no
+MaxSessions 2
+LogLevel VERBOSE
+AllowUsers root
 AllowTcpForwarding no
 AllowAgentForwarding no
 AllowStreamLocalForwarding no
