@@ -71,13 +71,10 @@ cmd_test() {
     timed "integration tier" "$VENV/bin/pytest" -q "$ROOT/tests/integration"
     log "browser tier (the web UI in Debian's headless Chromium, Playwright)"
     timed "browser tier" "$VENV/bin/pytest" -q "$ROOT/tests/browser"
-    if [ -x "$ROOT/image/test-image.sh" ]; then
-        log "end-to-end tier (the image booted in QEMU)"
-        timed "end-to-end tier" "$ROOT/image/test-image.sh"
-    else
-        log "end-to-end tier SKIPPED: image/test-image.sh is not enabled (not executable) until" \
-            "it passes reliably under TCG here; run it by hand: bash image/test-image.sh"
-    fi
+    # Builds the image (or reuses one built from the same inputs), boots it in QEMU and sends
+    # mail through it; says SKIP and why when this machine cannot build or boot images.
+    log "end-to-end tier (the image built, booted in QEMU and used as a gateway)"
+    timed "end-to-end tier" "$ROOT/image/test-image.sh"
 }
 
 cmd_dev() {
@@ -96,7 +93,9 @@ cmd_build() {
 
 cmd_run() {
     [ -x "$ROOT/image/run-image.sh" ] || { echo "build.sh run: image/run-image.sh is not in this tree yet" >&2; exit 1; }
-    exec "$ROOT/image/run-image.sh" "$@"
+    # The demo seed's admin password hash is made by the agent.
+    ensure_venv
+    MAILWARDEN_VENV="$VENV" exec "$ROOT/image/run-image.sh" "$@"
 }
 
 cmd_bench() {

@@ -203,15 +203,13 @@ domains:
   - {name: e2e.example.org, server: 10.0.2.2, port: $sink_port}
 ssh_authorized_keys: ["$(cat "$work/id_e2e.pub")"]
 YAML
-    # A NoCloud volume also carries these two; cloud-init is not on the appliance.
     printf 'instance-id: mailwarden-e2e\nlocal-hostname: mx\n' > "$seed/meta-data"
-    printf '#cloud-config\n{}\n' > "$seed/user-data"
     # EICAR's signature, made the way the integration tier makes it (no freshclam here).
     e2e eicar > "$work/eicar.com"
     (cd "$work" && sigtool --md5 eicar.com) | sed 's/:eicar\.com$/:Mailwarden-E2E-EICAR/' \
         > "$seed/clamav/e2e-eicar.hdb"
     grep -q ':68:Mailwarden-E2E-EICAR$' "$seed/clamav/e2e-eicar.hdb" || mw_die "sigtool made no EICAR signature"
-    xorriso -as mkisofs -quiet -V cidata -J -r -o "$work/seed.iso" "$seed" 2>/dev/null
+    mw_seed_iso "$seed" "$work/seed.iso"
 }
 
 prepare_lynis() {
@@ -251,8 +249,8 @@ gateway_boot() {
     [ "$lynis" = 0 ] || prepare_lynis
 
     export MW_HOSTFWD="hostfwd=tcp:127.0.0.1:$smtp_port-:25,hostfwd=tcp:127.0.0.1:$https_port-:8006,hostfwd=tcp:127.0.0.1:$ssh_port-:22"
-    local extra=(-drive "if=none,id=seed,media=cdrom,readonly=on,file=$work/seed.iso"
-                 -device scsi-cd,drive=seed,bus=scsi0.0
+    mw_seed_drive "$work/seed.iso"
+    local extra=("${MW_SEED_ARGS[@]}"
                  -chardev "socket,id=qga0,path=$work/qga.sock,server=on,wait=off"
                  -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0)
     # shellcheck disable=SC2054  # QEMU option values contain commas

@@ -105,6 +105,24 @@ mw_qemu_args() {
                    -device virtio-rng-pci)
 }
 
+# Make a NoCloud seed volume (the form of Proxmox VE's cloud-init drive) from a folder that
+# holds mailwarden.yaml (and optionally clamav/*.hdb ...): mw_seed_iso DIR ISO.
+mw_seed_iso() {
+    local dir="$1" iso="$2"
+    [ -f "$dir/mailwarden.yaml" ] || mw_die "mw_seed_iso: no $dir/mailwarden.yaml"
+    command -v xorriso >/dev/null || mw_need_packages xorriso
+    # A NoCloud volume also carries these two; cloud-init is not on the appliance.
+    [ -f "$dir/meta-data" ] || printf 'instance-id: mailwarden-%s\nlocal-hostname: mailwarden\n' "$(date +%s)" > "$dir/meta-data"
+    [ -f "$dir/user-data" ] || printf '#cloud-config\n{}\n' > "$dir/user-data"
+    xorriso -as mkisofs -quiet -V cidata -J -r -o "$iso" "$dir" 2>/dev/null
+}
+
+# QEMU arguments attaching a seed ISO as a CD on the boot's virtio-scsi bus: mw_seed_drive ISO.
+mw_seed_drive() {
+    MW_SEED_ARGS=(-drive "if=none,id=seed,media=cdrom,readonly=on,file=$1"
+                  -device scsi-cd,drive=seed,bus=scsi0.0)
+}
+
 # Decide between KVM and TCG by booting the image's kernel, not by the presence of /dev/kvm:
 # on nested paravirtual KVM (kvm-pvm) /dev/kvm opens but guest kernels die with emulation
 # errors. The probe boots IMAGE under KVM (copy-on-write overlay) and looks for the kernel's
