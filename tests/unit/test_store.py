@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
 from mailwarden.errors import NotFound, StoreError
+from mailwarden.store.batch import BatchWriter
 from mailwarden.store.db import SCHEMA, Database
 from mailwarden.store.lists import UserLists
 from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.tracking import Delivery, MessageRecord, Tracking
+from mailwarden.store.tracking import insert as tracking_insert
 
 RAW = b"From: a@sender.test\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -182,3 +185,28 @@ def test_list_search_score_dates_and_sort(quarantine: Quarantine) -> None:
     assert [e.id for e in quarantine.list(sort="-score")] == [loan, cheap]
     with pytest.raises(StoreError, match="cannot sort by"):
         quarantine.list(sort="subject; DROP TABLE quarantine")
+
+
+def test_batch_writer_writes_batches_in_one_transaction_and_everything_on_close(
+        db: Database) -> None:
+    writer = BatchWriter(db, interval=0.2)
+    record = MessageRecord(direction="in", sender="a@sender.test", size=10,
+                           deliveries=[Delivery("u@example.test", "accept")],
+                           virus_scan="skipped: plain text")
+    for n in range(50):
+        writer.submit(lambda conn, n=n: tracking_insert(conn, record, now=3600.0 + n))
+    assert writer.flush()
+    assert db.connection().execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 50
+    assert Tracking(db).search(limit=1)[0]["virus_scan"] == "skipped: plain text"
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    # A failing row is dropped alone; the rows batched with it are written.
+    writer.submit(broken)
+    writer.submit(lambda conn: tracking_insert(conn, record, now=7200.0))
+    writer.close()  # and the rows still queued at shutdown are written before it returns
+    writer2 = BatchWriter(db, interval=5)
+    writer2.submit(lambda conn: tracking_insert(conn, record, now=7300.0))
+    writer2.close()
+    assert db.connection().execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 52

@@ -15,7 +15,9 @@ from dataclasses import replace
 
 from ..render.layout import Layout
 from ..state.schema import State
+from ..store.batch import BatchWriter
 from ..store.db import Database
+from . import cpu
 from . import dkim as mail_dkim
 from . import dmarc as mail_dmarc
 from .engine import RecipientDecision
@@ -39,9 +41,11 @@ def _trusted(state: State, envelope: Envelope) -> bool:
 
 
 class Authenticator:
-    def __init__(self, layout: Layout, db: Database) -> None:
+    def __init__(self, layout: Layout, db: Database,
+                 writer: BatchWriter | None = None) -> None:
         self.layout = layout
         self.db = db
+        self.writer = writer  # DMARC results go with the filter's batches when given
         self.resolver = make_resolver(layout)
 
     async def check(self, state: State, raw: bytes, message: ParsedMessage,
@@ -57,7 +61,7 @@ class Authenticator:
         if state.dkim.verify:
             loop = asyncio.get_running_loop()
             dkim_result, found = await loop.run_in_executor(
-                None, mail_dkim.verify, raw, self.resolver)
+                None, cpu.in_thread(lambda: mail_dkim.verify(raw, self.resolver)))
             domains = tuple(found)
         result = AuthResult(spf=spf, spf_domain=spf_domain, dkim=dkim_result,
                             dkim_domains=domains, from_domain=message.from_domain)
@@ -66,9 +70,9 @@ class Authenticator:
             # policy service does not check their SPF.
             return result
         loop = asyncio.get_running_loop()
-        evaluation = await loop.run_in_executor(None, lambda: mail_dmarc.evaluate(
-            message.from_domain, spf, spf_domain, dkim_result, list(domains), self.resolver))
-        mail_dmarc.record(self.db, evaluation, source_ip=envelope.client_ip,
+        evaluation = await loop.run_in_executor(None, cpu.in_thread(lambda: mail_dmarc.evaluate(
+            message.from_domain, spf, spf_domain, dkim_result, list(domains), self.resolver)))
+        mail_dmarc.record(self.writer or self.db, evaluation, source_ip=envelope.client_ip,
                           mode=state.dkim.dmarc)
         # The policy after pct sampling: what enforcement acts on.
         return replace(result, dmarc=evaluation.result,

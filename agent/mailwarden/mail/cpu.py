@@ -6,7 +6,8 @@ cost. Instead each SMTP session's task is driven through `metered`, which reads 
 CPU clock around every step the task runs (between two awaits). Waiting on Rspamd, clamd or
 the network is not a step and costs nothing; parsing, the rules, the store and aiosmtpd's
 handling of the DATA lines are. Tasks the session starts (the scanner clients, run side by
-side with `gather`) and work handed to worker threads (reinjection, quarantine files) add to
+side with `gather`) and work handed to worker threads (reinjection, quarantine files, DKIM
+verification and DMARC lookups, the last two metered since issue 7's second round) add to
 the same meter. What is left out is the event loop's own bookkeeping between steps (reading
 the sockets into buffers): the process's total CPU per message, which the benchmark also
 reports, includes it.

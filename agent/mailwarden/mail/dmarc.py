@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -22,6 +23,7 @@ import dns.resolver
 
 from ..errors import MailwardenError
 from ..store import dmarc as dmarc_store
+from ..store.batch import BatchWriter
 from ..store.db import Database
 from .resolver import DnsTemporaryError, txt_records
 
@@ -203,10 +205,19 @@ def evaluate(from_domain: str, spf_result: str, spf_domain: str, dkim_result: st
     return replace(evaluated, disposition=evaluated.disposition_for(mode))
 
 
-def record(db: Database, evaluation: DmarcResult, *, source_ip: str | None = None,
-           mode: Mode | None = None) -> int:
-    """Store the evaluation (store.dmarc); disposition as in mode when given."""
+def record(db: Database | BatchWriter, evaluation: DmarcResult, *,
+           source_ip: str | None = None, mode: Mode | None = None) -> int | None:
+    """Store the evaluation (store.dmarc); disposition as in mode when given. Through a
+    BatchWriter (the filter) it is queued and written with the next batch: None."""
     disposition = evaluation.disposition if mode is None else evaluation.disposition_for(mode)
+    if isinstance(db, BatchWriter):
+        db.submit(lambda conn: dmarc_store.insert(
+            conn, header_from=evaluation.from_domain, result=evaluation.result,
+            disposition=disposition, source_ip=source_ip, spf_domain=evaluation.spf_domain,
+            spf_result=evaluation.spf_result, spf_aligned=evaluation.spf_aligned,
+            dkim_domains=evaluation.dkim_domains, dkim_result=evaluation.dkim_result,
+            dkim_aligned=evaluation.dkim_aligned, policy=evaluation.policy, when=time.time()))
+        return None
     return dmarc_store.record(
         db, header_from=evaluation.from_domain, result=evaluation.result,
         disposition=disposition, source_ip=source_ip, spf_domain=evaluation.spf_domain,

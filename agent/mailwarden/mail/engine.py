@@ -43,7 +43,7 @@ from typing import Literal
 
 from ..state.rules import Action, Entry, Group, Rule
 from ..state.schema import State
-from .message import ParsedMessage
+from .message import ParsedMessage, Part
 from .types import Envelope, ScanResult
 
 Final = Literal["accept", "block", "reject", "quarantine"]
@@ -235,6 +235,7 @@ class _Context:
         self.state, self.message, self.envelope, self.scan = state, message, envelope, scan
         self.now = now.astimezone() if now.tzinfo is not None else now
         self._cache: dict[tuple[int, str, bool], _GroupResult] = {}
+        self._by_kind: dict[str, list[Part]] = {}
         self.senders = [a for a in dict.fromkeys(
             (envelope.sender.lower(), message.from_address.lower())) if a]
 
@@ -364,6 +365,22 @@ class _Context:
             words.append(f"< max {high:.1f}")
         return f"spam score {score:.1f} {' and '.join(words)}", set()
 
+    def _candidates(self, kind: str) -> list[Part]:
+        """The parts `_part_hit` can match for `kind`: parts without a file name never match
+        a file name entry, nor parts without members an archive entry. Computed once per
+        message, not once per entry of the dangerous-files object (issue 7's profile)."""
+        found = self._by_kind.get(kind)
+        if found is None:
+            parts = self.message.parts
+            if kind == "filename":
+                found = [p for p in parts if getattr(p, "filename", "")]
+            elif kind == "archive_filename":
+                found = [p for p in parts if getattr(p, "archive_members", None)]
+            else:
+                found = list(parts)
+            self._by_kind[kind] = found
+        return found
+
     def _parts(self, kind: str, glob: str) -> tuple[str, set[str]] | None:
         if self.message.incomplete:
             # Parts we could not inspect may hold anything: fail closed, so the rule acts
@@ -371,7 +388,7 @@ class _Context:
             return f"{kind} {glob}: message too complex to inspect every part", {"*"}
         reasons: list[str] = []
         parts: set[str] = set()
-        for part in self.message.parts:
+        for part in self._candidates(kind):
             hit = _part_hit(kind, glob, part)
             if hit is not None:
                 parts.add(part.index)

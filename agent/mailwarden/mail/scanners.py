@@ -3,17 +3,123 @@
 Both are plain asyncio protocol clients on loopback, with one deadline each. Any failure is
 a ScannerError; what happens then (tempfail or accept with a header) is the filter's
 decision, taken from the state.
+
+Connections are kept open between messages (issue 7: connect and close were a round trip and
+a server-side accept per message and scanner): a clamd IDSESSION, and HTTP/1.1 keep-alive to
+Rspamd, whose normal worker (3.4) still answers "Connection: close", so that one is opened per
+message until Rspamd keeps it. A kept connection that fails before any answer arrived is
+dropped and the request made once more on a new one (a scan has no side effect that doubling
+would harm); any other failure is the scanner's failure, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from ..errors import ScannerError
 from .types import Envelope, SpamResult, VirusResult
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024  # clamd INSTREAM chunks: fewer event-loop turns per large message
+T = TypeVar("T")
+
+
+class _Stale(Exception):
+    """A kept connection was closed by the server before it answered anything."""
+
+
+class _Connection:
+    __slots__ = ("last_used", "reader", "requests", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.last_used = time.monotonic()
+        self.requests = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class _Pool:
+    """Idle connections to one loopback port, used by one request at a time each.
+
+    `idle` stays under the servers' own idle limits (clamd's IdleTimeout is 30 s by default,
+    Rspamd's keep-alive timeout longer), so a kept connection is rarely stale when taken.
+    """
+
+    def __init__(self, port: int, *, idle: float, keep: int = 64,
+                 opened: Callable[[_Connection], Awaitable[None]] | None = None) -> None:
+        self.port, self.idle, self.keep = port, idle, keep
+        self._opened = opened
+        self._free: list[_Connection] = []
+
+    async def run(self, exchange: Callable[[_Connection], Awaitable[T]]) -> T:
+        now = time.monotonic()
+        while self._free:
+            conn = self._free.pop()
+            if now - conn.last_used < self.idle and not conn.reader.at_eof():
+                try:
+                    return await self._use(conn, exchange)
+                except _Stale:
+                    break  # the server closed it meanwhile: once more, on a new one
+            conn.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        conn = _Connection(reader, writer)
+        try:
+            if self._opened is not None:
+                await self._opened(conn)
+            return await self._use(conn, exchange)
+        except _Stale:
+            raise OSError("connection closed before the answer") from None
+
+    async def _use(self, conn: _Connection,
+                   exchange: Callable[[_Connection], Awaitable[T]]) -> T:
+        try:
+            result = await exchange(conn)
+        except BaseException:
+            conn.close()  # half a conversation: never reused
+            raise
+        conn.requests += 1
+        conn.last_used = time.monotonic()
+        if len(self._free) < self.keep and not conn.reader.at_eof():
+            self._free.append(conn)
+        else:
+            conn.close()
+        return result
+
+    def close(self) -> None:
+        while self._free:
+            self._free.pop().close()
+
+
+# Per event loop: a connection belongs to the loop that opened it (the CLI and the tests run
+# one loop after another in the same process).
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], _Pool]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _pool(kind: str, port: int) -> _Pool:
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get((kind, port))
+    if pool is None:
+        if kind == "clamd":
+            pool = _Pool(port, idle=20.0, opened=_clamd_session)
+        else:
+            pool = _Pool(port, idle=30.0)
+        pools[(kind, port)] = pool
+    return pool
+
+
+def close_pools() -> None:
+    """Close this loop's kept scanner connections (the filter's shutdown)."""
+    for pool in _POOLS.pop(asyncio.get_running_loop(), {}).values():
+        pool.close()
 
 
 async def rspamd_check(
@@ -23,7 +129,7 @@ async def rspamd_check(
     headers = [
         "POST /checkv2 HTTP/1.1",
         "Host: localhost",
-        "Connection: close",
+        "Connection: keep-alive",
         f"Content-Length: {len(raw)}",
         f"From: {envelope.sender}",
         f"MTA-Name: {hostname}",
@@ -39,7 +145,8 @@ async def rspamd_check(
         headers.append(f"Queue-Id: {envelope.queue_id}")
     request = ("\r\n".join(_clean(h) for h in headers) + "\r\n\r\n").encode() + raw
     try:
-        body = await asyncio.wait_for(_http(port, request), timeout)
+        body = await asyncio.wait_for(
+            _pool("rspamd", port).run(lambda conn: _http(conn, request)), timeout)
     except TimeoutError:
         raise ScannerError("rspamd", f"no answer within {timeout:.0f} s") from None
     except OSError as exc:
@@ -58,39 +165,54 @@ def _clean(header: str) -> str:
     return header.replace("\r", " ").replace("\n", " ")
 
 
-async def _http(port: int, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _http(conn: _Connection, request: bytes) -> bytes:
+    conn.writer.write(request)
+    await conn.writer.drain()
     try:
-        writer.write(request)
-        await writer.drain()
-        response = await reader.read()
-    finally:
-        writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0]
-    if b" 200 " not in status + b" ":
-        raise OSError(f"HTTP status {status.decode(errors='replace')}")
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial and conn.requests:
+            raise _Stale from None
+        raise OSError("connection closed during the answer") from None
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0]
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        body = await _read_chunked(conn.reader)
+    elif "content-length" in fields:
+        body = await conn.reader.readexactly(int(fields["content-length"]))
+    else:
+        body = await conn.reader.read()  # ends with the connection
+    if fields.get("connection", "").lower() == "close" or status.startswith("HTTP/1.0"):
+        conn.writer.close()  # the server says so: not kept
+        conn.reader.feed_eof()
+    if " 200 " not in status + " ":
+        raise OSError(f"HTTP status {status}")
     return body
 
 
-def _dechunk(data: bytes) -> bytes:
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     out = bytearray()
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2:]
-    return bytes(out)
+            # Trailer fields, if any, up to the blank line.
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return bytes(out)
+        out += await reader.readexactly(size)
+        await reader.readexactly(2)
 
 
 async def clamd_scan(raw: bytes, *, port: int, timeout: float) -> VirusResult:
     """INSTREAM the message to clamd; its answer names the signature or says OK."""
     try:
-        answer = await asyncio.wait_for(_instream(port, raw), timeout)
+        answer = await asyncio.wait_for(
+            _pool("clamd", port).run(lambda conn: _instream(conn, raw)), timeout)
     except TimeoutError:
         raise ScannerError("clamd", f"no answer within {timeout:.0f} s") from None
     except OSError as exc:
@@ -104,16 +226,32 @@ async def clamd_scan(raw: bytes, *, port: int, timeout: float) -> VirusResult:
     raise ScannerError("clamd", f"scan failed: {text}")
 
 
-async def _instream(port: int, raw: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"zINSTREAM\0")
-        for start in range(0, len(raw), CHUNK):
-            chunk = raw[start:start + CHUNK]
-            writer.write(len(chunk).to_bytes(4, "big") + chunk)
-            await writer.drain()
-        writer.write(b"\0\0\0\0")
+async def _clamd_session(conn: _Connection) -> None:
+    # IDSESSION: commands on one connection, each answer prefixed by its request number.
+    conn.writer.write(b"zIDSESSION\0")
+    await conn.writer.drain()
+
+
+async def _instream(conn: _Connection, raw: bytes) -> bytes:
+    writer = conn.writer
+    writer.write(b"zINSTREAM\0")
+    for start in range(0, len(raw), CHUNK):
+        chunk = raw[start:start + CHUNK]
+        writer.write(len(chunk).to_bytes(4, "big"))
+        writer.write(chunk)
         await writer.drain()
-        return await reader.read()
-    finally:
-        writer.close()
+    writer.write(b"\0\0\0\0")
+    await writer.drain()
+    try:
+        answer = await conn.reader.readuntil(b"\0")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial and conn.requests:
+            raise _Stale from None
+        raise OSError("clamd closed the connection without an answer") from None
+    number, sep, rest = answer.partition(b": ")
+    if not sep or not number.isdigit():
+        conn.reader.feed_eof()  # not a session's answer: do not keep the connection
+        return answer
+    if not rest.rstrip(b"\0").endswith((b" OK", b" FOUND")):
+        conn.reader.feed_eof()  # clamd ends the session after an error
+    return rest

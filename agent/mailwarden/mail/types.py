@@ -34,7 +34,10 @@ class SpamResult:
 @dataclass(frozen=True)
 class VirusResult:
     virus: str | None  # signature name, or None when clean
-    skipped: str | None = None
+    skipped: str | None = None  # not scanned though it should have been ("disabled", "failed")
+    # clamd was not asked because the message cannot carry malware (plain text only,
+    # virus.skip_plain_text): clean for the rules, and recorded as such.
+    plain_text: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ private instance of every daemon runs beside any other, for tests and `build.sh 
 from __future__ import annotations
 
 import json
+import random
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,18 +155,42 @@ def appliance() -> Layout:
     return Layout(name="appliance", root=Path("/"))
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback TCP ports (bound together, so no duplicates)."""
-    sockets = []
+def _ephemeral_low() -> int:
     try:
-        for _ in range(count):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback TCP ports (bound together, so no duplicates).
+
+    Below the kernel's ephemeral range: a port the kernel handed out (bind to 0) is one it
+    may hand out again to any outgoing connection made while the sandbox starts (health
+    probes, Rspamd to Redis), and a daemon then fails to bind it (seen in the benchmark).
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
+            if low > _PORT_FLOOR + 1000:
+                try:
+                    sock.bind(("127.0.0.1", rng.randrange(_PORT_FLOOR, low)))
+                except OSError:
+                    sockets.pop().close()  # in use (or just chosen): another one
+                    continue
+            else:
+                sock.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for sock in sockets:
             sock.close()
+
+
+_PORT_FLOOR = 12000  # above the gateway's own fixed ports (10022-10025, 11333-11334)
 
 
 def sandbox(

@@ -182,6 +182,11 @@ SCHEMA: list[str] = [
     END;
     INSERT INTO quarantine_text(quarantine_text) VALUES ('rebuild');
     """,
+    # version 5 (issue 7): whether clamd saw the message ("clamd"), or why not
+    # ("skipped: plain text", "skipped: disabled", "skipped: failed"); NULL before it.
+    """
+    ALTER TABLE messages ADD COLUMN virus_scan TEXT;
+    """,
 ]
 
 

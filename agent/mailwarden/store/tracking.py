@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ class MessageRecord:
     spam_score: float | None = None
     spam_symbols: dict[str, float] | None = None
     virus: str | None = None
+    # "clamd" (scanned), "skipped: plain text" (virus.skip_plain_text), "skipped: disabled",
+    # "skipped: failed"
+    virus_scan: str | None = None
     spf: str | None = None
     dkim: str | None = None
     dmarc: str | None = None
@@ -44,36 +48,8 @@ class Tracking:
         self.db = db
 
     def record(self, rec: MessageRecord, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        hour = int(now // 3600)
-        spam = any(d.action == "quarantine" for d in rec.deliveries) and not rec.virus
         with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO messages (time, direction, queue_id, message_id, sender, client_ip,"
-                " helo, subject, size, spam_score, spam_symbols, virus, spf, dkim, dmarc,"
-                " filter_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (now, rec.direction, rec.queue_id, rec.message_id, rec.sender, rec.client_ip,
-                 rec.helo, rec.subject, rec.size, rec.spam_score,
-                 json.dumps(rec.spam_symbols) if rec.spam_symbols is not None else None,
-                 rec.virus, rec.spf, rec.dkim, rec.dmarc, rec.filter_ms))
-            message_id = int(cursor.lastrowid or 0)
-            conn.executemany(
-                "INSERT INTO deliveries (message, recipient, action, rule, quarantine_id)"
-                " VALUES (?,?,?,?,?)",
-                [(message_id, d.recipient, d.action, d.rule, d.quarantine_id)
-                 for d in rec.deliveries])
-            domains = {d.recipient.rpartition("@")[2].lower() for d in rec.deliveries}
-            if rec.direction == "out":
-                domains = {rec.sender.rpartition("@")[2].lower() or "(null sender)"}
-            for domain in domains:
-                conn.execute(
-                    "INSERT INTO counters (hour, domain, direction, messages, spam, virus, bytes)"
-                    " VALUES (?,?,?,1,?,?,?) ON CONFLICT (hour, domain, direction) DO UPDATE SET"
-                    " messages = messages + 1, spam = spam + excluded.spam,"
-                    " virus = virus + excluded.virus, bytes = bytes + excluded.bytes",
-                    (hour, domain, rec.direction, int(spam), int(rec.virus is not None),
-                     rec.size))
-        return message_id
+            return insert(conn, rec, now)
 
     def search(self, *, sender: str | None = None, recipient: str | None = None,
                queue_id: str | None = None, since: float | None = None,
@@ -105,3 +81,37 @@ class Tracking:
                 " WHERE message = ?", (row["id"],))]
             out.append(item)
         return out
+
+
+def insert(conn: sqlite3.Connection, rec: MessageRecord, now: float | None = None) -> int:
+    """One message's row, its deliveries and counters, in the caller's transaction (the
+    filter's batches, store/batch.py)."""
+    now = time.time() if now is None else now
+    hour = int(now // 3600)
+    spam = any(d.action == "quarantine" for d in rec.deliveries) and not rec.virus
+    cursor = conn.execute(
+        "INSERT INTO messages (time, direction, queue_id, message_id, sender, client_ip,"
+        " helo, subject, size, spam_score, spam_symbols, virus, virus_scan, spf, dkim,"
+        " dmarc, filter_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (now, rec.direction, rec.queue_id, rec.message_id, rec.sender, rec.client_ip,
+         rec.helo, rec.subject, rec.size, rec.spam_score,
+         json.dumps(rec.spam_symbols) if rec.spam_symbols is not None else None,
+         rec.virus, rec.virus_scan, rec.spf, rec.dkim, rec.dmarc, rec.filter_ms))
+    message_id = int(cursor.lastrowid or 0)
+    conn.executemany(
+        "INSERT INTO deliveries (message, recipient, action, rule, quarantine_id)"
+        " VALUES (?,?,?,?,?)",
+        [(message_id, d.recipient, d.action, d.rule, d.quarantine_id)
+         for d in rec.deliveries])
+    domains = {d.recipient.rpartition("@")[2].lower() for d in rec.deliveries}
+    if rec.direction == "out":
+        domains = {rec.sender.rpartition("@")[2].lower() or "(null sender)"}
+    for domain in domains:
+        conn.execute(
+            "INSERT INTO counters (hour, domain, direction, messages, spam, virus, bytes)"
+            " VALUES (?,?,?,1,?,?,?) ON CONFLICT (hour, domain, direction) DO UPDATE SET"
+            " messages = messages + 1, spam = spam + excluded.spam,"
+            " virus = virus + excluded.virus, bytes = bytes + excluded.bytes",
+            (hour, domain, rec.direction, int(spam), int(rec.virus is not None),
+             rec.size))
+    return message_id
