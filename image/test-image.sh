@@ -358,6 +358,31 @@ gateway_boot() {
         fi
     done
 
+    # A change through the API, as an admin makes it: the unprivileged API asks the root apply
+    # helper (socket activation, SO_PEERCRED), which renders, validates, reloads Postfix; then
+    # mail for the new domain is relayed.
+    t=$(date +%s)
+    if out="$(e2e add-domain "$url" admin "$password" added.e2e.example.org 2>&1)"; then
+        pass "API: relay domain added (revision 2, via the apply helper)" "$(elapsed "$t") s: $out"
+        local added_rcpt="carol@added.e2e.example.org"
+        if e2e send "$smtp_port" added "$run_id" "$added_rcpt" >/dev/null 2>&1; then
+            t=$(date +%s)
+            until e2e sink-has "$work/sink" "$(e2e subject added "$run_id")"; do
+                [ "$(elapsed "$t")" -lt "$MAIL_TIMEOUT" ] || break
+                sleep 2
+            done
+            if e2e sink-has "$work/sink" "$(e2e subject added "$run_id")"; then
+                pass "mail: the added domain's mail delivered" "$(elapsed "$t") s after sending"
+            else
+                fail "mail: the added domain's mail delivered" "not after $MAIL_TIMEOUT s"
+            fi
+        else
+            fail "mail: the added domain's mail accepted on port 25"
+        fi
+    else
+        fail "API: relay domain added (via the apply helper)" "$out"
+    fi
+
     # SSH: on because the seed gave a key; key-only.
     local ssh_opts=(-p "$ssh_port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
                     -o BatchMode=yes -o ConnectTimeout=30 -o LogLevel=ERROR)
@@ -378,6 +403,8 @@ gateway_boot() {
         stop_qemu
         return 0
     fi
+    # The whole boot's journal, for reading where first-boot time went.
+    qga exec -- /usr/bin/journalctl -b -o short-monotonic --no-pager > "$logdir/journal.txt" 2>&1 || true
     qga exec -- /usr/sbin/nft list ruleset > "$logdir/nft-ruleset.txt" 2>&1 || true
     check "inside: nft input chain policy drop" 'hook input priority filter; policy drop;' "$logdir/nft-ruleset.txt"
     check "inside: nft forward chain policy drop" 'hook forward priority filter; policy drop;' "$logdir/nft-ruleset.txt"

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Host side of the end-to-end tier's mail checks (standard library only).
 
-    e2e.py send PORT KIND RUN_ID       send a clean / gtube / eicar message to 127.0.0.1:PORT
+    e2e.py send PORT KIND RUN_ID [RCPT]  send a clean / gtube / eicar message to 127.0.0.1:PORT
                                        (the guest's port 25); prints the SMTP reply
     e2e.py subject KIND RUN_ID         the subject that message carries
     e2e.py sink-has DIR SUBJECT        exit 0 when a message with SUBJECT reached the sink
     e2e.py quarantine URL USER PASS    log in to the API, print "kind<TAB>subject" per entry
     e2e.py services URL USER PASS      every service the API probes; exit 0 when all are healthy
     e2e.py health URL                  exit 0 when GET URL/api/health says ok
+    e2e.py add-domain URL USER PASS NAME
+                                       as USER, add relay domain NAME (same internal server as
+                                       the first) through PUT /api/settings/domains; prints
+                                       the new revision and the services reloaded
     e2e.py eicar                       print the 68-byte EICAR test file
 
 The guest's API has its own self-signed certificate: it is not verified here.
@@ -21,6 +25,7 @@ import json
 import smtplib
 import ssl
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -35,10 +40,10 @@ def subject(kind: str, run_id: str) -> str:
     return f"mailwarden e2e {kind} {run_id}"
 
 
-def message(kind: str, run_id: str) -> email.message.EmailMessage:
+def message(kind: str, run_id: str, recipient: str = RECIPIENT) -> email.message.EmailMessage:
     msg = email.message.EmailMessage()
     msg["From"] = SENDER
-    msg["To"] = RECIPIENT
+    msg["To"] = recipient
     msg["Subject"] = subject(kind, run_id)
     msg["Date"] = email.utils.formatdate()
     msg["Message-ID"] = email.utils.make_msgid(domain="outside.example.net")
@@ -52,11 +57,11 @@ def message(kind: str, run_id: str) -> email.message.EmailMessage:
     return msg
 
 
-def send(port: int, kind: str, run_id: str) -> int:
+def send(port: int, kind: str, run_id: str, recipient: str = RECIPIENT) -> int:
     with smtplib.SMTP("127.0.0.1", port, local_hostname="client.outside.example.net",
                       timeout=300) as smtp:
         smtp.ehlo()
-        refused = smtp.send_message(message(kind, run_id), SENDER, [RECIPIENT])
+        refused = smtp.send_message(message(kind, run_id, recipient), SENDER, [recipient])
         code, reply = smtp.noop()
     print(f"accepted ({'refused: ' + str(refused) if refused else 'all recipients'})")
     return 0 if not refused and code == 250 else 1
@@ -89,17 +94,46 @@ def health(url: str) -> int:
         return 1
 
 
-def _get(url: str, user: str, password: str, path: str) -> dict[str, object]:
-    """GET path as user (logged in with a session cookie)."""
+def _login(url: str, user: str, password: str) -> dict[str, str]:
+    """Log in; the headers every later request sends (session cookie, CSRF token)."""
     login = urllib.request.Request(
         f"{url}/api/session", method="POST",
         data=json.dumps({"username": user, "password": password}).encode(),
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(login, timeout=60, context=_context()) as response:
         cookies = [c.split(";", 1)[0] for c in response.headers.get_all("Set-Cookie") or []]
-    request = urllib.request.Request(f"{url}{path}", headers={"Cookie": "; ".join(cookies)})
+        token = str(json.load(response).get("csrf_token", ""))
+    return {"Cookie": "; ".join(cookies), "X-CSRF-Token": token}
+
+
+def _get(url: str, user: str, password: str, path: str) -> dict[str, object]:
+    """GET path as user (logged in with a session cookie)."""
+    request = urllib.request.Request(f"{url}{path}", headers=_login(url, user, password))
     with urllib.request.urlopen(request, timeout=120, context=_context()) as response:
         return dict(json.load(response))
+
+
+def add_domain(url: str, user: str, password: str, name: str) -> int:
+    """The appliance's way to change a setting: the unprivileged API asks the root apply
+    helper (render, validate with the real tools, reload, health check)."""
+    headers = _login(url, user, password)
+    request = urllib.request.Request(f"{url}/api/settings/domains", headers=headers)
+    with urllib.request.urlopen(request, timeout=120, context=_context()) as response:
+        etag = response.headers["ETag"]
+        domains = list(json.load(response)["domains"])
+    domains.append(dict(domains[0], name=name))
+    change = urllib.request.Request(
+        f"{url}/api/settings/domains", method="PUT",
+        data=json.dumps({"domains": domains, "comment": "end-to-end: add a domain"}).encode(),
+        headers=dict(headers, **{"Content-Type": "application/json", "If-Match": etag}))
+    try:
+        with urllib.request.urlopen(change, timeout=600, context=_context()) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        print(f"PUT /api/settings/domains: {exc.code} {exc.read().decode(errors='replace')}")
+        return 1
+    print(f"revision {answer['revision']} reloaded {','.join(answer.get('reloaded') or [])}")
+    return 0
 
 
 def quarantine(url: str, user: str, password: str) -> int:
@@ -126,7 +160,7 @@ def services(url: str, user: str, password: str) -> int:
 def main(args: list[str]) -> int:
     command, rest = args[0], args[1:]
     if command == "send":
-        return send(int(rest[0]), rest[1], rest[2])
+        return send(int(rest[0]), rest[1], rest[2], *rest[3:4])
     if command == "eicar":
         sys.stdout.write(EICAR)
         return 0
@@ -141,6 +175,8 @@ def main(args: list[str]) -> int:
         return services(rest[0], rest[1], rest[2])
     if command == "health":
         return health(rest[0])
+    if command == "add-domain":
+        return add_domain(rest[0], rest[1], rest[2], rest[3])
     print(__doc__, file=sys.stderr)
     return 2
 
