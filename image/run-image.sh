@@ -74,14 +74,10 @@ if [ "$seed_file" != none ]; then
     else
         venv="${MAILWARDEN_VENV:-$MW_ROOT/.venv}"
         [ -x "$venv/bin/mailwarden" ] || mw_die "the demo seed needs the agent in $venv (./build.sh run creates it), or pass --seed FILE / --fresh"
-        command -v smtp-sink >/dev/null || mw_need_packages postfix
         sink_port="$(mw_free_port)"
         sink_dir="$MW_OUT/demo-sink"
-        mkdir -p "$sink_dir"
-        chown postfix "$sink_dir"
-        smtp-sink -u postfix -d "$sink_dir/%Y%m%d%H%M%S." "127.0.0.1:$sink_port" 100 \
-            > "$state/sink.log" 2>&1 &
-        sinkpid=$!
+        mw_start_sink "$sink_dir" "$sink_port" "$state/sink.log"
+        sinkpid=$MW_SINK_PID
         password="demo-$(head -c 9 /dev/urandom | base64 | tr -d '/+=')"
         hash="$(printf '%s\n' "$password" | "$venv/bin/mailwarden" user hash-password --password-stdin)"
         cat > "$state/seed/mailwarden.yaml" <<YAML

@@ -186,6 +186,23 @@ boot_plain() {
 qga() { /usr/bin/python3 "$MW_ROOT/image/lib/qga.py" "$work/qga.sock" "$@"; }
 e2e() { /usr/bin/python3 "$MW_ROOT/image/lib/e2e.py" "$@"; }
 
+# Wait for the message of KIND to reach the sink, then record WHAT as passed or failed:
+#   wait_delivered KIND RUN_ID WHAT
+wait_delivered() {
+    local subject start
+    subject="$(e2e subject "$1" "$2")"
+    start=$(date +%s)
+    until e2e sink-has "$work/sink" "$subject"; do
+        [ "$(elapsed "$start")" -lt "$MAIL_TIMEOUT" ] || break
+        sleep 2
+    done
+    if e2e sink-has "$work/sink" "$subject"; then
+        pass "$3" "$(elapsed "$start") s after sending"
+    else
+        fail "$3" "not after $MAIL_TIMEOUT s"
+    fi
+}
+
 make_seed() {
     local sink_port="$1" seed="$work/seed"
     local mw="$MW_ROOT/.venv/bin/mailwarden"
@@ -240,11 +257,8 @@ gateway_boot() {
     https_port="$(mw_free_port)"; ssh_port="$(mw_free_port)"
     run_id="$(date +%s)-$$"
 
-    mkdir -p "$work/sink"
-    chown postfix "$work/sink"
-    smtp-sink -u postfix -d "$work/sink/%Y%m%d%H%M%S." "127.0.0.1:$sink_port" 100 \
-        > "$logdir/sink.log" 2>&1 &
-    sinkpid=$!
+    mw_start_sink "$work/sink" "$sink_port" "$logdir/sink.log"
+    sinkpid=$MW_SINK_PID
     make_seed "$sink_port"
     [ "$lynis" = 0 ] || prepare_lynis
 
@@ -317,16 +331,7 @@ gateway_boot() {
             fail "mail: $kind accepted on port 25" "$out"
         fi
     done
-    t=$(date +%s)
-    until e2e sink-has "$work/sink" "$(e2e subject clean "$run_id")"; do
-        [ "$(elapsed "$t")" -lt "$MAIL_TIMEOUT" ] || break
-        sleep 2
-    done
-    if e2e sink-has "$work/sink" "$(e2e subject clean "$run_id")"; then
-        pass "mail: clean message delivered to the sink on the host" "$(elapsed "$t") s after sending"
-    else
-        fail "mail: clean message delivered to the sink on the host" "not after $MAIL_TIMEOUT s"
-    fi
+    wait_delivered clean "$run_id" "mail: clean message delivered to the sink on the host"
 
     local listed=""
     if e2e health "$url"; then pass "API on 8006 answers /api/health"; else fail "API on 8006 answers /api/health"; fi
@@ -366,16 +371,7 @@ gateway_boot() {
         pass "API: relay domain added (revision 2, via the apply helper)" "$(elapsed "$t") s: $out"
         local added_rcpt="carol@added.e2e.example.org"
         if e2e send "$smtp_port" added "$run_id" "$added_rcpt" >/dev/null 2>&1; then
-            t=$(date +%s)
-            until e2e sink-has "$work/sink" "$(e2e subject added "$run_id")"; do
-                [ "$(elapsed "$t")" -lt "$MAIL_TIMEOUT" ] || break
-                sleep 2
-            done
-            if e2e sink-has "$work/sink" "$(e2e subject added "$run_id")"; then
-                pass "mail: the added domain's mail delivered" "$(elapsed "$t") s after sending"
-            else
-                fail "mail: the added domain's mail delivered" "not after $MAIL_TIMEOUT s"
-            fi
+            wait_delivered added "$run_id" "mail: the added domain's mail delivered"
         else
             fail "mail: the added domain's mail accepted on port 25"
         fi

@@ -105,6 +105,18 @@ mw_qemu_args() {
                    -device virtio-rng-pci)
 }
 
+# The internal mail server of a test or demo appliance: Postfix's smtp-sink on this host's
+# loopback (QEMU's user network shows it to the guest as 10.0.2.2), one file per message.
+#   mw_start_sink DIR PORT LOG   sets MW_SINK_PID
+mw_start_sink() {
+    local dir="$1" port="$2" log="$3"
+    command -v smtp-sink >/dev/null || mw_need_packages postfix
+    mkdir -p "$dir"
+    chown postfix "$dir"
+    smtp-sink -u postfix -d "$dir/%Y%m%d%H%M%S." "127.0.0.1:$port" 100 > "$log" 2>&1 &
+    MW_SINK_PID=$!
+}
+
 # Make a NoCloud seed volume (the form of Proxmox VE's cloud-init drive) from a folder that
 # holds mailwarden.yaml (and optionally clamav/*.hdb ...): mw_seed_iso DIR ISO.
 mw_seed_iso() {

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 import pytest
 
@@ -245,6 +248,28 @@ def test_dmarc_reject_for_a_spoofed_from(env: dict[str, object]) -> None:
     dmarc.record(db, result, source_ip="203.0.113.5", mode="enforce")
     rows = dmarc_store.results(db, header_from="sender.test")
     assert rows[-1]["disposition"] == "reject" and rows[-1]["spf_aligned"] is False
+
+
+def test_the_mail_path_caches_answers_no_longer_than_unbound_gave_them(
+        env: dict[str, object]) -> None:
+    sandbox = env["sandbox"]
+    assert isinstance(sandbox, Sandbox)
+    resolver = make_resolver(sandbox.layout)
+    assert resolver.cache is not None
+    first = dmarc.evaluate("sender.test", "pass", "sender.test", "none", [], resolver)
+    key = (dns.name.from_text("_dmarc.sender.test"), dns.rdatatype.TXT, dns.rdataclass.IN)
+    cached = resolver.cache.get(key)
+    assert cached is not None and cached.rrset is not None
+    # The zone's TTL is 300 s; Unbound hands out what is left of it, and the cache keeps
+    # the answer no longer than that.
+    assert cached.expiration <= time.time() + 300
+    # Served from the cache: the same verdict with the resolver pointed at a dead port.
+    [dead_port] = free_ports(1)
+    resolver.port = dead_port
+    again = dmarc.evaluate("sender.test", "pass", "sender.test", "none", [], resolver)
+    assert (again.result, again.policy) == (first.result, first.policy) == ("pass", "reject")
+    # Probes and tests ask every time.
+    assert resolver_at("127.0.0.1", sandbox.layout.ports.dns).cache is None
 
 
 def test_unreachable_dns_is_temperror_not_none(env: dict[str, object]) -> None:

@@ -165,15 +165,22 @@ def _clean(header: str) -> str:
     return header.replace("\r", " ").replace("\n", " ")
 
 
-async def _http(conn: _Connection, request: bytes) -> bytes:
-    conn.writer.write(request)
-    await conn.writer.drain()
+async def _answer(conn: _Connection, end: bytes, closed: str) -> bytes:
+    """Read an answer up to `end`. A kept connection the server closed before answering
+    anything is stale (the caller retries on a new one, nothing was processed twice); a
+    close in mid-answer is an error."""
     try:
-        head = await conn.reader.readuntil(b"\r\n\r\n")
+        return await conn.reader.readuntil(end)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial and conn.requests:
             raise _Stale from None
-        raise OSError("connection closed during the answer") from None
+        raise OSError(closed) from None
+
+
+async def _http(conn: _Connection, request: bytes) -> bytes:
+    conn.writer.write(request)
+    await conn.writer.drain()
+    head = await _answer(conn, b"\r\n\r\n", "connection closed during the answer")
     lines = head.decode("latin-1").split("\r\n")
     status = lines[0]
     fields = {}
@@ -242,12 +249,7 @@ async def _instream(conn: _Connection, raw: bytes) -> bytes:
         await writer.drain()
     writer.write(b"\0\0\0\0")
     await writer.drain()
-    try:
-        answer = await conn.reader.readuntil(b"\0")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial and conn.requests:
-            raise _Stale from None
-        raise OSError("clamd closed the connection without an answer") from None
+    answer = await _answer(conn, b"\0", "clamd closed the connection without an answer")
     number, sep, rest = answer.partition(b": ")
     if not sep or not number.isdigit():
         conn.reader.feed_eof()  # not a session's answer: do not keep the connection
