@@ -401,6 +401,8 @@ gateway_boot() {
     fi
     # The whole boot's journal, for reading where first-boot time went.
     qga exec -- /usr/bin/journalctl -b -o short-monotonic --no-pager > "$logdir/journal.txt" 2>&1 || true
+    # Rspamd logs to its own file, not the journal.
+    qga exec -- /usr/bin/tail -n 2000 /var/log/rspamd/rspamd.log > "$logdir/rspamd.log" 2>&1 || true
     qga exec -- /usr/sbin/nft list ruleset > "$logdir/nft-ruleset.txt" 2>&1 || true
     check "inside: nft input chain policy drop" 'hook input priority filter; policy drop;' "$logdir/nft-ruleset.txt"
     check "inside: nft forward chain policy drop" 'hook forward priority filter; policy drop;' "$logdir/nft-ruleset.txt"
