@@ -239,3 +239,35 @@ def test_dump_keeps_defaults_implicit() -> None:
     text = dump_state(load_state_file(STATES / "minimal.yaml"))
     assert "postscreen" not in text
     assert "rules" not in text
+
+
+# --- domains sharing one internal server ---------------------------------------------------
+
+SHARED_SERVER = """\
+version: 1
+system: {hostname: mx1.example.org}
+domains:
+  - name: example.org
+    transport: {host: Exchange.example.org, port: 25}
+  - name: example.net
+    transport: {host: exchange.example.org, port: 25, tls: %s}
+"""
+
+
+def test_domains_sharing_a_server_share_its_tls_policy() -> None:
+    from mailwarden.render.engine import render
+    from mailwarden.render.layout import appliance
+
+    state = load_state_text(SHARED_SERVER % "may")
+    files = {f.target.path: f.content for f in render(state, appliance())}
+    policy = [line for line in files["/etc/postfix/mailwarden/tls_policy"].splitlines()
+              if line and not line.startswith("#")]
+    # One line for the one server: postmap refuses a table with a duplicate key.
+    assert policy == ["[exchange.example.org]:25 may"]
+
+
+def test_domains_sharing_a_server_must_agree_on_tls() -> None:
+    [error] = errors_of(SHARED_SERVER % "verify")
+    assert error.path == "domains[1].transport.tls"
+    assert "differs from domains[0] (example.org: 'may')" in error.message
+    assert "same server" in error.message

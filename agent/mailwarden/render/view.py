@@ -104,7 +104,9 @@ def build_view(state: State, layout: Layout) -> View:
         transports.append(TransportEntry(domain.name, transport))
         if domain.subdomains:
             transports.append(TransportEntry("." + domain.name, transport))
-        if t.protocol == "smtp":
+        if t.protocol == "smtp" and hop not in {entry.destination for entry in policies}:
+            # Domains sharing a server share its one policy line (checks.check_domains
+            # makes sure they agree on it; host names are lower-cased by the schema).
             policies.append(PolicyEntry(hop, _tls_policy(t.tls, [])))
     seen = {entry.destination for entry in policies}
     for policy in state.tls.policies:

@@ -35,6 +35,26 @@ def _duplicates(
 
 def check_domains(domains: list[RelayDomain | None]) -> Iterator[FieldError]:
     yield from _duplicates(domains, lambda d: d.name, "domains[{}].name", "domain")
+    # Several domains often share one internal server; Postfix keeps one TLS policy per
+    # server, so they must agree on it.
+    first: dict[tuple[str, int, bool], int] = {}
+    for index, domain in enumerate(domains):
+        if domain is None or domain.transport.protocol != "smtp":
+            continue
+        t = domain.transport
+        server = (t.host.lower(), t.port, t.mx_lookup)
+        if server not in first:
+            first[server] = index
+            continue
+        other = domains[first[server]]
+        assert other is not None
+        if other.transport.tls != t.tls:
+            yield FieldError(
+                f"domains[{index}].transport.tls",
+                f"'{t.tls}' differs from domains[{first[server]}] ({other.name}: "
+                f"'{other.transport.tls}'), which delivers to the same server {t.host} port "
+                f"{t.port}; one server has one TLS policy",
+            )
 
 
 def check_tls(tls: Tls) -> Iterator[FieldError]:
