@@ -97,6 +97,7 @@ def build_view(state: State, layout: Layout) -> View:
     trusted = ["127.0.0.0/8", "::1/128", *state.networks.trusted]
     transports: list[TransportEntry] = []
     policies: list[PolicyEntry] = []
+    seen: set[str] = set()  # destinations with a policy line: the table allows one each
     for domain in state.domains:
         t = domain.transport
         hop = nexthop(t.host, t.port, t.mx_lookup)
@@ -104,11 +105,11 @@ def build_view(state: State, layout: Layout) -> View:
         transports.append(TransportEntry(domain.name, transport))
         if domain.subdomains:
             transports.append(TransportEntry("." + domain.name, transport))
-        if t.protocol == "smtp" and hop not in {entry.destination for entry in policies}:
+        if t.protocol == "smtp" and hop not in seen:
             # Domains sharing a server share its one policy line (checks.check_domains
             # makes sure they agree on it; host names are lower-cased by the schema).
+            seen.add(hop)
             policies.append(PolicyEntry(hop, _tls_policy(t.tls, [])))
-    seen = {entry.destination for entry in policies}
     for policy in state.tls.policies:
         if policy.destination in seen:
             continue  # a transport's own TLS setting wins over a duplicate policy line

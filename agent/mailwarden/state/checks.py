@@ -42,7 +42,7 @@ def check_domains(domains: list[RelayDomain | None]) -> Iterator[FieldError]:
         if domain is None or domain.transport.protocol != "smtp":
             continue
         t = domain.transport
-        server = (t.host.lower(), t.port, t.mx_lookup)
+        server = (t.host, t.port, t.mx_lookup)  # the schema lower-cases host names
         if server not in first:
             first[server] = index
             continue
