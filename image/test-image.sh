@@ -431,6 +431,16 @@ gateway_boot() {
             *) record "  info systemd-analyze security $u" "${level:-?} (root; not rated)" ;;
         esac
     done
+    # A daemon that died and came back by Restart= leaves no failed unit, only a count: the
+    # first apply's Rspamd reload did that until its worker sockets asked for a restart.
+    qga exec -- /usr/bin/systemctl show -p Id -p NRestarts postfix@-.service rspamd.service \
+        clamav-daemon.service redis-server.service unbound.service "${units[@]:0:3}" \
+        > "$logdir/restarts.txt" 2>&1 || true
+    if grep -q '^NRestarts=' "$logdir/restarts.txt" && ! grep -qE '^NRestarts=[1-9]' "$logdir/restarts.txt"; then
+        pass "inside: no daemon restarted after a crash"
+    else
+        fail "inside: no daemon restarted after a crash" "$(paste -sd' ' "$logdir/restarts.txt")"
+    fi
     qga exec -- /usr/bin/df -B1 --output=size / > "$logdir/df-root.txt" 2>&1 || true
     local size; size="$(tail -n1 "$logdir/df-root.txt" | tr -d ' ')"
     if [[ "$size" =~ ^[0-9]+$ ]] && [ "$size" -gt $((9 * 1024 * 1024 * 1024)) ]; then

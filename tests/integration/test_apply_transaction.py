@@ -104,6 +104,29 @@ def test_failed_health_check_rolls_back(box: Sandbox) -> None:
     _all_healthy(box)
 
 
+def test_moved_rspamd_listener_restarts_rspamd(box: Sandbox) -> None:
+    """A fresh appliance's Rspamd runs Debian's proxy worker on localhost:PORT, and the first
+    apply moves it to 127.0.0.1:PORT. A SIGHUP cannot take that (the new worker's bind fails
+    while the old socket is held, and Rspamd exits): the worker files ask for a restart."""
+    proxy = box.layout.path("/etc/rspamd/local.d/worker-proxy.inc")
+    ours = proxy.read_text()
+    port = box.layout.ports.rspamd_proxy
+    proxy.write_text(f'bind_socket = "localhost:{port}";\nmilter = yes;\ncount = 1;\n')
+    box.reload("rspamd", restart=True)
+    health.wait_healthy("rspamd", box.layout, timeout=120)
+    before = box.daemons["rspamd"].process
+
+    result = box.apply(box.layout.state_file.read_text(), comment="our workers", force=True,
+                       health_timeout=120)
+
+    assert result.reloaded == ["rspamd"]
+    assert [p.name for p in result.changed] == ["worker-proxy.inc"]
+    assert proxy.read_text() == ours
+    assert box.daemons["rspamd"].process is not before  # restarted, not signalled
+    assert box.daemons["rspamd"].running
+    _all_healthy(box)
+
+
 def test_hand_edited_file_is_not_overwritten_silently(box: Sandbox) -> None:
     main_cf = box.layout.path("/etc/postfix/main.cf")
     original = main_cf.read_text()

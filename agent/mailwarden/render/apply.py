@@ -33,9 +33,13 @@ from .layout import Layout
 
 
 class Controller(Protocol):
-    """Reloads a managed service (systemd on the appliance, the harness in a sandbox)."""
+    """Reloads a managed service (systemd on the appliance, the harness in a sandbox).
 
-    def reload(self, service: str) -> None: ...
+    `restart` asks for a full stop and start where the change is one a reload cannot take
+    (Target.restart).
+    """
+
+    def reload(self, service: str, *, restart: bool = False) -> None: ...
 
     def is_running(self, service: str) -> bool: ...
 
@@ -43,7 +47,7 @@ class Controller(Protocol):
 class NoController:
     """For a first render before any daemon runs: nothing to reload."""
 
-    def reload(self, service: str) -> None:
+    def reload(self, service: str, *, restart: bool = False) -> None:
         return None
 
     def is_running(self, service: str) -> bool:
@@ -54,8 +58,9 @@ AGENT_SERVICES = ("filter", "policy")
 
 # How long a reloaded service may take to answer again. clamd loads its whole signature
 # database on restart (about 1 GB: tens of seconds on real hardware, minutes on a slow or
-# emulated one; Debian gives it 420 s to start); Rspamd recompiles its regexps on a reload.
-HEALTH_TIMEOUTS = {"clamav": 420.0, "rspamd": 180.0}
+# emulated one; Debian gives it 420 s to start); Rspamd recompiles its regexps on a reload
+# and loads its whole configuration again on a restart (about 2 min under TCG).
+HEALTH_TIMEOUTS = {"clamav": 420.0, "rspamd": 300.0}
 DEFAULT_HEALTH_TIMEOUT = 30.0
 
 
@@ -200,13 +205,15 @@ def _swap_and_reload(
     health_timeout: float | None,
 ) -> list[str]:
     reloaded: list[str] = []
+    # The previous files need the same kind of reload as the new ones if they come back.
+    restart = {f.target.service for f in changed if f.target.restart}
     try:
         for f in changed:
             write_atomic(f.path, f.content.encode(), f.target.mode)
             _settled(f.path)
         for service in services:
             if controller.is_running(service):
-                controller.reload(service)
+                controller.reload(service, restart=service in restart)
                 reloaded.append(service)
         for service in reloaded:
             wait_healthy(service, layout, timeout=health_timeout_for(service, health_timeout))
@@ -215,7 +222,7 @@ def _swap_and_reload(
         problems = []
         for service in reloaded:
             try:
-                controller.reload(service)
+                controller.reload(service, restart=service in restart)
                 wait_healthy(service, layout, timeout=health_timeout_for(service))
             except MailwardenError as again:
                 problems.append(str(again))

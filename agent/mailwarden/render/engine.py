@@ -28,6 +28,10 @@ class Target:
     path: str  # appliance path; a layout maps it
     service: str  # which service must reload when it changes
     mode: int = 0o644
+    # Rspamd keeps its listening sockets across a reload, so a worker whose bind_socket moves
+    # (Debian's `localhost:PORT` replaced by ours on a fresh appliance) fails to bind and takes
+    # Rspamd down: such files need a restart.
+    restart: bool = False
 
 
 MANIFEST: tuple[Target, ...] = (
@@ -41,16 +45,18 @@ MANIFEST: tuple[Target, ...] = (
            "postfix"),
     Target("rspamd/local.d/options.inc.j2", "/etc/rspamd/local.d/options.inc", "rspamd"),
     Target("rspamd/local.d/worker-normal.inc.j2", "/etc/rspamd/local.d/worker-normal.inc",
-           "rspamd"),
+           "rspamd", restart=True),
     Target("rspamd/local.d/worker-controller.inc.j2",
-           "/etc/rspamd/local.d/worker-controller.inc", "rspamd"),
+           "/etc/rspamd/local.d/worker-controller.inc", "rspamd", restart=True),
     Target("rspamd/local.d/worker-proxy.inc.j2", "/etc/rspamd/local.d/worker-proxy.inc",
-           "rspamd"),
+           "rspamd", restart=True),
     Target("rspamd/local.d/redis.conf.j2", "/etc/rspamd/local.d/redis.conf", "rspamd"),
     Target("rspamd/local.d/actions.conf.j2", "/etc/rspamd/local.d/actions.conf", "rspamd"),
     Target("rspamd/local.d/classifier-bayes.conf.j2",
            "/etc/rspamd/local.d/classifier-bayes.conf", "rspamd"),
     Target("rspamd/local.d/greylist.conf.j2", "/etc/rspamd/local.d/greylist.conf", "rspamd"),
+    Target("rspamd/local.d/dkim_signing.conf.j2", "/etc/rspamd/local.d/dkim_signing.conf",
+           "rspamd"),
     Target("rspamd/local.d/fuzzy_check.conf.j2", "/etc/rspamd/local.d/fuzzy_check.conf",
            "rspamd"),
     Target("rspamd/local.d/rbl.conf.j2", "/etc/rspamd/local.d/rbl.conf", "rspamd"),

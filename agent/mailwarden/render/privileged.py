@@ -49,7 +49,8 @@ log = logging.getLogger("mailwarden.apply-helper")
 SOCKET = Path("/run/mailwarden/apply.sock")
 # A state file is a few kB; anything near this is not a state.
 MAX_REQUEST = 4 * 1024 * 1024
-# The API waits this long: a transaction probes each reloaded daemon for up to 30 s.
+# The API waits this long: a transaction waits for each reloaded daemon to answer again,
+# clamd for up to 420 s and Rspamd for up to 300 s (render.apply.HEALTH_TIMEOUTS).
 CLIENT_TIMEOUT = 900.0
 # How long the helper waits for the rest of a request once a client connected.
 READ_TIMEOUT = 30.0

@@ -24,6 +24,6 @@ class SystemdController:
         unit, _ = UNITS[service]
         return run(["systemctl", "is-active", "--quiet", unit], check=False).returncode == 0
 
-    def reload(self, service: str) -> None:
+    def reload(self, service: str, *, restart: bool = False) -> None:
         unit, verb = UNITS[service]
-        run(["systemctl", verb, unit], timeout=120)
+        run(["systemctl", "restart" if restart else verb, unit], timeout=120)

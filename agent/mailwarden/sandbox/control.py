@@ -39,7 +39,7 @@ class PidfileController:
             return False
         return True
 
-    def reload(self, service: str) -> None:
+    def reload(self, service: str, *, restart: bool = False) -> None:
         if service == "postfix":
             run(["postfix", "-c", self.layout.path("/etc/postfix"), "reload"])
             return
@@ -49,6 +49,8 @@ class PidfileController:
         # rspamd and unbound re-read their configuration on SIGHUP; clamd and Redis are
         # stopped and the supervising process starts them again with the new files.
         # The agent's daemons re-read the state file on SIGHUP.
-        sig = (signal.SIGHUP if service in ("rspamd", "unbound", "filter", "policy")
+        # A restart is a stop the supervisor follows with a start.
+        sig = (signal.SIGHUP
+               if service in ("rspamd", "unbound", "filter", "policy") and not restart
                else signal.SIGTERM)
         os.kill(pid, sig)

@@ -277,16 +277,16 @@ class Sandbox:
         daemon = self.daemons.get(service)
         return daemon is not None and daemon.running
 
-    def reload(self, service: str) -> None:
+    def reload(self, service: str, *, restart: bool = False) -> None:
         daemon = self.daemons[service]
         if service == "postfix":
             run(["postfix", "-c", self._postfix_dir(), "reload"])
-        elif service in ("rspamd", "unbound", *self.AGENT):
+        elif service in ("rspamd", "unbound", *self.AGENT) and not restart:
             daemon.signal(signal.SIGHUP)
             if service == "rspamd":
                 time.sleep(0.5)  # the old workers keep answering until the new ones are up
         else:
-            # clamd and Redis read their configuration only at start.
+            # clamd and Redis read their configuration only at start; restart is asked for.
             daemon.stop()
             self.launch(service)
 
