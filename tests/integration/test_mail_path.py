@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
+import email.policy
 import email.utils
 import io
 import smtplib
@@ -134,13 +136,77 @@ def test_gtube_is_quarantined_and_released_exactly_once(gw: Sandbox) -> None:
     assert len(gw.sink.containing(subject)) == 1
 
 
+def _virus_scan_of(gw: Sandbox, subject: str) -> object:
+    def tracked() -> list[dict[str, object]]:
+        return [r for r in _tracking(gw).search(limit=200) if r["subject"] == subject]
+
+    wait_until("the tracking record", lambda: bool(tracked()), 10)
+    return tracked()[0]["virus_scan"]
+
+
 def test_eicar_is_quarantined_as_virus_and_never_delivered(gw: Sandbox) -> None:
     subject = marker()
     send(gw, build(subject, attachment=("eicar.com", EICAR)))
     entry = wait_quarantined(gw, subject)
     assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
+    # virus.scan = parts: clamd got the decoded attachment, not the inline text.
+    assert _virus_scan_of(gw, subject) == "clamd: 1 part"
     time.sleep(2)
     assert gw.sink.containing(subject) == []
+
+
+def _tools_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("readme.txt", b"nothing here\n")
+        archive.writestr("tools/eicar.com", EICAR)
+    return buffer.getvalue()
+
+
+def test_eicar_in_a_zip_is_found_in_the_decoded_part(gw: Sandbox) -> None:
+    subject = marker()
+    msg = email.message_from_bytes(build(subject, body="see the archive\n"),
+                                   _class=EmailMessage, policy=email.policy.default)
+    msg.add_attachment(_tools_zip(), maintype="application", subtype="zip",
+                       filename="tools.zip")
+    msg.add_attachment(b"%PDF-1.4 clean\n", maintype="application", subtype="pdf",
+                       filename="notes.pdf")
+    send(gw, msg.as_bytes())
+    entry = wait_quarantined(gw, subject)
+    assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
+    # Both attachments, decoded; the inline text was not clamd's.
+    assert _virus_scan_of(gw, subject) == "clamd: 2 parts"
+
+
+def test_html_mail_goes_whole_for_the_phishing_checks(gw: Sandbox) -> None:
+    # clamd checks links only in mail it parses itself (virus.heuristic_phishing, on).
+    subject = marker()
+    msg = email.message_from_bytes(build(subject, body="see the archive\n"),
+                                   _class=EmailMessage, policy=email.policy.default)
+    msg.add_alternative("<p>see the archive</p>", subtype="html")
+    msg.add_attachment(_tools_zip(), maintype="application", subtype="zip",
+                       filename="tools.zip")
+    send(gw, msg.as_bytes())
+    entry = wait_quarantined(gw, subject)
+    assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
+    assert _virus_scan_of(gw, subject) == "clamd: whole message"
+
+
+def test_a_message_our_parser_doubts_goes_to_clamd_whole(gw: Sandbox) -> None:
+    # The closing boundary is missing: a parser defect. clamd parses the message itself.
+    subject = marker()
+    boundary = "b-" + uuid.uuid4().hex
+    raw = (f"From: alice@sender.test\r\nTo: user@example.test\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{uuid.uuid4().hex}@sender.test>\r\nMIME-Version: 1.0\r\n"
+           f"Content-Type: multipart/mixed; boundary={boundary}\r\n\r\n"
+           f"--{boundary}\r\n\r\nhello\r\n--{boundary}\r\n"
+           f"Content-Type: application/octet-stream; name=e.com\r\n"
+           f"Content-Transfer-Encoding: base64\r\n\r\n").encode()
+    raw += base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+    send(gw, raw)
+    entry = wait_quarantined(gw, subject)
+    assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
+    assert _virus_scan_of(gw, subject) == "clamd: whole message"
 
 
 def test_uuencoded_eicar_in_a_plain_text_body_is_still_found(gw: Sandbox) -> None:

@@ -36,7 +36,7 @@ def test_clamd_session_is_kept_and_replaced_when_dropped() -> None:
         port = server.sockets[0].getsockname()[1]
         found = []
         for body in (b"clean", b"EICAR", b"clean", b"clean"):
-            result = await scanners.clamd_scan(body, port=port, timeout=5)
+            result = await scanners.clamd_scan([body], port=port, timeout=5)
             found.append(result.virus)
             await asyncio.sleep(0.01)  # the server's close arrives between messages
         scanners.close_pools()
@@ -53,10 +53,27 @@ def test_pools_belong_to_their_event_loop() -> None:
         connections: list[int] = []
         server = await _clamd(10, connections)
         port = server.sockets[0].getsockname()[1]
-        result = await scanners.clamd_scan(b"clean", port=port, timeout=5)
+        result = await scanners.clamd_scan([b"clean"], port=port, timeout=5)
         server.close()
         return result.virus
 
     # A second loop in the same process (the CLI, the tests) opens its own connections.
     assert asyncio.run(once()) is None
     assert asyncio.run(once()) is None
+
+
+def test_parts_share_a_session_and_stop_at_the_first_finding() -> None:
+    async def run() -> tuple[list[str | None], list[int]]:
+        connections: list[int] = []
+        server = await _clamd(10, connections)
+        port = server.sockets[0].getsockname()[1]
+        found = []
+        for parts in ([b"clean", b"clean"], [b"clean", b"EICAR", b"clean"], [b"clean"]):
+            found.append((await scanners.clamd_scan(parts, port=port, timeout=5)).virus)
+        scanners.close_pools()
+        server.close()
+        return found, connections
+
+    found, connections = asyncio.run(run())
+    assert found == [None, "Eicar-Test", None]
+    assert connections == [5]  # one connection; the part after the finding was not sent

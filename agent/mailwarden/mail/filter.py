@@ -12,6 +12,7 @@ is 4xx and Postfix keeps the message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import inspect
 import logging
@@ -27,7 +28,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from ..errors import MailwardenError, ScannerError
 from ..render.layout import Layout
-from ..state.schema import State
+from ..state.schema import State, Virus
 from ..store.batch import BatchWriter
 from ..store.db import Database
 from ..store.lists import UserLists
@@ -37,7 +38,7 @@ from ..store.tracking import insert as tracking_insert
 from . import actions as mail_actions
 from . import cpu, engine, smtpdata
 from .auth import Authenticator
-from .message import ParsedMessage, parse_message, plain_text_only
+from .message import ParsedMessage, Part, parse_message, scan_targets
 from .reinject import Reinjector
 from .scanners import clamd_scan, rspamd_check
 from .types import Direction, Envelope, ScanResult, SpamResult, VirusResult
@@ -247,12 +248,18 @@ async def _scan(ctx: FilterContext, state: State, raw: bytes, envelope: Envelope
     async def virus() -> VirusResult:
         if not state.virus.enabled:
             return VirusResult(virus=None, skipped="disabled")
-        if state.virus.skip_plain_text and plain_text_only(message):
+        targets = scan_targets(message)
+        if state.virus.skip_plain_text and targets == []:
             # Nothing here clamd could find (decision in docs/architecture.md): saves its
             # round trip and scan for most mail. Recorded in the header and tracking.
             return VirusResult(virus=None, plain_text=True)
+        timeout = state.virus.timeout_seconds
         try:
-            return await clamd_scan(raw, port=ports.clamd, timeout=state.virus.timeout_seconds)
+            if targets and _parts_will_do(state.virus, targets):
+                result = await clamd_scan([p.payload for p in targets], port=ports.clamd,
+                                          timeout=timeout)
+                return dataclasses.replace(result, parts=len(targets))
+            return await clamd_scan([raw], port=ports.clamd, timeout=timeout)
         except ScannerError:
             if state.virus.on_failure == "tempfail":
                 raise
@@ -263,6 +270,16 @@ async def _scan(ctx: FilterContext, state: State, raw: bytes, envelope: Envelope
         cpu.metered(spam()), cpu.metered(virus()),
         cpu.metered(ctx.auth.check(state, raw, message, envelope)))
     return ScanResult(spam=spam_result, virus=virus_result, auth=auth), notes
+
+
+def _parts_will_do(settings: Virus, targets: list[Part]) -> bool:
+    """Whether clamd may get the decoded parts instead of the message (virus.scan): not when
+    its phishing heuristics are on and there is HTML, since clamd checks links only in the
+    mail it parses itself."""
+    if settings.scan != "parts":
+        return False
+    return not (settings.heuristic_phishing
+                and any(t.content_type == "text/html" for t in targets))
 
 
 def _result_header(scan: ScanResult, rule: str) -> str:
@@ -389,7 +406,11 @@ def _record(ctx: FilterContext, envelope: Envelope, message: ParsedMessage, scan
 def _virus_scan(result: VirusResult) -> str:
     if result.plain_text:
         return "skipped: plain text"
-    return f"skipped: {result.skipped}" if result.skipped else "clamd"
+    if result.skipped:
+        return f"skipped: {result.skipped}"
+    if not result.parts:
+        return "clamd: whole message"
+    return f"clamd: {result.parts} part{'s' if result.parts > 1 else ''}"
 
 
 def _kind_of(decision: engine.RecipientDecision, scan: ScanResult) -> str:

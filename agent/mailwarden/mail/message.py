@@ -88,6 +88,8 @@ class Part:
     is_container: bool  # multipart/* or message/rfc822
     archive_members: list[str] = field(default_factory=list)
     archive_error: str | None = None
+    # The decoded bytes of a leaf part, for clamd (scan_targets); b"" for containers.
+    payload: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -242,28 +244,30 @@ def _segments(body: bytes, boundary: bytes) -> list[bytes] | None:
 
 # A line that starts a uuencoded file ("begin 644 name") or a yEnc one: clamd decodes both
 # out of a plain text body, so such a body is no longer plain text.
-_ENCODED_FILE = re.compile(r"^(?:begin(?:-base64)? +[0-7]{1,4}\b|=ybegin )", re.MULTILINE)
+_ENCODED_FILE = re.compile(rb"^(?:begin(?:-base64)? +[0-7]{1,4}\b|=ybegin )", re.MULTILINE)
 
 
-def plain_text_only(message: ParsedMessage) -> bool:
-    """True when the message cannot carry malware, so clamd need not see it
-    (virus.skip_plain_text; docs/architecture.md, "Virus scanning"): every leaf an inline
-    text/plain part without a file name that does not look like something else, no
-    uuencoded or yEnc file in the text, and nothing the parser found wrong or could not
-    inspect. Anything else goes to clamd whole."""
+def scan_targets(message: ParsedMessage) -> list[Part] | None:
+    """The parts clamd must see (docs/architecture.md, "Virus scanning"): every leaf part that
+    can carry malware, decoded: attachments, HTML, anything that is not inline text/plain,
+    text that sniffs as something else. An empty list: plain text only, nothing to scan.
+    None when clamd must get the whole message and parse it itself: the parser found
+    something wrong or could not inspect every part (so a trick that fools our parser still
+    meets clamd's), or a text holds a uuencoded or yEnc file (clamd's mail parser decodes
+    those out of a body)."""
     if message.defects or message.incomplete:
-        return False
-    text_bytes = 0
+        return None
+    targets = []
     for part in message.parts:
-        if part.is_container:
+        if part.is_container or not part.payload:
             continue
-        if part.content_type != "text/plain" or part.is_attachment \
-                or part.detected_type is not None:
-            return False
-        text_bytes += part.size
-    if text_bytes > MAX_TEXT:
-        return False  # the text kept for the check below is cut at MAX_TEXT
-    return _ENCODED_FILE.search(message.text) is None
+        if (part.content_type == "text/plain" and not part.is_attachment
+                and part.detected_type is None):
+            if _ENCODED_FILE.search(part.payload) is not None:
+                return None
+            continue
+        targets.append(part)
+    return targets
 
 
 def detect_linesep(raw: bytes) -> str:
@@ -398,7 +402,8 @@ def _describe(node: Message, index: str, depth: int, defects: list[str],
         members, error = list_archive(payload, kind, filename, members_left)
     return Part(index=index, depth=depth, content_type=ctype, detected_type=detected,
                 filename=filename, size=len(payload), is_attachment=is_attachment,
-                is_container=False, archive_members=members, archive_error=error), payload
+                is_container=False, archive_members=members, archive_error=error,
+                payload=payload), payload
 
 
 def _filename(node: Message) -> str:

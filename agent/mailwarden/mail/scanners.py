@@ -19,7 +19,7 @@ import contextlib
 import json
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from ..errors import ScannerError
@@ -215,11 +215,13 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def clamd_scan(raw: bytes, *, port: int, timeout: float) -> VirusResult:
-    """INSTREAM the message to clamd; its answer names the signature or says OK."""
+async def clamd_scan(items: Sequence[bytes], *, port: int, timeout: float) -> VirusResult:
+    """INSTREAM each item (the whole message, or its decoded parts) to clamd on one kept
+    connection, stopping at the first that is not clean; the answer names the signature or
+    says OK. `timeout` covers all of them."""
     try:
         answer = await asyncio.wait_for(
-            _pool("clamd", port).run(lambda conn: _instream(conn, raw)), timeout)
+            _pool("clamd", port).run(lambda conn: _instream_each(conn, items)), timeout)
     except TimeoutError:
         raise ScannerError("clamd", f"no answer within {timeout:.0f} s") from None
     except OSError as exc:
@@ -237,6 +239,15 @@ async def _clamd_session(conn: _Connection) -> None:
     # IDSESSION: commands on one connection, each answer prefixed by its request number.
     conn.writer.write(b"zIDSESSION\0")
     await conn.writer.drain()
+
+
+async def _instream_each(conn: _Connection, items: Sequence[bytes]) -> bytes:
+    answer = b"stream: OK"
+    for item in items:
+        answer = await _instream(conn, item)
+        if not answer.rstrip(b"\0").endswith(b" OK"):
+            break
+    return answer
 
 
 async def _instream(conn: _Connection, raw: bytes) -> bytes:

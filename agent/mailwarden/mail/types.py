@@ -38,6 +38,7 @@ class VirusResult:
     # clamd was not asked because the message cannot carry malware (plain text only,
     # virus.skip_plain_text): clean for the rules, and recorded as such.
     plain_text: bool = False
+    parts: int = 0  # how many decoded parts clamd was sent; 0 when the whole message
 
 
 @dataclass(frozen=True)

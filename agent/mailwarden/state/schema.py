@@ -280,6 +280,16 @@ class Virus(Section):
         "message is scanned. The message's X-Mailwarden header and its tracking record say "
         "when clamd was skipped. Saves a clamd round trip for most mail (docs/architecture.md).",
     )
+    scan: Literal["parts", "message"] = Field(
+        "parts",
+        description="What clamd is sent. 'parts': each decoded part that can carry malware "
+        "(attachments, HTML, any part that is not inline plain text), one connection, so "
+        "clamd does not parse and decode the MIME again. The whole message still goes when "
+        "our parser found anything wrong with it (clamd's own parser then sees it) and, while "
+        "heuristic_phishing is on, when it has HTML (clamd checks links only in mail it "
+        "parses). 'message': the whole message always (clamd's mail-format signatures also "
+        "apply; about twice clamd's CPU for mail with attachments).",
+    )
     detect_pua: bool = Field(False, description="Also report potentially unwanted applications.")
     block_encrypted_archives: bool = Field(
         False, description="Treat encrypted archives (which cannot be scanned) as viruses."

@@ -34,8 +34,9 @@ class MessageRecord:
     spam_score: float | None = None
     spam_symbols: dict[str, float] | None = None
     virus: str | None = None
-    # "clamd" (scanned), "skipped: plain text" (virus.skip_plain_text), "skipped: disabled",
-    # "skipped: failed"
+    # "clamd: N parts" (virus.scan = parts), "clamd: whole message", "skipped: plain text"
+    # (virus.skip_plain_text), "skipped: disabled", "skipped: failed"; "clamd" in records
+    # written before the parts scan
     virus_scan: str | None = None
     spf: str | None = None
     dkim: str | None = None
