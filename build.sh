@@ -62,7 +62,7 @@ cmd_test() {
     timed "host packages" install_host_packages
     timed "virtualenv" ensure_venv
     log "lint (ruff)"
-    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests"
+    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests" "$ROOT/bench" "$ROOT/image/lib"
     log "docs/state.md is generated from the schema and must be current"
     "$VENV/bin/mailwarden" docs state --check "$ROOT/docs/state.md"
     log "unit tier"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-import random
+import secrets
 import socket
 import sys
 import time
@@ -43,7 +43,7 @@ class Agent:
 
     def sync(self) -> None:
         """Discard whatever an earlier client left in the channel."""
-        token = random.randrange(1, 2**31)
+        token = secrets.randbelow(2**31 - 1) + 1
         self.sock.sendall(b"\xff" + json.dumps(
             {"execute": "guest-sync-delimited", "arguments": {"id": token}}).encode() + b"\n")
         while self._line().get("return") != token:
