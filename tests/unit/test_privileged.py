@@ -28,6 +28,7 @@ from mailwarden.firstboot.answers import validate_answers
 from mailwarden.firstboot.engine import AlreadySetUp, NullHost
 from mailwarden.render.apply import LocallyModified, NoController
 from mailwarden.render.privileged import (
+    CLIENT_TIMEOUT,
     MAX_REQUEST,
     ApplyHelperClient,
     HelperError,
@@ -229,3 +230,14 @@ def test_the_store_and_state_are_shared_with_the_agent_group(tmp_path: Path) -> 
     assert layout.database.stat().st_gid == group.gr_gid
     assert layout.database.stat().st_mode & 0o777 == 0o660
     assert layout.state_file.stat().st_gid == group.gr_gid
+
+
+def test_api_workers_outlast_the_apply_helper() -> None:
+    # gunicorn killed the API's worker after its default 30 s while the helper was still
+    # applying a change (found on a slow machine: 500 to the client, the change applied).
+    from mailwarden.api.serve import gunicorn_argv
+    from mailwarden.render.layout import appliance
+
+    argv = gunicorn_argv(appliance(), workers=2)
+    timeout = float(argv[argv.index("--timeout") + 1])
+    assert timeout > CLIENT_TIMEOUT

@@ -159,8 +159,9 @@ def _refused(out: TextIO, outcome: FirstbootOutcome, exc: MailwardenError) -> No
 
 
 def _wait_for_scanners(layout: Layout, controller: Controller) -> None:
-    """The first apply reloads Rspamd and probes it for 30 s; on a new disk Rspamd may still
-    be in its first start (compiling), so wait for it to answer first."""
+    """The first apply restarts Rspamd (its worker sockets change) and probes the scanners;
+    on a new disk Rspamd may still be in its first start (compiling its rules), so wait for
+    them to answer first: a restart in the middle of that start would begin it again."""
     for service in ("rspamd", "redis", "unbound"):
         if controller.is_running(service):
             try:
