@@ -163,33 +163,37 @@ def _tools_zip() -> bytes:
     return buffer.getvalue()
 
 
+def _editable(subject: str) -> EmailMessage:
+    return email.message_from_bytes(build(subject, body="see the archive\n"),
+                                    _class=EmailMessage, policy=email.policy.default)
+
+
+def _eicar_found_in(gw: Sandbox, msg: EmailMessage) -> object:
+    """Send msg, check EICAR was found; what clamd was sent (the tracking record)."""
+    subject = str(msg["Subject"])
+    send(gw, msg.as_bytes())
+    entry = wait_quarantined(gw, subject)
+    assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
+    return _virus_scan_of(gw, subject)
+
+
 def test_eicar_in_a_zip_is_found_in_the_decoded_part(gw: Sandbox) -> None:
-    subject = marker()
-    msg = email.message_from_bytes(build(subject, body="see the archive\n"),
-                                   _class=EmailMessage, policy=email.policy.default)
+    msg = _editable(marker())
     msg.add_attachment(_tools_zip(), maintype="application", subtype="zip",
                        filename="tools.zip")
     msg.add_attachment(b"%PDF-1.4 clean\n", maintype="application", subtype="pdf",
                        filename="notes.pdf")
-    send(gw, msg.as_bytes())
-    entry = wait_quarantined(gw, subject)
-    assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
     # Both attachments, decoded; the inline text was not clamd's.
-    assert _virus_scan_of(gw, subject) == "clamd: 2 parts"
+    assert _eicar_found_in(gw, msg) == "clamd: 2 parts"
 
 
 def test_html_mail_goes_whole_for_the_phishing_checks(gw: Sandbox) -> None:
     # clamd checks links only in mail it parses itself (virus.heuristic_phishing, on).
-    subject = marker()
-    msg = email.message_from_bytes(build(subject, body="see the archive\n"),
-                                   _class=EmailMessage, policy=email.policy.default)
+    msg = _editable(marker())
     msg.add_alternative("<p>see the archive</p>", subtype="html")
     msg.add_attachment(_tools_zip(), maintype="application", subtype="zip",
                        filename="tools.zip")
-    send(gw, msg.as_bytes())
-    entry = wait_quarantined(gw, subject)
-    assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
-    assert _virus_scan_of(gw, subject) == "clamd: whole message"
+    assert _eicar_found_in(gw, msg) == "clamd: whole message"
 
 
 def test_a_message_our_parser_doubts_goes_to_clamd_whole(gw: Sandbox) -> None:
