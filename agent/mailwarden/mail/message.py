@@ -348,7 +348,7 @@ def _walk(msg: Message, defects: list[str]) -> tuple[list[Part], str]:
             defects.append(f"more than {MAX_PARTS} parts; the rest not inspected")
             break
         node, index, depth = stack.pop()
-        part, payload = _describe(node, index, depth, defects, members_left)
+        part = _describe(node, index, depth, defects, members_left)
         parts.append(part)
         if index:
             defects.extend(f"part {index}: {type(d).__name__}"
@@ -366,9 +366,9 @@ def _walk(msg: Message, defects: list[str]) -> tuple[list[Part], str]:
                 child = children[number - 1]
                 if isinstance(child, Message):
                     stack.append((child, f"{prefix}{number}", depth + 1))
-        elif payload is not None and part.content_type.startswith("text/") \
+        elif part.content_type.startswith("text/") \
                 and text_len < MAX_TEXT:
-            chunk = _to_text(node, payload[: MAX_TEXT - text_len])
+            chunk = _to_text(node, part.payload[: MAX_TEXT - text_len])
             text.append(chunk)
             text_len += len(chunk)
     if too_deep:
@@ -377,7 +377,7 @@ def _walk(msg: Message, defects: list[str]) -> tuple[list[Part], str]:
 
 
 def _describe(node: Message, index: str, depth: int, defects: list[str],
-              members_left: list[int]) -> tuple[Part, bytes | None]:
+              members_left: list[int]) -> Part:
     try:
         ctype = node.get_content_type().lower()
     except Exception:
@@ -390,7 +390,7 @@ def _describe(node: Message, index: str, depth: int, defects: list[str],
         disposition = ""
     if is_container:
         return Part(index=index, depth=depth, content_type=ctype, detected_type=None,
-                    filename=filename, size=0, is_attachment=False, is_container=True), None
+                    filename=filename, size=0, is_attachment=False, is_container=True)
     payload = _payload(node, index, defects)
     detected = sniff(payload)
     is_attachment = (disposition == "attachment" or bool(filename)
@@ -403,7 +403,7 @@ def _describe(node: Message, index: str, depth: int, defects: list[str],
     return Part(index=index, depth=depth, content_type=ctype, detected_type=detected,
                 filename=filename, size=len(payload), is_attachment=is_attachment,
                 is_container=False, archive_members=members, archive_error=error,
-                payload=payload), payload
+                payload=payload)
 
 
 def _filename(node: Message) -> str:
