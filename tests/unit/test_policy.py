@@ -205,6 +205,21 @@ def test_spf_fail_only_tagged_when_reject_is_off(db: Database) -> None:
     assert policy.decide(rcpt()).text.startswith("PREPEND Received-SPF: fail ")
 
 
+def test_spf_softfail_is_rejected_when_tagging_is_off(db: Database) -> None:
+    spf = FakeSpf({"sender.test": "softfail", "partner.test": "softfail"})
+    policy = make_policy(db, "greylisting: {enabled: false}\n"
+                             "spf: {tag_softfail: false, exempt_senders: [partner.test]}\n", spf)
+    action = policy.decide(rcpt())
+    assert action.text.startswith("550 5.7.23 SPF softfail: sender.test ")
+    exempt = policy.decide(rcpt(sender="a@partner.test"))
+    assert exempt.text.startswith("PREPEND Received-SPF: softfail ")
+    # Turning softfail rejection on does not depend on reject_fail, nor change fail.
+    both_off = make_policy(db, "greylisting: {enabled: false}\n"
+                               "spf: {tag_softfail: false, reject_fail: false}\n",
+                           FakeSpf({"sender.test": "fail"}))
+    assert both_off.decide(rcpt()).text.startswith("PREPEND Received-SPF: fail ")
+
+
 @pytest.mark.parametrize("result", ["pass", "softfail", "neutral", "none", "temperror",
                                     "permerror"])
 def test_other_spf_results_prepend_the_header(db: Database, result: str) -> None:

@@ -474,12 +474,16 @@ class Policy:
             comment = _spf_comment(receiver, result, domain, str(ip), explanation)
         header = received_spf(result, receiver=receiver, client_ip=str(ip), sender=sender,
                               helo=helo, identity=identity, comment=comment)
-        if result == "fail" and cfg.enabled and cfg.reject_fail \
+        # A softfail is only a hint for the spam score unless the admin turned tagging off,
+        # which makes it as final as a fail.
+        rejected = (result == "fail" and cfg.reject_fail) or \
+            (result == "softfail" and not cfg.tag_softfail)
+        if rejected and cfg.enabled \
                 and not _address_listed(f"x@{domain}", cfg.exempt_senders) \
                 and not _in(ip, self._spf_exempt):
             return PolicyAction(
-                f"550 5.7.23 SPF fail: {domain or 'the sender domain'} does not allow {ip} "
-                "to send its mail", "SPF fail"), header
+                f"550 5.7.23 SPF {result}: {domain or 'the sender domain'} does not allow "
+                f"{ip} to send its mail", f"SPF {result}"), header
         return None, header
 
     def _run_spf(self, ip: str, sender: str, helo: str) -> tuple[str, str]:

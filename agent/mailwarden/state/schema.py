@@ -365,8 +365,8 @@ class Spf(Section):
         "allowed (SPF fail)."
     )
     tag_softfail: bool = Field(
-        True, description="Softfail adds to the spam score (Rspamd's R_SPF_SOFTFAIL) instead "
-        "of rejecting."
+        True, description="Softfail only adds to the spam score (Rspamd's R_SPF_SOFTFAIL); "
+        "off: a softfail is rejected at RCPT like a fail (exemptions apply)."
     )
     exempt_senders: list[Domain] = Field(
         default_factory=list,
