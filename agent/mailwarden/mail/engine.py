@@ -28,6 +28,13 @@ Choices where PMG is silent or differs:
 
 Which MIME parts each rule's what-group matched travels with every collected action (see
 ``Step``), so ``remove_attachments`` with ``matched_only`` strips exactly those parts.
+
+Regexes are RE2 (state/patterns.py): linear in the text, whatever the pattern. What is left
+to bound is the sum: many rules, many entries, many recipients, a large body. The rules of one
+message get ``mail.rules_budget_ms`` of the evaluating thread's CPU time, checked before every
+rule and every entry; past it the whole message is quarantined by ``rule-budget-exceeded``
+(``budget_exceeded``). CPU time rather than wall time, so that a busy machine does not push
+messages over the budget that alone would pass.
 """
 
 from __future__ import annotations
@@ -36,11 +43,12 @@ import datetime as dt
 import fnmatch
 import ipaddress
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
+from ..state.patterns import Pattern, compile_pattern
 from ..state.rules import Action, Entry, Group, Rule
 from ..state.schema import State
 from .message import ParsedMessage, Part
@@ -61,6 +69,7 @@ ACTION_PRIORITY: dict[str, int] = {
 }
 DEFAULT_ACCEPT = "default-accept"
 USER_BLOCKLIST = "user-blocklist"
+RULE_BUDGET = "rule-budget-exceeded"
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -113,14 +122,61 @@ def group_by_outcome(
     return list(groups.items())
 
 
+class BudgetExceeded(Exception):
+    """The rules of one message used up mail.rules_budget_ms; raised inside the engine."""
+
+    def __init__(self, rule: str, spent_ms: float) -> None:
+        super().__init__(rule)
+        self.rule = rule
+        self.spent_ms = spent_ms
+
+
+class _Budget:
+    """CPU time of the calling thread since evaluation began, against the limit."""
+
+    __slots__ = ("limit", "started")
+
+    def __init__(self, limit_ms: int) -> None:
+        self.limit = limit_ms / 1000
+        self.started = time.thread_time()
+
+    def check(self, rule: str) -> None:
+        spent = time.thread_time() - self.started
+        if spent > self.limit:
+            raise BudgetExceeded(rule, spent * 1000)
+
+
 def evaluate(state: State, message: ParsedMessage, envelope: Envelope, scan: ScanResult, *,
              now: dt.datetime,
-             user_list: UserList = lambda r, s: None) -> list[RecipientDecision]:
-    """One decision per envelope recipient, in envelope order."""
-    ctx = _Context(state, message, envelope, scan, now)
+             user_list: UserList = lambda r, s: None,
+             budget_ms: int | None = None) -> list[RecipientDecision]:
+    """One decision per envelope recipient, in envelope order. ``budget_ms`` overrides
+    mail.rules_budget_ms (the CPU time the rules of this message may take)."""
+    budget = _Budget(state.mail.rules_budget_ms if budget_ms is None else budget_ms)
+    ctx = _Context(state, message, envelope, scan, now, budget)
     rules = sorted((r for r in state.rules if r.active and _direction_ok(r, envelope)),
                    key=lambda r: -r.priority)  # sorted() is stable: ties keep file order
-    return [_decide(ctx, rules, rcpt, user_list) for rcpt in envelope.recipients]
+    try:
+        return [_decide(ctx, rules, rcpt, user_list) for rcpt in envelope.recipients]
+    except BudgetExceeded as exc:
+        limit = round(budget.limit * 1000)
+        return budget_exceeded(envelope, scan, limit, exc.rule, exc.spent_ms)
+
+
+def budget_exceeded(envelope: Envelope, scan: ScanResult, limit_ms: int, rule: str,
+                    spent_ms: float) -> list[RecipientDecision]:
+    """The outcome of a message whose rules ran out of time: every recipient's copy goes
+    to the quarantine as it arrived. Delivering it would let unchecked mail through, and a
+    tempfail would only bring the same message back to the same rules; from the quarantine
+    an admin can look at it and release it. A virus stays a virus (users cannot release
+    those)."""
+    kind: QuarantineKind = "virus" if scan.virus.virus is not None else "blocked"
+    reason = (f"rule budget exceeded: the rules took {spent_ms:.0f} ms of CPU, more than "
+              f"the {limit_ms} ms of mail.rules_budget_ms (stopped at rule {rule!r})")
+    return [RecipientDecision(recipient=rcpt, final="quarantine", quarantine_kind=kind,
+                              rule=RULE_BUDGET, reject_message=None, actions=[], steps=[],
+                              matches=[RuleMatch(RULE_BUDGET, [reason])])
+            for rcpt in envelope.recipients]
 
 
 # --- per recipient -------------------------------------------------------------------------
@@ -139,6 +195,8 @@ def _decide(ctx: _Context, rules: list[Rule], recipient: str,
     steps: list[Step] = []
     matches: list[RuleMatch] = []
     for rule in rules:
+        ctx.rule = rule.name
+        ctx.budget.check(rule.name)
         match = ctx.rule_match(rule, recipient, allow_spam)
         if match is None:
             continue
@@ -231,8 +289,11 @@ class _Context:
     """One message's facts, with the per-message group results cached."""
 
     def __init__(self, state: State, message: ParsedMessage, envelope: Envelope,
-                 scan: ScanResult, now: dt.datetime) -> None:
+                 scan: ScanResult, now: dt.datetime, budget: _Budget) -> None:
         self.state, self.message, self.envelope, self.scan = state, message, envelope, scan
+        self.budget = budget
+        self.rule = ""  # the rule being evaluated, for the budget's message
+        self._body: bytes | None = None
         self.now = now.astimezone() if now.tzinfo is not None else now
         self._cache: dict[tuple[int, str, bool], _GroupResult] = {}
         self._by_kind: dict[str, list[Part]] = {}
@@ -290,6 +351,7 @@ class _Context:
         spam = False
         # Every entry is tried (no short cut): remove_attachments needs all matching parts.
         for entry in entries:
+            self.budget.check(self.rule)
             hit = self._entry(entry, label, addresses, spam_ok)
             if hit is None:
                 continue
@@ -324,14 +386,17 @@ class _Context:
         if kind == "header":
             pattern = _regex(value.regex)
             for text in self.message.header_all(value.name):
-                if pattern.search(text):
+                self.budget.check(self.rule)  # a message may carry thousands of fields
+                if pattern.search(text) is not None:
                     return f"header {value.name} {_short(text)!r} matches /{value.regex}/", set()
             return None
         if kind == "body":
-            found_text = _regex(value, re.MULTILINE).search(self.message.text)
+            if self._body is None:  # encoded once for every body entry of the message
+                self._body = self.message.text.encode("utf-8", "replace")
+            found_text = _regex(value, multiline=True).search(self._body)
             if found_text is None:
                 return None
-            return f"body text {_short(found_text.group(0))!r} matches /{value}/", set()
+            return f"body text {_short(found_text)!r} matches /{value}/", set()
         if kind == "size":
             size = self.message.size
             if value.min_kb is not None and size < value.min_kb * 1024:
@@ -429,7 +494,7 @@ def _who_match(kind: str, value: str, addresses: Iterable[str]) -> str | None:
             return address
         if kind == "domain" and address.rpartition("@")[2] == value.lower().rstrip("."):
             return address
-        if kind == "regex" and _regex(value).search(address):
+        if kind == "regex" and _regex(value).search(address) is not None:
             return address
     return None
 
@@ -459,10 +524,10 @@ def _minutes(hhmm: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
-@lru_cache(maxsize=512)
-def _regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    # Case-insensitive like PMG's matchfield and who regexes; compiled once per process.
-    return re.compile(pattern, re.IGNORECASE | flags)
+def _regex(pattern: str, multiline: bool = False) -> Pattern:
+    # RE2, case-insensitive like PMG's matchfield and who regexes, compiled once per process
+    # (state/patterns.py caches); the state validated every pattern, so this cannot fail.
+    return compile_pattern(pattern, multiline)
 
 
 def _part_order(index: str) -> tuple[int, ...]:

@@ -77,7 +77,7 @@ _VALIDATOR_WORDS = {
     state_types._ip: "IP address",
     state_types._network: "IP network (CIDR; a bare address is one host)",
     state_types._email: "email address",
-    state_types._regex: "regular expression (Python syntax)",
+    state_types._regex: "regular expression (RE2 syntax, see docs/rules.md)",
     state_types._secret_name: "secret name (file in the secrets folder)",
     state_types._header_name: "header field name",
     state_types._single_line: "single line of text",

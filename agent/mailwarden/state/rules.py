@@ -31,7 +31,9 @@ Family = Literal["who", "what", "when"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True)
+    # regex_engine: as in schema.Section (`$` must not accept a trailing newline).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True,
+                              regex_engine="rust-regex")
 
 
 class _OneOf(_Strict):
@@ -263,7 +265,8 @@ class Rule(_Strict):
     actions: list[Action] = Field(min_length=1, description="What to do, in order.")
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, validate_default=True, frozen=True, populate_by_name=True
+        extra="forbid", strict=True, validate_default=True, frozen=True, populate_by_name=True,
+        regex_engine="rust-regex",
     )
 
     @property

@@ -38,7 +38,10 @@ ScannerFailure = Literal["tempfail", "accept_tagged"]
 class Section(BaseModel):
     """Base of every mapping in the state file: strict types, unknown keys refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True)
+    # `pattern=` constraints run on pydantic's Rust engine, where `$` is the end of the text
+    # only; Python's re would also let a trailing newline through (a split config line).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True,
+                              regex_engine="rust-regex")
 
 
 # --- system -----------------------------------------------------------------------------
@@ -186,6 +189,13 @@ class Mail(Section):
     )
     max_messages_per_minute: Annotated[int, Field(ge=0, le=1000000)] = Field(
         0, description="Messages one client may send per minute (0: unlimited)."
+    )
+    rules_budget_ms: Annotated[int, Field(ge=10, le=60000)] = Field(
+        2000,
+        description="CPU time the content filter may spend on the rules of one message, in "
+        "milliseconds. A message that needs more is quarantined ('blocked', or 'virus' when "
+        "one was found) with the rule name rule-budget-exceeded, logged and tracked: nothing "
+        "is lost and nothing unchecked is delivered (docs/rules.md).",
     )
 
 

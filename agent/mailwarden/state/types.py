@@ -13,17 +13,21 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from . import patterns
+
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]*[a-z0-9]$|^(?:{_LABEL}\.)+[a-z]{{2,63}}$")
-_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
-_SECRET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_HEADER_NAME_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,76}$")
-_SAFE_LINE_RE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
+# Used with fullmatch only: `$` would also accept a trailing newline, which splits a line of
+# a rendered config file or a header in two.
+_DOMAIN_RE = re.compile(rf"(?:{_LABEL}\.)+[a-z][a-z0-9-]*[a-z0-9]|(?:{_LABEL}\.)+[a-z]{{2,63}}")
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
+_SECRET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_HEADER_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
+_SAFE_LINE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 def _domain(value: str) -> str:
     value = value.strip().lower().rstrip(".")
-    if len(value) > 253 or not _DOMAIN_RE.match(value):
+    if len(value) > 253 or not _DOMAIN_RE.fullmatch(value):
         raise ValueError(f"'{value}' is not a valid domain name")
     return value
 
@@ -70,21 +74,18 @@ def _network(value: str) -> str:
 def _email(value: str) -> str:
     value = value.strip()
     local, sep, domain = value.rpartition("@")
-    if not sep or not _LOCAL_RE.match(local) or ".." in local:
+    if not sep or not _LOCAL_RE.fullmatch(local) or ".." in local:
         raise ValueError(f"'{value}' is not an email address")
     return f"{local}@{_domain(domain)}"
 
 
 def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
+    # RE2, the engine the rules run with (state/patterns.py), not Python's re.
+    return patterns.check(value)
 
 
 def _secret_name(value: str) -> str:
-    if not _SECRET_RE.match(value):
+    if not _SECRET_RE.fullmatch(value):
         raise ValueError(
             f"'{value}' is not a secret name (lowercase letters, digits, '.', '_', '-'; "
             "the file lives in the secrets folder)"
@@ -93,14 +94,14 @@ def _secret_name(value: str) -> str:
 
 
 def _header_name(value: str) -> str:
-    if not _HEADER_NAME_RE.match(value):
+    if not _HEADER_NAME_RE.fullmatch(value):
         raise ValueError(f"'{value}' is not a valid header field name")
     return value
 
 
 def _single_line(value: str) -> str:
     """Text that ends up inside a config line or a header: no control characters."""
-    if not _SAFE_LINE_RE.match(value):
+    if not _SAFE_LINE_RE.fullmatch(value):
         raise ValueError("must be a single line without control characters")
     return value
 
