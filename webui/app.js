@@ -2,7 +2,7 @@
 // the internet. Every value from the API reaches the page through textContent or attributes
 // set by the DOM API, never through innerHTML.
 
-const state = { user: null, csrf: sessionStorage.getItem("mw_csrf") || "", schema: null };
+const state = { user: null, csrf: sessionStorage.getItem("mw_csrf") || "", schema: null, notice: "" };
 
 // --- DOM helpers --------------------------------------------------------------------------
 
@@ -66,6 +66,13 @@ async function api(method, path, body, { ifMatch } = {}) {
     location.hash = "#/login";
     throw new ApiError(401, data);
   }
+  if (response.status === 403 && data && data.error && data.error.code === "portal_disabled") {
+    // The administrators turned the quarantine portal off: the session is worth nothing now.
+    state.user = null;
+    state.notice = data.error.message;
+    location.hash = "#/login";
+    throw new ApiError(403, data);
+  }
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
 }
@@ -99,7 +106,8 @@ document.getElementById("menu-toggle").addEventListener("click", (event) => {
 // --- views --------------------------------------------------------------------------------
 
 function viewLogin(arg, render) {
-  const error = h("p", { class: "errors", role: "alert" });
+  const error = h("p", { class: "errors", role: "alert" }, state.notice);
+  state.notice = "";
   const totp = h("input", { id: "totp", name: "totp", inputmode: "numeric", autocomplete: "one-time-code" });
   const totpRow = h("div", { hidden: true }, h("label", { for: "totp" }, "One-time code"), totp);
   const form = h("form", { class: "login", onsubmit: async (event) => {
@@ -115,7 +123,9 @@ function viewLogin(arg, render) {
       location.hash = session.role === "quser" ? "#/quarantine" : "#/dashboard";
     } catch (e) {
       if (/one-time code/.test(e.message)) totpRow.hidden = false;
-      error.textContent = e.message;
+      error.textContent = e.code === "portal_disabled"
+        ? "The quarantine portal is turned off, so quarantine users cannot log in. Ask your administrator."
+        : e.message;
     }
   } },
   h("h1", {}, "Mailwarden"),
@@ -307,16 +317,26 @@ async function viewQuarantine(arg, render) {
     details.replaceChildren(
       h("h2", {}, view.subject || "(no subject)"),
       h("p", {}, `From ${view.from} to ${Object.keys(item.recipients).join(", ")}`),
+      // Only what the server offers for this message and user (a virus is not released by
+      // quarantine users unless the administrators allow it).
       h("div", { class: "toolbar" },
-        h("button", { class: "primary", onclick: () => act(item, "release") }, "Release (r)"),
-        h("button", { class: "danger", onclick: () => act(item, "delete") }, "Delete (d)"),
-        h("button", { onclick: () => act(item, "allow") }, "Always allow sender"),
-        h("button", { onclick: () => act(item, "block") }, "Always block sender"),
+        offers(item, "release") && h("button", { class: "primary", onclick: () => act(item, "release") }, "Release (r)"),
+        offers(item, "delete") && h("button", { class: "danger", onclick: () => act(item, "delete") }, "Delete (d)"),
+        offers(item, "allow") && h("button", { onclick: () => act(item, "allow") }, "Always allow sender"),
+        offers(item, "block") && h("button", { onclick: () => act(item, "block") }, "Always block sender"),
         h("a", { href: `/api/quarantine/${encodeURIComponent(item.id)}/raw` }, "Download")),
+      offers(item, "delete") && !offers(item, "release") && isVirus(item)
+        ? h("p", { class: "muted" }, "This message carries a virus: only an administrator can release it.") : "",
       view.attachments.length ? h("p", {}, "Attachments: ", view.attachments.map((a) => `${a.filename} (${a.content_type})`).join(", ")) : "");
   }
 
+  function offers(item, action) { return (item.actions || []).includes(action); }
+  function isVirus(item) { return item.kind === "virus" || Boolean(item.virus); }
+  // Bulk actions are for the staff who act on messages; the server refuses everyone else.
+  const bulkAllowed = ["admin", "qmanager", "helpdesk"].includes(state.user.role);
+
   async function act(item, action) {
+    if (!offers(item, action)) return;
     try {
       await api("POST", `/api/quarantine/${encodeURIComponent(item.id)}/${action}`, {});
       toast(`${action}: done`);
@@ -362,8 +382,8 @@ async function viewQuarantine(arg, render) {
   render(
     h("h1", {}, "Quarantine"),
     h("div", { class: "toolbar" }, kind, search,
-      h("button", { onclick: () => bulk("release") }, "Release selected"),
-      h("button", { class: "danger", onclick: () => bulk("delete") }, "Delete selected"),
+      bulkAllowed && h("button", { onclick: () => bulk("release") }, "Release selected"),
+      bulkAllowed && h("button", { class: "danger", onclick: () => bulk("delete") }, "Delete selected"),
       h("span", { class: "muted" }, "Keys: ", h("span", { class: "kbd" }, "j"), "/", h("span", { class: "kbd" }, "k"), " move, ",
         h("span", { class: "kbd" }, "r"), " release, ", h("span", { class: "kbd" }, "d"), " delete")),
     progress, progressText,

@@ -62,12 +62,16 @@ def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: Mailwar
         resp.media = body(exc.code, exc.message)
 
 
+def error_body(exc: falcon.HTTPError) -> dict[str, Any]:
+    """The error shape for an HTTP error: its own code, else one made from its title."""
+    code = getattr(exc, "code", None) or exc.title.lower().replace(" ", "_")
+    return body(str(code), exc.description or exc.title, getattr(exc, "field", None))
+
+
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
                       params: dict[str, Any]) -> None:
     resp.status = exc.status
-    code = getattr(exc, "code", None) or exc.title.lower().replace(" ", "_")
-    resp.media = body(str(code), exc.description or exc.title,
-                      getattr(exc, "field", None))
+    resp.media = error_body(exc)
     for name, value in (exc.headers or {}).items():
         resp.set_header(name, value)
 

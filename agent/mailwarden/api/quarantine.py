@@ -1,8 +1,11 @@
 """Quarantine resources: list, view, download, release, delete, allow/block the sender.
 
 Quarantine users (role quser, logged in with their address as user name) see and act on
-their own recipient address only; the staff roles see everything. Viruses are released by
-staff only.
+their own recipient address only; the staff roles see everything. A message that carries a
+virus reaches a quarantine user only through staff, unless quarantine.user_release_virus says
+otherwise: every action that delivers (release, and allow, which also releases) asks
+`_offered` first, and each entry tells the web UI which actions it offers, from the same
+function.
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ from ..store.lists import UserLists
 from ..store.quarantine import KINDS, Quarantine, QuarantineEntry
 from ..store.users import Audit, User
 from .auth import Forbidden
-from .errors import BadInput
+from .errors import BadInput, error_body
 from .preview import PREVIEW_CSP, preview, preview_document
 
 STAFF = ("admin", "qmanager", "helpdesk", "audit")
 ACTORS = ("admin", "qmanager", "helpdesk")
+ACTIONS = ("release", "delete", "allow", "block")
+# The actions that send the message on to its recipients.
+DELIVERING = ("release", "allow")
 Deliver = Callable[[bytes, str, list[str]], None]
+# Whether quarantine users may have viruses delivered (quarantine.user_release_virus).
+UsersMayReleaseViruses = Callable[[], bool]
 
 
 def _visible(user: User, entry: QuarantineEntry) -> list[str]:
@@ -42,11 +50,42 @@ def _entry(q: Quarantine, user: User, entry_id: str) -> QuarantineEntry:
     return entry
 
 
-def _public(entry: QuarantineEntry, user: User) -> dict[str, Any]:
+def carries_virus(entry: QuarantineEntry) -> bool:
+    """Quarantined as a virus, or by a rule of another kind on a message clamd flagged."""
+    return entry.kind == "virus" or entry.virus is not None
+
+
+def _viruses_allowed(user: User, users_may_release_viruses: UsersMayReleaseViruses) -> bool:
+    """Whether this user may have viruses delivered; the state is read for quarantine users
+    only, once per request."""
+    return user.role != "quser" or users_may_release_viruses()
+
+
+def _offered(user: User, entry: QuarantineEntry, viruses_allowed: bool) -> tuple[str, ...]:
+    """The actions this user may take on entry: the one answer for the API and the UI."""
+    if user.role not in (*ACTORS, "quser"):
+        return ()
+    if carries_virus(entry) and not viruses_allowed:
+        return tuple(a for a in ACTIONS if a not in DELIVERING)
+    return ACTIONS
+
+
+def _check_action(user: User, entry: QuarantineEntry, action: str,
+                  viruses_allowed: bool) -> None:
+    if action in _offered(user, entry, viruses_allowed):
+        return
+    if carries_virus(entry) and action in DELIVERING:
+        raise Forbidden(f"quarantine users may not {action} a message that carries a virus; "
+                        f"ask an administrator", code="virus_release_forbidden")
+    raise Forbidden(f"the role '{user.role}' may not {action} quarantined messages")
+
+
+def _public(entry: QuarantineEntry, user: User, viruses_allowed: bool) -> dict[str, Any]:
     data = entry.to_dict()
     del data["path"]
     visible = set(_visible(user, entry))
     data["recipients"] = {r: s for r, s in entry.recipients.items() if r in visible}
+    data["actions"] = list(_offered(user, entry, viruses_allowed))
     return data
 
 
@@ -66,6 +105,7 @@ def _recipients(req_data: dict[str, Any], allowed: list[str]) -> list[str]:
 @dataclass
 class QuarantineListResource:
     quarantine: Quarantine
+    users_may_release_viruses: UsersMayReleaseViruses
     roles = {"GET": (*STAFF, "quser")}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -88,18 +128,21 @@ class QuarantineListResource:
             min_score=req.get_param_as_float("min_score"),
             max_score=req.get_param_as_float("max_score"), search=req.get_param("q"),
             sort=req.get_param("sort", default="-time"))
-        resp.media = {"items": [_public(e, user) for e in entries], "limit": limit,
-                      "offset": offset}
+        viruses_allowed = _viruses_allowed(user, self.users_may_release_viruses)
+        resp.media = {"items": [_public(e, user, viruses_allowed) for e in entries],
+                      "limit": limit, "offset": offset}
 
 
 @dataclass
 class QuarantineEntryResource:
     quarantine: Quarantine
+    users_may_release_viruses: UsersMayReleaseViruses
     roles = {"GET": (*STAFF, "quser")}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, entry_id: str) -> None:
-        resp.media = _public(_entry(self.quarantine, req.context.user, entry_id),
-                             req.context.user)
+        user: User = req.context.user
+        resp.media = _public(_entry(self.quarantine, user, entry_id), user,
+                             _viruses_allowed(user, self.users_may_release_viruses))
 
 
 @dataclass
@@ -141,6 +184,7 @@ class QuarantineBulkResource:
     quarantine: Quarantine
     deliver: Deliver
     audit: Audit
+    users_may_release_viruses: UsersMayReleaseViruses
     roles = {"POST": ACTORS}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -154,9 +198,14 @@ class QuarantineBulkResource:
             raise BadInput("at most 1000 ids per call", "ids")
         if action not in ("release", "delete"):
             raise BadInput("action must be release or delete", "action")
+        user: User = req.context.user
+        viruses_allowed = _viruses_allowed(user, self.users_may_release_viruses)
         results: dict[str, Any] = {}
         for entry_id in ids:
             try:
+                # The same rules as one message at a time, should the roles ever widen.
+                _check_action(user, _entry(self.quarantine, user, entry_id), action,
+                              viruses_allowed)
                 if action == "release":
                     results[entry_id] = {"released": self.quarantine.release(entry_id,
                                                                              self.deliver)}
@@ -165,7 +214,9 @@ class QuarantineBulkResource:
                     results[entry_id] = {"deleted": True}
             except MailwardenError as exc:
                 results[entry_id] = {"error": {"code": exc.code, "message": exc.message}}
-        self.audit.record(req.context.user.username, f"quarantine.bulk_{action}",
+            except falcon.HTTPError as exc:
+                results[entry_id] = error_body(exc)
+        self.audit.record(user.username, f"quarantine.bulk_{action}",
                           f"{len(ids)} messages", {"ids": ids}, req.remote_addr)
         resp.media = {"results": results}
 
@@ -178,7 +229,7 @@ class QuarantineActionResource:
     lists: UserLists
     deliver: Deliver
     audit: Audit
-    allow_user_virus_release: Callable[[], bool]
+    users_may_release_viruses: UsersMayReleaseViruses
     roles = {"POST": (*ACTORS, "quser")}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, entry_id: str,
@@ -188,17 +239,20 @@ class QuarantineActionResource:
         data = req.get_media(default_when_empty={}) or {}
         if not isinstance(data, dict):
             raise BadInput("the request body must be a JSON object")
+        if action not in ACTIONS:
+            raise falcon.HTTPNotFound(title="Not Found",
+                                      description=f"no quarantine action '{action}'")
         recipients = _recipients(data, _visible(user, entry))
+        # Before anything is written: a refused allow leaves no list entry behind either.
+        _check_action(user, entry, action,
+                      _viruses_allowed(user, self.users_may_release_viruses))
         if action == "release":
-            if entry.kind == "virus" and user.role == "quser" \
-                    and not self.allow_user_virus_release():
-                raise Forbidden("viruses are released by the administrators only")
             done = self.quarantine.release(entry_id, self.deliver, recipients)
             result: dict[str, Any] = {"released": done}
         elif action == "delete":
             self.quarantine.delete(entry_id, recipients)
             result = {"deleted": recipients}
-        elif action in ("allow", "block"):
+        else:  # allow or block
             for recipient in recipients:
                 self.lists.set(recipient, entry.sender, action)
             if action == "allow":
@@ -208,9 +262,6 @@ class QuarantineActionResource:
             else:
                 self.quarantine.delete(entry_id, recipients)
                 result = {"blocked": entry.sender, "deleted": recipients}
-        else:
-            raise falcon.HTTPNotFound(title="Not Found",
-                                      description=f"no quarantine action '{action}'")
         self.audit.record(user.username, f"quarantine.{action}", entry_id,
                           {"recipients": recipients}, req.remote_addr)
         resp.media = result
