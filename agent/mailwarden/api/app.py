@@ -3,6 +3,9 @@ thin module gunicorn loads."""
 
 from __future__ import annotations
 
+import os
+import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +22,15 @@ from ..render.apply import ApplyResult, Controller, apply_state, rollback
 from ..render.layout import Layout
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
+from ..state.schema import Quarantine as QuarantineSettings
 from ..store.db import Database
 from ..store.lists import UserLists
 from ..store.quarantine import Quarantine
 from ..store.statistics import Statistics
 from ..store.tracking import Tracking
-from ..store.users import Audit, Users
+from ..store.users import Audit, User, Users
 from . import accounts, errors, resources, system
-from .auth import AuthMiddleware
+from .auth import AuthMiddleware, Forbidden
 from .dkim import DkimKeysResource
 from .metrics import MetricsResource
 from .openapi import openapi_document
@@ -65,6 +69,10 @@ class Services:
     setup: SetupFn | None = None
 
 
+# The API's paths: /api and everything under /api/. One that no route serves is a JSON 404,
+# never the web UI's page.
+API_PATHS = re.compile(r"/api(?:/|$)")
+
 UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
           "frame-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
           "form-action 'self'; frame-ancestors 'none'")
@@ -84,8 +92,69 @@ class SecurityHeaders:
         if resp.get_header("X-Frame-Options") is None and "frame-ancestors 'self'" not in (
                 resp.get_header("Content-Security-Policy") or ""):
             resp.set_header("X-Frame-Options", "DENY")
-        if req.path.startswith("/api/"):
+        if API_PATHS.match(req.path):
             resp.set_header("Cache-Control", "no-store")
+
+
+class QuarantineSettingsFile:
+    """The state's quarantine section, read again only when the state file changes (an
+    apply writes a new file, hence a new inode): quarantine users' requests ask for it on
+    every call. Before the first-run wizard there is no state: the schema's defaults."""
+
+    def __init__(self, state_file: Path) -> None:
+        self.state_file = state_file
+        self._lock = threading.Lock()
+        self._key: tuple[int, int, int] | None = None
+        self._value = QuarantineSettings()
+
+    def __call__(self) -> QuarantineSettings:
+        try:
+            info = os.stat(self.state_file)
+        except FileNotFoundError:
+            return QuarantineSettings()
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if key != self._key:
+                self._value = load_state_file(self.state_file).quarantine
+                self._key = key
+            return self._value
+
+
+PORTAL_DISABLED = ("the quarantine portal is turned off: quarantine users cannot log in; "
+                   "ask your administrator")
+
+
+class UserPortal:
+    """quarantine.user_portal: false shuts quarantine users out of the API and the web UI.
+
+    Runs after AuthMiddleware (which names the user): a quarantine user's session or token
+    then gets 403 portal_disabled for everything but logging out, and on public resources
+    counts for nothing. Logging in is refused by SessionResource through `admit`.
+    """
+
+    def __init__(self, settings: Callable[[], QuarantineSettings]) -> None:
+        self.settings = settings
+
+    def admit(self, user: User) -> None:
+        if user.role == "quser" and not self.settings().user_portal:
+            raise Forbidden(PORTAL_DISABLED, code="portal_disabled")
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
+        user: User | None = getattr(req.context, "user", None)
+        if user is None or user.role != "quser" or self.settings().user_portal:
+            return
+        if isinstance(resource, resources.SessionResource) and req.method == "DELETE":
+            return  # ending the session is always allowed
+        if req.method in getattr(resource, "public", ()):
+            req.context.user = None
+            return
+        raise Forbidden(PORTAL_DISABLED, code="portal_disabled")
+
+
+
+def no_such_api_path(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+    raise falcon.HTTPNotFound(title="Not Found", description=f"no API path {req.path}")
 
 
 def create_app(services: Services) -> falcon.App:
@@ -116,14 +185,19 @@ def create_app(services: Services) -> falcon.App:
         reinject(raw, sender, recipients, port=layout.ports.reinject,
                  hostname=state.system.hostname)
 
-    def users_may_release_viruses() -> bool:
-        return load_state_file(layout.state_file).quarantine.user_release_virus
+    quarantine_settings = QuarantineSettingsFile(layout.state_file)
+    portal = UserPortal(quarantine_settings)
 
-    app = falcon.App(middleware=[AuthMiddleware(users), SecurityHeaders()], cors_enable=False)
+    def users_may_release_viruses() -> bool:
+        return quarantine_settings().user_release_virus
+
+    app = falcon.App(middleware=[AuthMiddleware(users), portal, SecurityHeaders()],
+                     cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     routes: dict[str, Any] = {
         "/api/health": resources.HealthResource(),
-        "/api/session": resources.SessionResource(users, audit, services.clock),
+        "/api/session": resources.SessionResource(users, audit, services.clock,
+                                                  admit=portal.admit),
         "/api/setup": SetupResource(users, audit, layout.setup_code, setup, services.clock),
         "/api/state": resources.StateResource(store, apply, audit, layout.state_file),
         "/api/state/revisions": resources.RevisionsResource(store),
@@ -145,10 +219,11 @@ def create_app(services: Services) -> falcon.App:
         "/api/system/versions": system.VersionsResource(layout),
         "/api/statistics": resources.StatisticsResource(Statistics(db)),
         "/api/tracking": resources.TrackingResource(Tracking(db)),
-        "/api/quarantine": QuarantineListResource(quarantine),
-        "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine),
+        "/api/quarantine": QuarantineListResource(quarantine, users_may_release_viruses),
+        "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine,
+                                                              users_may_release_viruses),
         "/api/quarantine/bulk": QuarantineBulkResource(quarantine, services.deliver or deliver,
-                                                       audit),
+                                                       audit, users_may_release_viruses),
         "/api/quarantine/{entry_id}/raw": QuarantineRawResource(quarantine),
         "/api/quarantine/{entry_id}/preview": QuarantinePreviewResource(quarantine),
         "/api/quarantine/{entry_id}/{action}": QuarantineActionResource(
@@ -159,8 +234,9 @@ def create_app(services: Services) -> falcon.App:
     for path, resource in routes.items():
         app.add_route(path, resource)
     app.add_route("/api/openapi.json", OpenApiResource(openapi_document(routes)))
+    # Sinks are tried before static routes: an unknown /api/ path never gets the UI's page.
+    app.add_sink(no_such_api_path, API_PATHS)
     if services.webui is not None and services.webui.is_dir():
-        # Checked after the routes: /api/... never reaches the files.
         app.add_static_route("/", str(services.webui.resolve()), fallback_filename="index.html")
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(falcon.HTTPError, errors.handle_http_error)

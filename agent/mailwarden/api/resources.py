@@ -18,7 +18,7 @@ from ..render.apply import ApplyResult
 from ..state.load import validate_data
 from ..state.revisions import RevisionStore
 from ..state.schema import State
-from ..store.users import SESSION_LIFETIME, Audit, Users
+from ..store.users import SESSION_LIFETIME, Audit, User, Users
 from .auth import clear_session_cookie, set_session_cookie
 from .errors import BadInput
 
@@ -73,6 +73,8 @@ class SessionResource:
     users: Users
     audit: Audit
     clock: Callable[[], float] = time.time
+    # Raises for a user who may not log in now, though the password was right.
+    admit: Callable[[User], None] = lambda user: None
     public = ("POST",)
     roles = {"GET": (*EVERYONE, "quser"), "DELETE": (*EVERYONE, "quser")}
 
@@ -92,6 +94,7 @@ class SessionResource:
         except Exception:
             self.audit.record(username, "login.failed", source_ip=req.remote_addr, now=now)
             raise
+        self.admit(user)
         token, session = self.users.create_session(user)
         self.audit.record(user.username, "login", source_ip=req.remote_addr)
         set_session_cookie(resp, token, SESSION_LIFETIME)
