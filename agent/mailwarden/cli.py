@@ -376,7 +376,7 @@ def cmd_quarantine_expire(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     from .api.serve import run_api
 
-    return run_api(_layout(args), workers=args.workers)
+    return run_api(_layout(args), workers=args.workers, threads=args.threads)
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -532,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dkim_generate)
 
     p = sub.add_parser("api", help="serve the API and web UI over HTTPS (gunicorn)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--threads", type=int, default=8, help="request threads per worker")
     root_option(p)
     p.set_defaults(func=cmd_api)
 

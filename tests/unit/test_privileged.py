@@ -28,7 +28,6 @@ from mailwarden.firstboot.answers import validate_answers
 from mailwarden.firstboot.engine import AlreadySetUp, NullHost
 from mailwarden.render.apply import LocallyModified, NoController
 from mailwarden.render.privileged import (
-    CLIENT_TIMEOUT,
     MAX_REQUEST,
     ApplyHelperClient,
     HelperError,
@@ -233,11 +232,17 @@ def test_the_store_and_state_are_shared_with_the_agent_group(tmp_path: Path) -> 
 
 
 def test_api_workers_outlast_the_apply_helper() -> None:
-    # gunicorn killed the API's worker after its default 30 s while the helper was still
+    # gunicorn killed the API's sync worker after its default 30 s while the helper was still
     # applying a change (found on a slow machine: 500 to the client, the change applied).
-    from mailwarden.api.serve import gunicorn_argv
+    # Threaded workers heartbeat from their main thread, so --timeout bounds no request;
+    # tests/integration/test_api_workers.py runs a request past it through the real worker.
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+
+    from mailwarden.api.serve import ApiWorker, gunicorn_argv
     from mailwarden.render.layout import appliance
 
     argv = gunicorn_argv(appliance(), workers=2)
-    timeout = float(argv[argv.index("--timeout") + 1])
-    assert timeout > CLIENT_TIMEOUT
+    assert argv[argv.index("--worker-class") + 1] == "mailwarden.api.serve.ApiWorker"
+    assert issubclass(ApiWorker, ThreadWorker) and not issubclass(ApiWorker, SyncWorker)
+    assert int(argv[argv.index("--threads") + 1]) > 1
