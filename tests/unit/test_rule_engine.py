@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mailwarden.mail.engine import ACTION_PRIORITY, evaluate, group_by_outcome
+from mailwarden.mail import engine
+from mailwarden.mail.engine import ACTION_PRIORITY, RULE_BUDGET, evaluate, group_by_outcome
 from mailwarden.mail.message import parse_message
 from mailwarden.mail.types import Envelope, ScanResult, SpamResult, VirusResult
 from mailwarden.state.load import load_state_text
@@ -385,3 +386,94 @@ def test_message_too_complex_to_inspect_fails_closed_on_attachment_rules() -> No
     step = next(s for s in d.steps if s.action.kind == "remove_attachments")
     assert step.parts == ("*",)
     assert "too complex to inspect" in d.matches[0].reasons[0]
+
+
+# --- the per-message rule budget (mail.rules_budget_ms) -----------------------------------
+
+
+def heavy_state(budget_ms: int, entries: int = 300) -> State:
+    """Body entries RE2 cannot skip through with a literal search: each one reads the body."""
+    words = [{"body": rf"[a-z]+q{i:03d}[0-9]x"} for i in range(entries)]
+    rules = [{"name": "Words", "priority": 50, "what": {"objects": ["words"]},
+              "actions": ["quarantine"]},
+             {"name": "Header", "priority": 40, "actions": [
+                 {"add_header": {"name": "X-Seen", "value": "yes"}}]}]
+    return state(mail={"rules_budget_ms": budget_ms}, rule_objects={"words": words},
+                 rules=rules)
+
+
+BIG = b"From: a@sender.test\r\nSubject: big\r\n\r\n" + (b"abcdefgh" * 16 + b"\r\n") * 7000
+
+
+def test_rules_over_budget_quarantine_the_message_for_every_recipient() -> None:
+    # About 300 searches of a 900 kB body: well over 10 ms of CPU on any machine.
+    decisions = run(heavy_state(10), raw=BIG, envelope=env("bob@example.test",
+                                                              "carol@example.test"))
+    assert [(d.recipient, d.final, d.quarantine_kind, d.rule) for d in decisions] == [
+        ("bob@example.test", "quarantine", "blocked", RULE_BUDGET),
+        ("carol@example.test", "quarantine", "blocked", RULE_BUDGET)]
+    assert all(d.actions == [] and d.steps == [] for d in decisions)  # the message as it came
+    [reason] = decisions[0].matches[0].reasons
+    assert reason.startswith("rule budget exceeded: the rules took ")
+    assert "more than the 10 ms of mail.rules_budget_ms (stopped at rule 'Words')" in reason
+
+
+def test_the_same_rules_within_the_budget_decide_normally() -> None:
+    [d] = run(heavy_state(60000), raw=BIG)
+    assert (d.final, d.rule) == ("accept", "default-accept")
+    assert [s.rule for s in d.steps] == ["Header"]
+
+
+def fake_clock(monkeypatch: pytest.MonkeyPatch, step: float) -> list[float]:
+    """engine's CPU clock advancing `step` seconds per reading."""
+    now = [0.0]
+
+    def thread_time() -> float:
+        now[0] += step
+        return now[0]
+
+    monkeypatch.setattr(engine.time, "thread_time", thread_time)
+    return now
+
+
+def test_budget_is_checked_per_rule_and_names_where_it_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0.4 s per reading, 1000 ms budget: the start, then Blocklist's rule and entry checks
+    # (0.8 s), and the next check (1.2 s) is over.
+    fake_clock(monkeypatch, 0.4)
+    st = default_state(block=[{"domain": "spammer.test"}])
+    [d] = run(st, budget_ms=1000)
+    assert d.rule == RULE_BUDGET
+    assert "(stopped at rule 'Block viruses')" in d.matches[0].reasons[0]
+    assert "took 1200 ms of CPU, more than the 1000 ms" in d.matches[0].reasons[0]
+
+
+def test_over_budget_with_a_virus_goes_to_the_virus_quarantine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_clock(monkeypatch, 10.0)
+    [d] = run(default_state(), result=scan(virus="Eicar-Test-Signature"))
+    assert (d.final, d.quarantine_kind, d.rule) == ("quarantine", "virus", RULE_BUDGET)
+
+
+def test_the_budget_comes_from_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_clock(monkeypatch, 0.001)  # 1 ms per reading
+    assert run(heavy_state(10, entries=5))[0].rule == "default-accept"
+    assert run(heavy_state(10, entries=30))[0].rule == RULE_BUDGET
+
+
+def test_default_rules_stay_far_below_the_default_budget() -> None:
+    st = default_state(welcome=[{"regex": r"^.*@(a|b)\.partner\.test$"}])
+    assert st.mail.rules_budget_ms == 2000
+    for name in sorted(p.name for p in DATA.glob("*.eml")):
+        [d] = run(st, raw=(DATA / name).read_bytes())
+        assert d.rule != RULE_BUDGET, name
+
+
+@pytest.mark.parametrize("value", [9, 60001, "2000", 2000.0])
+def test_rules_budget_ms_bounds(value: object) -> None:
+    from mailwarden.errors import StateError
+
+    with pytest.raises(StateError) as caught:
+        state(mail={"rules_budget_ms": value})
+    [error] = caught.value.errors
+    assert error.path == "mail.rules_budget_ms"

@@ -94,3 +94,19 @@ def test_simulate_bad_input_reports_defects() -> None:
     assert report.defects
     assert "defect:" in report.format_text()
     assert report.recipients[0].decision.final == "accept"
+
+
+def test_rules_over_budget_are_reported_as_the_filter_would_act() -> None:
+    words = [{"body": rf"[a-z]+q{i:03d}[0-9]x"} for i in range(300)]
+    st = state(mail={"rules_budget_ms": 10}, rule_objects={"words": words},
+               rules=[{"name": "Words", "priority": 50, "what": {"objects": ["words"]},
+                       "actions": ["quarantine"]}])
+    raw = b"From: a@sender.test\r\nSubject: big\r\n\r\n" + (b"abcdefgh" * 16 + b"\r\n") * 7000
+    report = simulate(st, raw, envelope(), now=NOON)
+    [rcpt] = report.recipients
+    assert (rcpt.decision.final, rcpt.decision.quarantine_kind, rcpt.decision.rule) == (
+        "quarantine", "blocked", "rule-budget-exceeded")
+    text = report.format_text()
+    assert "QUARANTINE (blocked) by rule 'rule-budget-exceeded'" in text
+    assert "rule budget exceeded: the rules took" in text
+    assert report.side_effects == []

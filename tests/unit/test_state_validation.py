@@ -271,3 +271,68 @@ def test_domains_sharing_a_server_must_agree_on_tls() -> None:
     assert error.path == "domains[1].transport.tls"
     assert "differs from domains[0] (example.org: 'may')" in error.message
     assert "same server" in error.message
+
+
+# --- what the YAML reader refuses: its cost stays linear in the file ---------------------
+
+LAUGHS = """\
+version: 1
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+"""
+
+
+def test_anchors_are_refused_with_their_line() -> None:
+    [error] = errors_of(LAUGHS)
+    assert (error.line, error.message) == (2, "anchors (&a) are not allowed: write each value "
+                                              "out")
+
+
+def test_aliases_are_refused_with_their_line() -> None:
+    text = MINIMAL + "networks:\n  trusted: *nets\n"
+    [error] = errors_of(text)
+    assert (error.line, error.message) == (7, "aliases (*nets) are not allowed: write the value "
+                                              "out")
+
+
+def test_an_anchor_on_a_merge_key_is_refused_too() -> None:
+    text = MINIMAL + "mail: &m {max_size_mb: 10}\nspam:\n  <<: *m\n"
+    [error] = errors_of(text)
+    assert error.line == 6 and "anchors (&m)" in error.message
+
+
+def test_deep_nesting_is_refused_before_the_parser_recurses() -> None:
+    text = MINIMAL + "rules: " + "[" * 5000 + "]" * 5000 + "\n"
+    [error] = errors_of(text)
+    assert (error.line, error.message) == (6, "nested deeper than 32 levels")
+
+
+def test_files_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None:
+    from mailwarden.state.load import MAX_BYTES
+
+    path = tmp_path / "state.yaml"
+    path.write_text(MINIMAL + "# " + "x" * MAX_BYTES + "\n")
+    with pytest.raises(StateError) as caught:
+        load_state_file(path)
+    assert [e.message for e in caught.value.errors] == ["the file is larger than 4 MiB"]
+    [error] = errors_of(MINIMAL + "# " + "x" * MAX_BYTES + "\n")
+    assert error.message == "the file is larger than 4 MiB"
+
+
+def test_the_state_writer_never_writes_aliases() -> None:
+    """What dump_state writes, load_state_text must read: PyYAML writes an object met twice
+    as an anchor and an alias, which the reader refuses."""
+    import yaml
+
+    from mailwarden.state import load
+
+    shared = ["10.0.0.0/8"]
+    assert "&id001" in yaml.safe_dump({"trusted": shared, "management": shared})
+    text = yaml.dump({"trusted": shared, "management": shared}, Dumper=load._Dumper)
+    assert "&" not in text and "*" not in text
+    state = validate_data({**yaml.safe_load(MINIMAL),
+                           "networks": {"trusted": shared, "management": shared}})
+    assert load_state_text(dump_state(state)) == state

@@ -30,9 +30,10 @@ from ..state.types import Domain, Host, Hostname, IPAddress, Network, Port
 ANSWERS_VERSION = 1
 MIN_PASSWORD = 10
 
+# fullmatch: `$` would let a trailing newline through, an extra line in authorized_keys.
 _SSH_KEY_RE = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
-    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?$")
+    r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?")
 
 
 def _interface_address(value: str) -> str:
@@ -49,7 +50,7 @@ def _interface_address(value: str) -> str:
 
 def _ssh_key(value: str) -> str:
     value = value.strip()
-    if not _SSH_KEY_RE.match(value):
+    if not _SSH_KEY_RE.fullmatch(value):
         raise ValueError("is not an OpenSSH public key line (e.g. 'ssh-ed25519 AAAA... me@host')")
     return value
 

@@ -392,7 +392,9 @@ class _Context:
             return None
         if kind == "body":
             if self._body is None:  # encoded once for every body entry of the message
-                self._body = self.message.text.encode("utf-8", "replace")
+                # Lines end in LF, so a multi-line `$` also matches at the end of CRLF lines.
+                text = self.message.text.replace("\r\n", "\n")
+                self._body = text.encode("utf-8", "replace")
             found_text = _regex(value, multiline=True).search(self._body)
             if found_text is None:
                 return None

@@ -2,6 +2,11 @@
 
 Errors name the path of the field (``domains[1].transport.port``), its line in the file, and
 what was expected. Duplicate keys are errors (YAML would silently keep the last one).
+
+The reader's cost is linear in the file, whoever wrote it (root's apply helper reads files
+the API hands it): anchors and aliases are refused (an alias repeats a whole subtree, so a
+few hundred bytes of nested aliases expand to gigabytes), as are files over MAX_BYTES and
+nesting deeper than MAX_DEPTH.
 """
 
 from __future__ import annotations
@@ -25,12 +30,46 @@ from .schema import State
 
 Loc = tuple[str | int, ...]
 
+# A state with thousands of rule objects is well under a MiB; files are read whole.
+MAX_BYTES = 4 * 1024 * 1024
+# The state's deepest path is six levels (rule_objects.NAME[0].spam.level); lists of lists
+# are not part of any format read here.
+MAX_DEPTH = 32
+
 
 # --- YAML with positions ----------------------------------------------------------------
 
 
+class _Refused(yaml.YAMLError):
+    """Valid YAML that this reader does not accept, with the line it is on."""
+
+    def __init__(self, message: str, mark: yaml.Mark) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = mark.line + 1
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that remembers where each value is and refuses duplicate keys."""
+    """SafeLoader that refuses anchors, aliases and deep nesting; the walk below remembers
+    where each value is and refuses duplicate keys."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"aliases (*{event.anchor}) are not allowed: write the value out",
+                           event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(f"anchors (&{event.anchor}) are not allowed: write each value out",
+                           event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 def _walk_nodes(
@@ -58,6 +97,9 @@ def _walk_nodes(
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
+    if len(text) > MAX_BYTES:
+        raise StateError([FieldError("", f"the file is larger than {MAX_BYTES // 1024 // 1024} "
+                                         "MiB")], source)
     try:
         loader = _Loader(text)
         try:
@@ -72,6 +114,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
             data = loader.construct_document(node)
         finally:
             loader.dispose()
+    except _Refused as exc:
+        raise StateError([FieldError("", exc.message, exc.line)], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -310,9 +354,15 @@ def load_state_text(text: str, source: str = "state") -> State:
 
 def load_state_file(path: Path) -> State:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_BYTES + 1)  # no more than that is ever read into memory
     except FileNotFoundError:
         raise StateError([FieldError("", "file not found")], str(path)) from None
+    if len(data) > MAX_BYTES:
+        raise StateError([FieldError("", f"the file is larger than {MAX_BYTES // 1024 // 1024} "
+                                         "MiB")], str(path))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StateError([FieldError("", f"not UTF-8 text: {exc.reason}")], str(path)) from None
     return load_state_text(text, str(path))
@@ -321,4 +371,12 @@ def load_state_file(path: Path) -> State:
 def dump_state(state: State) -> str:
     """The state as YAML, only the keys that were set (defaults stay implicit)."""
     data = state.model_dump(mode="json", exclude_unset=True, by_alias=True)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes a repeated object out again instead of as an alias, which the reader
+    refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
