@@ -13,7 +13,7 @@ import pytest
 from mailwarden.errors import RenderError
 from mailwarden.render.engine import MANIFEST, render
 from mailwarden.render.layout import Layout, Ports, appliance
-from mailwarden.state.load import load_state_file
+from mailwarden.state.load import load_state_file, load_state_text
 
 STATES = Path(__file__).parent.parent / "data" / "states"
 FIXTURES = sorted(p.stem for p in STATES.glob("*.yaml"))
@@ -398,6 +398,92 @@ def test_override_with_an_undefined_name_fails(tmp_path: Path) -> None:
     (tmp_path / "unbound" / "unbound.conf.j2").write_text("port: {{ ports.nonexistent }}\n")
     with pytest.raises(RenderError, match=r"unbound/unbound\.conf\.j2.*nonexistent"):
         rendered("minimal", overrides=tmp_path)
+
+
+# --- the firewall: networks.* decide who reaches which port --------------------------------
+
+FIREWALL = "/etc/nftables.conf"
+MINIMAL_TEXT = (STATES / "minimal.yaml").read_text()
+
+
+def firewall(networks: str | None = None, layout: Layout | None = None) -> list[str]:
+    """The ruleset's lines for the minimal state with this `networks:` section."""
+    text = MINIMAL_TEXT + (f"networks: {networks}\n" if networks else "")
+    files = render(load_state_text(text), layout or appliance())
+    return lines(next(f.content for f in files if f.target.path == FIREWALL))
+
+
+def port_rules(ruleset: list[str], port: int) -> list[str]:
+    return [line.strip() for line in ruleset
+            if line.strip().endswith(f"tcp dport {port} accept")]
+
+
+def set_elements(ruleset: list[str], name: str) -> str | None:
+    """The elements line of set `name`, None when the set is empty."""
+    start = ruleset.index(f"\tset {name} {{")
+    end = ruleset.index("\t}", start)
+    found = [line.strip() for line in ruleset[start:end] if "elements" in line]
+    return found[0] if found else None
+
+
+def test_firewall_full_state() -> None:
+    ruleset = lines(rendered("full")[FIREWALL])
+    assert "\t\ttype filter hook input priority filter; policy drop;" in ruleset
+    assert "\t\ttype filter hook forward priority filter; policy drop;" in ruleset
+    assert port_rules(ruleset, 25) == ["tcp dport 25 accept"]
+    assert port_rules(ruleset, 26) == ["ip saddr @trusted_v4 tcp dport 26 accept"]
+    assert set_elements(ruleset, "trusted_v4") == "elements = { 10.0.0.0/8, 172.16.0.0/12 }"
+    # management is set: the trusted networks do not reach the web UI.
+    assert port_rules(ruleset, 8006) == ["ip saddr @management_v4 tcp dport 8006 accept"]
+    assert set_elements(ruleset, "management_v4") == "elements = { 10.0.99.0/24 }"
+    assert set_elements(ruleset, "management_v6") is None
+    assert port_rules(ruleset, 22) == ["ip saddr @management_v4 tcp dport 22 accept"]  # ssh: true
+
+
+def test_firewall_no_management_networks_closes_8006_and_ssh() -> None:
+    # Neither management nor trusted networks: nobody reaches the web UI, whatever ssh says.
+    for networks in (None, "{management: [], trusted: [], ssh: true}"):
+        ruleset = firewall(networks)
+        assert port_rules(ruleset, 8006) == []
+        assert port_rules(ruleset, 22) == []
+        assert port_rules(ruleset, 26) == []
+        assert port_rules(ruleset, 25) == ["tcp dport 25 accept"]
+        assert set_elements(ruleset, "management_v4") is None
+        assert set_elements(ruleset, "management_v6") is None
+        assert "\t\ttype filter hook input priority filter; policy drop;" in ruleset
+
+
+def test_firewall_empty_management_means_the_trusted_networks() -> None:
+    ruleset = firewall("{trusted: [192.0.2.0/24, '2001:db8::/48']}")
+    assert port_rules(ruleset, 8006) == ["ip saddr @management_v4 tcp dport 8006 accept",
+                                         "ip6 saddr @management_v6 tcp dport 8006 accept"]
+    assert set_elements(ruleset, "management_v4") == "elements = { 192.0.2.0/24 }"
+    assert set_elements(ruleset, "management_v6") == "elements = { 2001:db8::/48 }"
+    assert port_rules(ruleset, 22) == []  # ssh is off by default
+
+
+def test_firewall_management_only_and_ssh_follows_it() -> None:
+    ruleset = firewall("{trusted: [10.0.0.0/8], management: ['2001:db8:1::/64'], ssh: true}")
+    # IPv6 management only: no IPv4 address reaches 8006 or SSH, the trusted ones included.
+    assert port_rules(ruleset, 8006) == ["ip6 saddr @management_v6 tcp dport 8006 accept"]
+    assert port_rules(ruleset, 22) == ["ip6 saddr @management_v6 tcp dport 22 accept"]
+    assert set_elements(ruleset, "management_v4") is None
+    assert port_rules(ruleset, 26) == ["ip saddr @trusted_v4 tcp dport 26 accept"]
+
+
+def test_firewall_overlapping_networks_are_merged() -> None:
+    # nftables refuses overlapping elements in an interval set.
+    ruleset = firewall("{management: [10.0.0.0/8, 10.1.0.0/16, 192.168.1.0/25, "
+                       "192.168.1.128/25, 192.168.1.7/32]}")
+    assert set_elements(ruleset, "management_v4") == "elements = { 10.0.0.0/8, 192.168.1.0/24 }"
+
+
+def test_firewall_sandbox_uses_its_ports() -> None:
+    ruleset = firewall("{trusted: [10.0.0.0/8], ssh: true}", SANDBOX)
+    assert port_rules(ruleset, 20025) == ["tcp dport 20025 accept"]
+    assert port_rules(ruleset, 20026) == ["ip saddr @trusted_v4 tcp dport 20026 accept"]
+    assert port_rules(ruleset, 20006) == ["ip saddr @management_v4 tcp dport 20006 accept"]
+    assert port_rules(ruleset, 22) == ["ip saddr @management_v4 tcp dport 22 accept"]
 
 
 # --- purity -----------------------------------------------------------------------------

@@ -7,7 +7,9 @@ errors: a Postfix "unused parameter" today is a silently ignored setting tomorro
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -107,6 +109,24 @@ def check_redis(stage: Path, layout: Layout) -> None:
             process.wait(timeout=10)
 
 
+def check_nftables(stage: Path, layout: Layout) -> None:
+    """`nft -c` parses the ruleset and has the kernel dry-run it without committing, so a
+    sandbox's check never changes the host's firewall. It needs CAP_NET_ADMIN: without root
+    it runs in a user and network namespace of its own. No nft (a developer's machine without
+    nftables): nothing to check with; the appliance always has it."""
+    if shutil.which("nft") is None:
+        return
+    conf = staged(stage, layout, "/etc/nftables.conf")
+    argv: list[str | Path] = ["nft", "-c", "-f", conf]
+    if os.geteuid() != 0:
+        argv = ["unshare", "--user", "--map-root-user", "--net", *argv]
+    try:
+        run(argv)
+    except CommandError as exc:
+        raise ServiceError("nftables",
+                           f"nft -c refused the ruleset: {exc.output.strip()}") from None
+
+
 def check_freshclam(stage: Path, layout: Layout) -> None:
     check_clamav(stage, layout)  # clamconf reads freshclam.conf from the same folder
 
@@ -118,4 +138,5 @@ CHECKERS: dict[str, Checker] = {
     "freshclam": check_freshclam,
     "redis": check_redis,
     "unbound": check_unbound,
+    "nftables": check_nftables,
 }

@@ -68,6 +68,8 @@ MANIFEST: tuple[Target, ...] = (
     Target("clamav/freshclam.conf.j2", "/etc/clamav/freshclam.conf", "freshclam"),
     Target("redis/redis.conf.j2", "/etc/redis/redis.conf", "redis"),
     Target("unbound/unbound.conf.j2", "/etc/unbound/unbound.conf", "unbound"),
+    # Loaded by nftables.service at boot; until the first apply, roles/hardening's default.
+    Target("nftables/nftables.conf.j2", "/etc/nftables.conf", "nftables", mode=0o640),
 )
 
 SERVICES: tuple[str, ...] = tuple(dict.fromkeys(t.service for t in MANIFEST))

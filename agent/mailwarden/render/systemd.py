@@ -13,6 +13,9 @@ UNITS: dict[str, tuple[str, str]] = {
     "freshclam": ("clamav-freshclam.service", "restart"),
     "redis": ("redis-server.service", "restart"),
     "unbound": ("unbound.service", "restart"),
+    # Debian's reload runs `nft 'flush ruleset; include "/etc/nftables.conf"'`: one
+    # transaction, so the old ruleset stays whole if the new one is refused.
+    "nftables": ("nftables.service", "reload"),
     # The agent's daemons re-read the state file on SIGHUP (ExecReload).
     "filter": ("mailwarden-filter.service", "reload"),
     "policy": ("mailwarden-policy.service", "reload"),

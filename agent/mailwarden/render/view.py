@@ -48,6 +48,54 @@ class PolicyEntry:
     policy: str  # "verify match=..." as Postfix wants it
 
 
+# SSH keeps its standard port: the state has no setting for it (roles/hardening's default).
+SSH_PORT = 22
+
+
+def management_networks(state: State) -> list[str]:
+    """Who may reach the web UI/API and SSH: the management networks, or the trusted ones
+    when none are given (the schema's documented fallback). Empty: nobody."""
+    return list(state.networks.management or state.networks.trusted)
+
+
+def _by_family(networks: list[str]) -> tuple[list[str], list[str]]:
+    """IPv4 and IPv6 networks, overlaps merged: nftables refuses overlapping elements in an
+    interval set, and the schema allows e.g. 10.0.0.0/8 beside 10.1.0.0/16."""
+    parsed = [ipaddress.ip_network(n) for n in networks]
+    v4 = ipaddress.collapse_addresses(n for n in parsed if isinstance(n, ipaddress.IPv4Network))
+    v6 = ipaddress.collapse_addresses(n for n in parsed if isinstance(n, ipaddress.IPv6Network))
+    return [str(n) for n in v4], [str(n) for n in v6]
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """The appliance's nftables input policy (default deny)."""
+
+    smtp_port: int  # from anywhere
+    submission_port: int  # from the trusted networks
+    api_port: int  # from the management networks
+    ssh_port: int | None  # from the management networks; None: closed
+    trusted_v4: list[str]
+    trusted_v6: list[str]
+    management_v4: list[str]
+    management_v6: list[str]
+
+
+def build_firewall(state: State, layout: Layout) -> Firewall:
+    trusted_v4, trusted_v6 = _by_family(list(state.networks.trusted))
+    management_v4, management_v6 = _by_family(management_networks(state))
+    return Firewall(
+        smtp_port=layout.ports.smtp,
+        submission_port=layout.ports.submission,
+        api_port=layout.ports.api,
+        ssh_port=SSH_PORT if state.networks.ssh else None,
+        trusted_v4=trusted_v4,
+        trusted_v6=trusted_v6,
+        management_v4=management_v4,
+        management_v6=management_v6,
+    )
+
+
 @dataclass(frozen=True)
 class View:
     state: State
@@ -83,6 +131,8 @@ class View:
     unbound_dir: str
     forward_zones: list[tuple[str, list[str]]]
     unbound_access: list[str]
+    # nftables
+    firewall: Firewall
 
 
 def _tls_policy(level: TlsLevel, match: list[str]) -> str:
@@ -170,4 +220,5 @@ def build_view(state: State, layout: Layout) -> View:
         unbound_dir=str(p("/etc/unbound")),
         forward_zones=zones,
         unbound_access=sorted({"127.0.0.0/8", "::1/128"}),
+        firewall=build_firewall(state, layout),
     )
