@@ -9,7 +9,6 @@ for an installer writing to /target, and for tests.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -28,7 +27,6 @@ MARK = "# Managed by Mailwarden (first run); changes here are overwritten."
 # Sorted before the image's DHCP default (80-mailwarden-dhcp.network): networkd uses the first
 # file that matches an interface, so this one wins for the interface it names.
 NETWORK_FILE = "etc/systemd/network/10-mailwarden.network"
-SSH_RULES = "etc/nftables.d/mailwarden-ssh.nft"
 SSH_DROPIN = "etc/ssh/sshd_config.d/60-mailwarden.conf"
 ARPHRD_ETHER = "1"
 
@@ -96,16 +94,14 @@ class ApplianceHost:
     # --- SSH ---------------------------------------------------------------------------------
 
     def set_ssh_keys(self, keys: list[str]) -> None:
-        """No keys: SSH stays off. Keys: root may log in with them (only them), from the
-        management networks (the trusted ones if none are set)."""
-        rules = self.path(SSH_RULES)
+        """No keys: SSH stays off. Keys: root may log in with them (only them). Who may
+        connect is the firewall's business: the ruleset rendered from the state opens SSH
+        from the management networks when networks.ssh is on (state_from_answers sets it)."""
         authorized = self.path("root/.ssh/authorized_keys")
         if not keys:
-            rules.unlink(missing_ok=True)
             if self.live and self._unit_exists("ssh.service"):
                 self._run(["systemctl", "disable", "--now", "ssh.service"])
                 self._run(["systemctl", "mask", "ssh.service"])
-                self._run(["systemctl", "reload-or-restart", "nftables.service"])
             return
         if not self.path("usr/sbin/sshd").exists():
             raise MailwardenError("SSH keys were given, but OpenSSH is not installed here")
@@ -114,24 +110,13 @@ class ApplianceHost:
         body = MARK + "\n" + "".join(f"{k.strip()}\n" for k in keys)
         write_atomic(authorized, body.encode(), 0o600)
         write_atomic(self.path(SSH_DROPIN), SSHD_CONFIG.encode(), 0o644)
-        write_atomic(rules, ssh_rules(self._ssh_networks()).encode(), 0o644)
         if self.live:
             self._run(["ssh-keygen", "-A"])  # host keys, if first boot has not made them yet
             self._run(["systemctl", "unmask", "ssh.service"])
             self._run(["systemctl", "enable", "ssh.service"])
-            self._run(["systemctl", "reload-or-restart", "nftables.service"])
             # --no-block: at first boot ssh.service is ordered after us; waiting would hang.
             self._run(["systemctl", "--no-block", "restart", "ssh.service"])
         log.info("SSH on (key-only, %d key%s)", len(keys), "s" if len(keys) != 1 else "")
-
-    def _ssh_networks(self) -> list[str]:
-        from ..state.load import load_state_file
-
-        try:
-            state = load_state_file(self.layout.state_file)
-        except MailwardenError:
-            return []
-        return list(state.networks.management or state.networks.trusted)
 
     def _unit_exists(self, unit: str) -> bool:
         return any((self.path(d) / unit).exists() for d in
@@ -186,19 +171,3 @@ def network_file(network: NetworkAnswer, interface: str | None) -> str:
     # A static gateway is configured on purpose: no DHCP behind the admin's back.
     lines += ["DHCP=no", ""]
     return "\n".join(lines)
-
-
-def ssh_rules(networks: Sequence[str]) -> str:
-    """Rules included in the firewall's input chain (roles/hardening's nftables.conf)."""
-    v4 = [n for n in networks if ipaddress.ip_network(n, strict=False).version == 4]
-    v6 = [n for n in networks if ipaddress.ip_network(n, strict=False).version == 6]
-    lines = [MARK, "# SSH (key-only) from the management networks."]
-    if v4:
-        lines.append(f"ip saddr {{ {', '.join(v4)} }} tcp dport 22 accept")
-    if v6:
-        lines.append(f"ip6 saddr {{ {', '.join(v6)} }} tcp dport 22 accept")
-    if not v4 and not v6:
-        # No networks in the state: the ruleset's own management sets (private ranges).
-        lines += ["ip saddr @management_v4 tcp dport 22 accept",
-                  "ip6 saddr @management_v6 tcp dport 22 accept"]
-    return "\n".join(lines) + "\n"
