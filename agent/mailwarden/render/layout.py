@@ -84,7 +84,22 @@ class Layout:
         return self.state_dir / "templates"
 
     @property
+    def root_data_dir(self) -> Path:
+        """Root's own data: only root writes here (the agent's users may read revisions)."""
+        return self.path("/var/lib/mailwarden-root")
+
+    @property
     def revisions_dir(self) -> Path:
+        return self.root_data_dir / "revisions"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the apply transaction checks rendered files before they go live."""
+        return self.root_data_dir / "staging"
+
+    @property
+    def legacy_revisions_dir(self) -> Path:
+        """Where revisions were kept before they moved to root_data_dir (moved on apply)."""
         return self.path("/var/lib/mailwarden/revisions")
 
     @property
