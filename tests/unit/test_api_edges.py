@@ -253,6 +253,7 @@ def test_gunicorn_runs_threaded_workers_with_bounded_waits() -> None:
                 "keepalive": "--keep-alive", "timeout": "--timeout",
                 "worker_connections": "--worker-connections"}[name]
         config.set(name, _option(argv, flag))
+    assert "--no-control-socket" in argv
     assert issubclass(config.worker_class, ThreadWorker)
     assert config.worker_class is serve.ApiWorker
     # Room for idle connections beyond the busy threads, within the file descriptor limit.

@@ -58,13 +58,36 @@ DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 8
 
 
+class _SilenceEndsRequests:
+    """The HTTP parser, where a client's silence past READ_TIMEOUT ends the connection as
+    quietly as a client closing it (gthread logs any other socket error with a traceback:
+    one per scanner that holds a connection open)."""
+
+    def __init__(self, parser: Any) -> None:
+        self._parser = parser
+
+    def __iter__(self) -> _SilenceEndsRequests:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._parser)
+        except TimeoutError as exc:
+            raise StopIteration(f"client silent for {READ_TIMEOUT} s") from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
 class ApiConnection(gthread.TConn):
     closed = False
 
     def init(self) -> None:
         # ThreadWorker.handle made the socket blocking (no timeout at all) just before this.
         self.sock.settimeout(READ_TIMEOUT)
-        super().init()
+        if not self.initialized:
+            super().init()
+            self.parser = _SilenceEndsRequests(self.parser)
 
     def close(self, graceful: bool = False) -> None:
         # Closed once: by the request thread, then the main loop's close does nothing.
@@ -142,6 +165,9 @@ def gunicorn_argv(layout: Layout, workers: int = DEFAULT_WORKERS,
         "--keyfile", str(layout.secrets_dir / "api.key"),
         "--access-logfile", "-",
         "--forwarded-allow-ips", "",
+        # gunicorn's runtime control socket (worker counts, reload, shutdown) in the
+        # service user's home: systemd manages the service, nothing else needs it.
+        "--no-control-socket",
     ]
 
 
