@@ -436,16 +436,32 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch, step: float) -> list[float]:
     return now
 
 
-def test_budget_is_checked_per_rule_and_names_where_it_stopped(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # 0.4 s per reading, 1000 ms budget: the start, then Blocklist's rule and entry checks
-    # (0.8 s), and the next check (1.2 s) is over.
-    fake_clock(monkeypatch, 0.4)
-    st = default_state(block=[{"domain": "spammer.test"}])
-    [d] = run(st, budget_ms=1000)
+def test_budget_names_the_rule_where_it_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 s per reading: over at the first check, before the first rule (Blocklist) ran.
+    fake_clock(monkeypatch, 10.0)
+    [d] = run(default_state(block=[{"domain": "spammer.test"}]), budget_ms=1000)
     assert d.rule == RULE_BUDGET
-    assert "(stopped at rule 'Block viruses')" in d.matches[0].reasons[0]
-    assert "took 1200 ms of CPU, more than the 1000 ms" in d.matches[0].reasons[0]
+    assert d.matches[0].reasons[0].endswith(
+        "took 10000 ms of CPU, more than the 1000 ms of mail.rules_budget_ms "
+        "(stopped at rule 'Blocklist')")
+
+
+def test_budget_reads_the_clock_before_every_body_search_and_samples_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = [0]
+    original = engine.time.thread_time
+
+    def counting() -> float:
+        readings[0] += 1
+        return original()
+
+    monkeypatch.setattr(engine.time, "thread_time", counting)
+    run(heavy_state(60000, entries=40))
+    # The start, the first (sampled) check, and one before each of the 40 body searches.
+    assert readings[0] == 42
+    readings[0] = 0
+    run(default_state())  # 9 rules and 44 cheap entries: sampled, every 16th step
+    assert readings[0] <= 1 + 1 + (9 + 44) // engine._Budget.EVERY + 1
 
 
 def test_over_budget_with_a_virus_goes_to_the_virus_quarantine(
