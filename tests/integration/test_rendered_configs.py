@@ -60,7 +60,7 @@ def layout(root: Path) -> Layout:
 
 def stage_for(fixture: str, layout: Layout, name: str) -> Path:
     """A staging folder holding the rendered files, as apply builds it."""
-    stage = layout.path("/var/lib/mailwarden/staging") / name
+    stage = layout.staging_dir / name
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir()

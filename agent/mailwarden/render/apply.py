@@ -2,7 +2,8 @@
 
 1. validate the state and check that the secrets it names exist;
 2. render every file; refuse if a file we wrote earlier was edited by hand (unless forced);
-3. write the files into a staging folder and run each changed service's own checker there;
+3. write the files into a staging folder (root's own) and run each changed service's own
+   checker there;
 4. swap the changed files in atomically (rename), reload only the services they belong to,
    and probe each one until it answers;
 5. if anything fails after the swap, put the previous files back and reload again;
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import FieldError, MailwardenError, ServiceError, StateError
-from ..files import write_atomic
+from ..files import UnsafePath, private_dir, read_regular, remove, write_atomic
 from ..state.load import load_state_text
-from ..state.revisions import Revision, RevisionStore
+from ..state.revisions import Revision, RevisionStore, migrate_revisions
 from ..state.schema import State
 from .checks import CHECKERS
 from .engine import SERVICES, RenderedFile, render
@@ -99,10 +100,13 @@ def missing_secrets(state: State, layout: Layout) -> list[FieldError]:
 
 
 def _read(path: Path) -> bytes | None:
+    """The live file, never what a link there points to: its bytes would be compared and
+    written back on a rollback, readable by whoever may read the rendered file."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+        return read_regular(path)
+    except UnsafePath as exc:
+        raise LocallyModified(f"{exc.message}; Mailwarden writes a regular file there, "
+                              "remove what is there now") from None
 
 
 def _sha(data: bytes) -> str:
@@ -127,6 +131,7 @@ def apply_state(
     if missing:
         raise StateError(missing, "new state")
     files = render(state, layout, layout.templates_dir)
+    migrate_revisions(layout.legacy_revisions_dir, layout.revisions_dir)
     store = RevisionStore(layout.revisions_dir)
 
     with store.lock():
@@ -175,20 +180,24 @@ def _settled(path: Path) -> None:
     files are complete the moment they appear (written beside, renamed over), so the wait
     protects nothing here."""
     past = time.time() - 2
-    os.utime(path, (past, past))
+    os.utime(path, (past, past), follow_symlinks=False)
 
 
 def _check_staged(files: list[RenderedFile], services: list[str], layout: Layout) -> None:
-    staging_parent = layout.path("/var/lib/mailwarden/staging")
-    staging_parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix="apply-", dir=staging_parent))
+    # Root's own folder: the checkers (postfix check, redis-server...) read what is here, so
+    # nobody else may put anything in it. Checkers that drop privileges (clamconf,
+    # unbound-checkconf, redis-server) must still reach it: searchable, not listable.
+    os.close(private_dir(layout.staging_dir, mode=0o711))
+    stage = Path(tempfile.mkdtemp(prefix="apply-", dir=layout.staging_dir))
     try:
-        # Checkers read as the services' users (clamconf, unbound-checkconf drop privileges).
         stage.chmod(0o755)
         for f in files:
             target = stage / f.path.relative_to(layout.root)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, f.target.mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(f.content)
             _settled(target)
         for service in services:
             CHECKERS[service](stage, layout)
@@ -237,7 +246,7 @@ def _restore(changed: list[RenderedFile], previous: dict[Path, bytes | None]) ->
     for f in changed:
         old = previous[f.path]
         if old is None:
-            f.path.unlink(missing_ok=True)
+            remove(f.path)
         else:
             write_atomic(f.path, old, f.target.mode)
             _settled(f.path)
@@ -247,6 +256,7 @@ def rollback(
     number: int, *, layout: Layout, controller: Controller, author: str, base: int | None,
 ) -> ApplyResult:
     """Apply the text of an earlier revision as a new revision."""
+    migrate_revisions(layout.legacy_revisions_dir, layout.revisions_dir)
     store = RevisionStore(layout.revisions_dir)
     text = store.text(number)
     return apply_state(text, layout=layout, controller=controller, author=author,

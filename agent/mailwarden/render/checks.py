@@ -8,6 +8,7 @@ errors: a Postfix "unused parameter" today is a silently ignored setting tomorro
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import CommandError, ServiceError
 from ..process import run, run_tty
@@ -84,15 +86,21 @@ def check_unbound(stage: Path, layout: Layout) -> None:
 
 
 def check_redis(stage: Path, layout: Layout) -> None:
-    """Redis has no config checker: start it on a private socket and stop it again."""
+    """Redis has no config checker: start it on a private socket and stop it again, as
+    Redis's own user when we are root (as the service runs)."""
     conf = staged(stage, layout, "/etc/redis/redis.conf")
+    owner = _service_user(layout.users.redis)
     with tempfile.TemporaryDirectory(prefix="mw-redis-check-") as tmp:
+        if owner is not None:
+            os.chown(tmp, *owner)
         sock = Path(tmp) / "redis.sock"
         argv = ["redis-server", str(conf), "--port", "0", "--unixsocket", str(sock),
                 "--dir", tmp, "--daemonize", "no", "--logfile", "", "--pidfile",
                 str(Path(tmp) / "pid"), "--save", ""]
+        drop: dict[str, Any] = {} if owner is None else {
+            "user": owner[0], "group": owner[1], "extra_groups": []}
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+                                   text=True, **drop)
         try:
             deadline = time.monotonic() + 10
             while not sock.exists():
@@ -125,6 +133,17 @@ def check_nftables(stage: Path, layout: Layout) -> None:
     except CommandError as exc:
         raise ServiceError("nftables",
                            f"nft -c refused the ruleset: {exc.output.strip()}") from None
+
+
+def _service_user(name: str) -> tuple[int, int] | None:
+    """(uid, gid) of a service's user to drop to, if we are root and it exists."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def check_freshclam(stage: Path, layout: Layout) -> None:

@@ -40,7 +40,8 @@ from ..errors import (
     ServiceError,
     StateError,
 )
-from ..state.revisions import Revision, RevisionStore
+from ..files import UnsafePath, open_dir, open_regular
+from ..state.revisions import Revision, RevisionStore, migrate_revisions
 from .apply import ApplyResult, Controller, LocallyModified, apply_state, rollback
 from .layout import Layout
 
@@ -292,6 +293,7 @@ class Operations:
             number = request.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number < 1:
                 raise MailwardenError("'number' must be a revision number")
+            migrate_revisions(self.layout.legacy_revisions_dir, self.layout.revisions_dir)
             self._adopt_secrets(RevisionStore(self.layout.revisions_dir).text(number))
             result = rollback(number, layout=self.layout, controller=self.controller,
                               author=author, base=_base(request))
@@ -335,46 +337,85 @@ def adopt_dkim_keys(layout: Layout, names: Iterable[str], group: str) -> list[Pa
     """Make the DKIM keys a state signs with readable by the content filter (group, 0640).
 
     The API writes a new key 0600 as its own user; the filter, another user, signs with it.
-    The change happens here, as root, when a state that names the key is applied."""
+    The change happens here, as root, when a state that names the key is applied. The
+    secrets folder is the API's: a name there may be a link or a hard link to any file, or
+    become one between a check and a change by name. So each key is opened without
+    following links, must be a regular file with one link, and is changed by descriptor;
+    anything else refuses the apply (UnsafePath)."""
     gid = grp.getgrnam(group).gr_gid
+    try:
+        folder = open_dir(layout.secrets_dir)
+    except FileNotFoundError:
+        return []  # apply_state names the missing secrets
     adopted = []
-    for name in names:
-        path = layout.secrets_dir / name
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            continue  # apply_state names the missing secret
-        if not path.is_file() or path.is_symlink():
-            continue
-        if info.st_gid != gid:
-            os.chown(path, -1, gid)
-        if info.st_mode & 0o777 != 0o640:
-            os.chmod(path, 0o640)
-        adopted.append(path)
+    try:
+        for name in names:
+            path = layout.secrets_dir / name
+            fd = open_regular(folder, name, path)
+            if fd is None:
+                continue  # apply_state names the missing secret
+            try:
+                info = os.fstat(fd)
+                if info.st_gid != gid:
+                    os.fchown(fd, -1, gid)
+                if info.st_mode & 0o7777 != 0o640:
+                    os.fchmod(fd, 0o640)
+            finally:
+                os.close(fd)
+            adopted.append(path)
+    finally:
+        os.close(folder)
     return adopted
 
 
 def share_with_agent(layout: Layout, group: str) -> None:
     """The state file, the revisions and the store belong to the agent's group, whoever (root
-    here) created them: the daemons and the API read them as other users."""
+    here) created them: the daemons and the API read them as other users.
+
+    The store's folder is writable by every agent user, who may put a link or a hard link
+    where SQLite's -wal and -shm files go: each file is opened without following links,
+    must be a regular file with one link, and is changed by descriptor; anything else is
+    left alone (and logged)."""
     gid = grp.getgrnam(group).gr_gid
-    paths = [layout.state_file, layout.revisions_dir]
-    if layout.revisions_dir.is_dir():
-        paths += list(layout.revisions_dir.iterdir())
     database = layout.database
-    paths += [database, database.with_name(database.name + "-wal"),
-              database.with_name(database.name + "-shm")]
-    for path in paths:
+    store_names = [database.name, database.name + "-wal", database.name + "-shm"]
+    places: list[tuple[Path, list[str] | None, bool]] = [
+        (layout.state_file.parent, [layout.state_file.name], False),
+        (layout.revisions_dir, None, False),  # the folder and every file in it
+        (database.parent, store_names, True),
+    ]
+    for folder_path, names, in_store in places:
         try:
-            info = path.lstat()
+            folder = open_dir(folder_path)
         except FileNotFoundError:
             continue
-        if info.st_gid != gid:
-            os.chown(path, -1, gid, follow_symlinks=False)
-        # SQLite: every user of the store writes it; nobody else reads it.
-        in_store = path.parent == database.parent and path.name.startswith(database.name)
-        if in_store and info.st_mode & 0o777 != 0o660:
-            os.chmod(path, 0o660)
+        try:
+            if names is None:
+                _share_fd(folder, gid, None)
+                names = [n for n in os.listdir(folder) if not n.startswith(".")]
+            for name in names:
+                try:
+                    fd = open_regular(folder, name, folder_path / name)
+                except UnsafePath as exc:
+                    log.warning("not shared with the agent's group: %s", exc.message)
+                    continue
+                if fd is None:
+                    continue
+                try:
+                    # SQLite: every user of the store writes it; nobody else reads it.
+                    _share_fd(fd, gid, 0o660 if in_store else None)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(folder)
+
+
+def _share_fd(fd: int, gid: int, mode: int | None) -> None:
+    info = os.fstat(fd)
+    if info.st_gid != gid:
+        os.fchown(fd, -1, gid)
+    if mode is not None and info.st_mode & 0o7777 != mode:
+        os.fchmod(fd, mode)
 
 
 def listening_socket(path: Path | None) -> socket.socket:
@@ -494,6 +535,11 @@ def run_helper(layout: Layout, *, socket_path: Path | None, allowed: Iterable[st
         layout=layout, controller=_sandbox_controller(layout),
         host_factory=_null_host)
     allowed_uids = uids_of(allowed)
+    try:
+        # An appliance from before revisions moved to root's folder: the API reads them there.
+        migrate_revisions(layout.legacy_revisions_dir, layout.revisions_dir)
+    except (OSError, MailwardenError) as exc:
+        log.error("revisions not moved: %s", exc)
     listener = listening_socket(socket_path)
     with listener:
         serve(listener, operations, allowed_uids, idle_timeout=idle_timeout or None)

@@ -58,7 +58,8 @@ def runtime_dirs(layout: Layout) -> dict[Path, str]:
         "/var/lib/clamav": u.clamav, "/run/clamav": u.clamav, "/var/log/clamav": u.clamav,
         "/var/lib/redis": u.redis, "/run/redis": u.redis, "/var/log/redis": u.redis,
         "/etc/unbound": "root", "/var/lib/unbound": u.unbound, "/run": "root",
-        "/var/lib/mailwarden": "root", "/var/lib/mailwarden/staging": "root",
+        "/var/lib/mailwarden": "root", "/var/lib/mailwarden-root": "root",
+        "/var/lib/mailwarden-root/staging": "root",
     }
     return {layout.path(path): user for path, user in owned.items()}
 

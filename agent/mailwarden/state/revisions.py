@@ -4,6 +4,9 @@ Each applied state is kept as NNNNNN.yaml (the text exactly as submitted, commen
 with NNNNNN.json beside it (time, author, comment, hashes of the files it rendered). The
 highest number is the live one. Writers hold an exclusive lock and must name the revision
 their change was based on; a stale base is a conflict, never a silent merge.
+
+The folder is root's alone (the apply helper writes it; the API reads it through the agent's
+group): a writer refuses a folder anyone else may change, and touches it by descriptor.
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ import datetime as dt
 import difflib
 import fcntl
 import json
+import logging
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConflictError, RevisionNotFound
-from ..files import write_atomic
+from ..files import UnsafePath, open_dir, open_regular, private_dir, write_atomic, write_in
+
+log = logging.getLogger("mailwarden.revisions")
+
+_REVISION_FILE = re.compile(r"^[0-9]{6}\.(yaml|json)$")
 
 
 @dataclass(frozen=True)
@@ -39,14 +49,22 @@ class RevisionStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive writer lock; a second writer waits here, then finds a newer revision."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-        with open(self.folder / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """Exclusive writer lock; a second writer waits here, then finds a newer revision.
+        Refuses (UnsafePath) a folder that anyone but its writer may change."""
+        folder = private_dir(self.folder, mode=0o750)
+        try:
+            fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o640, dir_fd=folder)
+        finally:
+            os.close(folder)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def numbers(self) -> list[int]:
         if not self.folder.is_dir():
@@ -111,3 +129,64 @@ class RevisionStore:
             tofile=f"revision {b}",
         )
         return "".join(lines)
+
+
+def migrate_revisions(old: Path, new: Path) -> int:
+    """Move the revisions an earlier version kept in `old` (the store's folder, which the
+    agent's users may write) to `new`, once: only while `new` holds none. Only what root
+    wrote crosses: a real folder (no link) owned by root, regular single-link files owned
+    by root with revision names, copied by descriptor. Anything else is left where it is
+    and logged: another user can put things at `old`, and must not be able to stop an
+    apply by doing so. Returns how many files were moved."""
+    if RevisionStore(new).numbers():
+        return 0
+    try:
+        parent = open_dir(old.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    try:
+        source = os.open(old.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log.warning("revisions not moved from %s: not a folder (%s)", old, exc.strerror)
+        return 0
+    finally:
+        os.close(parent)
+    try:
+        owner = os.fstat(source).st_uid
+        if owner not in (0, os.geteuid()):
+            log.warning("revisions not moved from %s: it belongs to uid %d", old, owner)
+            return 0
+        names = sorted((n for n in os.listdir(source) if _REVISION_FILE.match(n)),
+                       key=lambda n: (n[:6], n.endswith(".json")))  # .json last: it commits
+        files: dict[str, bytes] = {}
+        for name in names:
+            try:
+                fd = open_regular(source, name, old / name)
+            except UnsafePath as exc:
+                log.warning("revision file not moved: %s", exc.message)
+                continue
+            if fd is None:
+                continue
+            with os.fdopen(fd, "rb") as handle:
+                if os.fstat(handle.fileno()).st_uid != owner:
+                    log.warning("revision file not moved: %s is not root's", old / name)
+                    continue
+                files[name] = handle.read()
+        if not files:
+            return 0
+        target = private_dir(new, mode=0o750)
+        try:
+            for name, data in files.items():
+                write_in(target, name, data, 0o640)
+            os.fsync(target)
+        finally:
+            os.close(target)
+        for name in files:
+            os.unlink(name, dir_fd=source)
+    finally:
+        os.close(source)
+    log.info("moved %d revision files from %s to %s", len(files), old, new)
+    return len(files)
