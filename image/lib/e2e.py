@@ -12,6 +12,12 @@
                                        as USER, add relay domain NAME (same internal server as
                                        the first) through PUT /api/settings/domains; prints
                                        the new revision and the services reloaded
+    e2e.py set-management URL USER PASS NET...
+                                       as USER, replace networks.management with NET...
+                                       through PUT /api/settings/networks; prints the new
+                                       revision and the services reloaded
+    e2e.py lynis-slowest LOG [N]       the N (default 8) Lynis tests that took longest, from
+                                       the timestamps of Lynis's log
     e2e.py eicar                       print the 68-byte EICAR test file
 
 The guest's API has its own self-signed certificate: it is not verified here.
@@ -23,9 +29,11 @@ The guest's API has its own self-signed certificate: it is not verified here.
 
 from __future__ import annotations
 
+import datetime as dt
 import email.message
 import email.utils
 import json
+import re
 import smtplib
 import ssl
 import sys
@@ -140,6 +148,57 @@ def add_domain(url: str, user: str, password: str, name: str) -> int:
     return 0
 
 
+def set_management(url: str, user: str, password: str, networks: list[str]) -> int:
+    """The management networks decide who reaches the API: the answer still comes back on the
+    connection that asked (the firewall keeps established connections)."""
+    headers = _login(url, user, password)
+    request = urllib.request.Request(f"{url}/api/settings/networks", headers=headers)
+    with urllib.request.urlopen(request, timeout=120, context=_context()) as response:
+        etag = response.headers["ETag"]
+        section = dict(json.load(response)["networks"])
+    section["management"] = networks
+    change = urllib.request.Request(
+        f"{url}/api/settings/networks", method="PUT",
+        data=json.dumps({"networks": section,
+                         "comment": "end-to-end: management networks"}).encode(),
+        headers=dict(headers, **{"Content-Type": "application/json", "If-Match": etag}))
+    try:
+        with urllib.request.urlopen(change, timeout=600, context=_context()) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        print(f"PUT /api/settings/networks: {exc.code} {exc.read().decode(errors='replace')}")
+        return 1
+    print(f"revision {answer['revision']} reloaded {','.join(answer.get('reloaded') or [])}")
+    return 0
+
+
+_LYNIS_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (.*)$")
+_LYNIS_TEST = re.compile(r"Performing test ID (\S+)")
+
+
+def lynis_slowest(log: Path, count: int) -> int:
+    """Where Lynis's time goes: each test runs from its "Performing test ID" line to the
+    next one. For choosing what the test profile skips."""
+    tests: list[tuple[str, dt.datetime]] = []
+    last: dt.datetime | None = None
+    for line in log.read_text(errors="replace").splitlines():
+        match = _LYNIS_LINE.match(line)
+        if not match:
+            continue
+        last = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+        test = _LYNIS_TEST.search(match.group(2))
+        if test:
+            tests.append((test.group(1), last))
+    if not tests or last is None:
+        return 1
+    ends = [when for _, when in tests[1:]] + [last]
+    spans = sorted(((end - when).total_seconds(), name)
+                   for (name, when), end in zip(tests, ends, strict=True))
+    for seconds, name in reversed(spans[-count:]):
+        print(f"{name} {seconds:.0f} s")
+    return 0
+
+
 def quarantine(url: str, user: str, password: str) -> int:
     items = _get(url, user, password, "/api/quarantine?limit=100")["items"]
     for item in items:  # type: ignore[attr-defined]
@@ -181,6 +240,10 @@ def main(args: list[str]) -> int:
         return health(rest[0])
     if command == "add-domain":
         return add_domain(rest[0], rest[1], rest[2], rest[3])
+    if command == "set-management":
+        return set_management(rest[0], rest[1], rest[2], rest[3:])
+    if command == "lynis-slowest":
+        return lynis_slowest(Path(rest[0]), int(rest[1]) if rest[1:] else 8)
     print(__doc__, file=sys.stderr)
     return 2
 

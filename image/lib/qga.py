@@ -5,6 +5,10 @@
     qga.py SOCKET exec [--timeout S] -- ARGV...
                                             run ARGV in the guest (no shell), print its
                                             stdout (stderr to stderr), exit with its status
+    qga.py SOCKET start -- ARGV...          start ARGV in the guest, print its pid, return
+    qga.py SOCKET status PID                exit 3 while PID runs (4: no answer from the
+                                            agent); once it has ended, print its stdout
+                                            (stderr to stderr), exit with its status
     qga.py SOCKET shutdown                  power the guest off
 
 The appliance ships qemu-guest-agent for Proxmox VE; the end-to-end test uses the same channel
@@ -77,10 +81,19 @@ def wait(path: str, seconds: float) -> int:
             time.sleep(2)
 
 
+RUNNING = 3  # `status` of a command that has not ended yet
+UNREACHABLE = 4  # `status` could not ask the guest agent
+
+
+def start(agent: Agent, argv: list[str]) -> int:
+    return int(agent.call("guest-exec", path=argv[0], arg=argv[1:],
+                          **{"capture-output": True})["pid"])
+
+
 def execute(path: str, argv: list[str], timeout: float) -> int:
     agent = Agent(path)
     agent.sync()
-    pid = agent.call("guest-exec", path=argv[0], arg=argv[1:], **{"capture-output": True})["pid"]
+    pid = start(agent, argv)
     deadline = time.monotonic() + timeout
     while True:
         status = agent.call("guest-exec-status", pid=pid)
@@ -90,6 +103,11 @@ def execute(path: str, argv: list[str], timeout: float) -> int:
             print(f"qga: {argv[0]} still running after {timeout:.0f} s", file=sys.stderr)
             return 124
         time.sleep(0.5)
+    return finished(status)
+
+
+def finished(status: dict[str, Any]) -> int:
+    """Print an ended command's output; its exit status."""
     sys.stdout.buffer.write(base64.b64decode(status.get("out-data", "")))
     sys.stderr.buffer.write(base64.b64decode(status.get("err-data", "")))
     sys.stdout.flush()
@@ -112,6 +130,21 @@ def main(args: list[str]) -> int:
         if rest[:1] == ["--"]:
             rest = rest[1:]
         return execute(path, rest, timeout)
+    if command == "start":
+        argv = rest[1:] if rest[:1] == ["--"] else rest
+        agent = Agent(path)
+        agent.sync()
+        print(start(agent, argv))
+        return 0
+    if command == "status":
+        try:
+            agent = Agent(path)
+            agent.sync()
+            status = agent.call("guest-exec-status", pid=int(rest[0]))
+        except (OSError, ConnectionError, ValueError, RuntimeError) as exc:
+            print(f"qga: {exc}", file=sys.stderr)
+            return UNREACHABLE
+        return finished(status) if status.get("exited") else RUNNING
     if command == "shutdown":
         agent = Agent(path)
         agent.sync()
