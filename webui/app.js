@@ -551,6 +551,16 @@ async function viewSettings(section, render) {
   const messages = h("p", { class: "errors", role: "alert" });
   const save = h("button", { class: "primary", type: "submit" }, "Apply");
   const body = fieldFor(section, schemas.State.properties[section], data[section]);
+  if (section === "networks") {
+    // The firewall is rendered from these: say who can reach this very page before a change.
+    const { management, trusted } = data.networks;
+    const admitted = management.length ? management : trusted;
+    form.append(h("p", { class: "help", id: "management-hint" },
+      "Management networks decide who reaches this web UI and the API (port 8006), and SSH when it is on: the firewall admits only them",
+      management.length ? "" : " (none set: the trusted networks)", ". Now: ",
+      admitted.length ? admitted.join(", ") : "nobody (console only)",
+      ". A list without your own network shuts you out of this page once applied; the console still works."));
+  }
   form.append(body, h("div", { class: "field" }, h("label", { for: "comment" }, "Why (kept in the history)"), h("input", { id: "comment", name: "comment" })), h("p", {}, save), messages);
   render(h("h1", {}, `Settings: ${section}`), h("p", {}, h("a", { href: "#/settings" }, "All sections")), form);
 }

@@ -336,6 +336,19 @@ def test_every_page_and_settings_section_renders(page: Page, admin: None) -> Non
         assert p.query_selector("button:has-text('Apply')") is not None, section
 
 
+def test_networks_settings_say_who_reaches_the_web_ui(page: Page, admin: None) -> None:
+    """networks.management decides who reaches 8006: the page shows it, and the fallback to
+    the trusted networks when it is empty (the gateway's state sets only trusted)."""
+    page.login("admin")
+    p = page.page
+    p.goto(f"{page.base}/#/settings/networks")
+    hint = p.wait_for_selector("#management-hint").inner_text()
+    assert "decide who reaches this web UI and the API (port 8006)" in hint
+    assert "(none set: the trusted networks)" in hint
+    assert "Now: 10.20.0.0/16." in hint
+    assert p.query_selector("[id='networks.management']") is not None
+
+
 def test_bulk_release_of_500_shows_progress_and_loses_nothing(page: Page, ui_gateway: Sandbox,
                                                               admin: None) -> None:
     q = _quarantine(ui_gateway)
