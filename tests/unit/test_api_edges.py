@@ -4,10 +4,7 @@ the settings gunicorn is started with."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +16,14 @@ from gunicorn.workers.gthread import ThreadWorker
 from mailwarden.api import serve
 from mailwarden.api.app import Services, create_app
 from mailwarden.render.apply import NoController
-from mailwarden.render.layout import appliance
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.render.layout import appliance, load_layout
 from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
 from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
 
-from .test_api import PASSWORD, STATE, login
+from .test_api import DELIVERED, PASSWORD, _capture, _quarantine, login
+from .test_api import env as api_env  # noqa: F401 - a fixture, used by name
 
 USER = "user@example.test"
 WEBUI = Path(__file__).resolve().parents[2] / "webui"
@@ -43,28 +40,16 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="mw-edges-", dir="/tmp"))
-    root.chmod(0o755)
-    sandbox = Sandbox(root / "sb")
-    sandbox.prepare(STATE)
-    db = Database(sandbox.layout.database)
-    users = Users(db)
-    users.add("admin", PASSWORD, "admin")
+def env(request: pytest.FixtureRequest) -> Env:
+    """test_api's app and accounts (admin, auditor, the quarantine user), a quarantine
+    manager, and the same app serving the web UI too."""
+    client, users, root = request.getfixturevalue("api_env")
     users.add("manager", PASSWORD, "qmanager")
-    users.add(USER, PASSWORD, "quser")
-    delivered: list[tuple[bytes, str, list[str]]] = []
-
-    def capture(raw: bytes, sender: str, recipients: list[str]) -> None:
-        delivered.append((raw, sender, recipients))
-
-    client = testing.TestClient(create_app(Services(sandbox.layout, db, NoController(),
-                                                    deliver=capture)))
-    webui_client = testing.TestClient(create_app(Services(sandbox.layout, db, NoController(),
-                                                          deliver=capture, webui=WEBUI)))
-    yield Env(client, users, Quarantine(db, sandbox.layout.quarantine_dir), UserLists(db),
-              delivered, webui_client)
-    shutil.rmtree(root, ignore_errors=True)
+    layout = load_layout(root / "sb")
+    db = Database(layout.database)
+    webui_client = testing.TestClient(create_app(Services(layout, db, NoController(),
+                                                          deliver=_capture, webui=WEBUI)))
+    return Env(client, users, _quarantine(root), UserLists(db), DELIVERED, webui_client)
 
 
 def set_quarantine(env: Env, **settings: bool) -> None:
