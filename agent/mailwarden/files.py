@@ -138,36 +138,34 @@ def _walk(absolute: str, create: bool, mode: int) -> tuple[int, str | None]:
 
 def private_dir(path: Path, *, mode: int = 0o750, group: int | None = None) -> int:
     """A descriptor of a folder for root's own files (revisions, staging): made with `mode`
-    (and `group`) if missing; refused (UnsafePath) if anyone but root (or us) may add,
-    rename or remove files in it."""
-    fd = open_dir(path.parent, create=True)
+    (and `group`) if missing; refused (UnsafePath) if anyone but root (or us) could have
+    put it there, or may add, rename or remove files in it."""
     try:
-        created = False
+        fd = open_dir(path)
+    except FileNotFoundError:
+        parent = open_dir(path.parent, create=True)
         try:
-            os.mkdir(path.name, 0o700, dir_fd=fd)
-            created = True
-        except FileExistsError:
-            pass
-        inner = os.open(path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                        dir_fd=fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _refuse(str(path), "it is not a folder (a link?)") from None
-        raise
-    finally:
-        os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path.name, 0o700, dir_fd=parent)
+                made = os.open(path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    if group is not None:
+                        os.fchown(made, -1, group)
+                    os.fchmod(made, mode)
+                finally:
+                    os.close(made)
+        finally:
+            os.close(parent)
+        fd = open_dir(path)
     try:
-        if created:
-            if group is not None:
-                os.fchown(inner, -1, group)
-            os.fchmod(inner, mode)
-        if others_can_replace(os.fstat(inner)):
+        if others_can_replace(os.fstat(fd)):
             raise _refuse(str(path), "other users may change files in it; it must be root's "
                           "own and not group- or world-writable")
     except BaseException:
-        os.close(inner)
+        os.close(fd)
         raise
-    return inner
+    return fd
 
 
 def open_regular(folder: int, name: str, where: Path | str = "") -> int | None:
