@@ -243,11 +243,37 @@ def cmd_quarantine_delete(args: argparse.Namespace) -> int:
 # --- users ------------------------------------------------------------------------------
 
 
+API_USER = "mailwarden-api"
+
+
 def _users(layout: Layout) -> Any:
-    from .store.db import Database
+    from .store.credentials import CredentialStore
     from .store.users import Users
 
-    return Users(Database(layout.database))
+    return Users(CredentialStore.for_layout(layout))
+
+
+def _as_store_owner(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
+    """Root on the appliance: the user commands run again as the API's user, who owns the
+    credentials store (root writing it would leave files the API cannot open). None: go on
+    here."""
+    import pwd
+
+    layout = _layout(args)
+    if os.geteuid() != 0 or layout.name != "appliance":
+        return None
+    try:
+        entry = pwd.getpwnam(API_USER)
+    except KeyError:
+        return None
+    import subprocess
+
+    from .store.credentials import prepare_folder
+
+    prepare_folder(layout.auth_database, API_USER)
+    return subprocess.run([sys.executable, "-m", "mailwarden.cli", *argv], check=False,
+                          user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
+                          cwd="/").returncode
 
 
 def _new_password(args: argparse.Namespace) -> str:
@@ -260,7 +286,15 @@ def _new_password(args: argparse.Namespace) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    user = _users(_layout(args)).add(args.username, _new_password(args), args.role)
+    users = _users(_layout(args))
+    if args.password_hash_stdin:
+        # First boot's seed carries only the hash; it arrives here on standard input.
+        user = users.add_hashed(args.username, sys.stdin.readline().strip(), args.role,
+                                replace=args.replace)
+    elif args.replace:
+        raise MailwardenError("--replace goes with --password-hash-stdin")
+    else:
+        user = users.add(args.username, _new_password(args), args.role)
     print(f"user {user.username} added with role {user.role}")
     return 0
 
@@ -288,11 +322,10 @@ def cmd_user_hash_password(args: argparse.Namespace) -> int:
 def cmd_setup_code(args: argparse.Namespace) -> int:
     from .firstboot import setupcode
     from .firstboot.engine import AlreadySetUp, is_set_up
-    from .store.db import Database
 
     layout = _layout(args)
-    if is_set_up(Database(layout.database)):
-        raise AlreadySetUp("an administrator exists; the web wizard is closed "
+    if is_set_up(layout):
+        raise AlreadySetUp("the appliance is set up; the web wizard is closed "
                            "(`mailwarden user passwd admin` resets a lost password)")
     print(setupcode.issue(layout.setup_code))
     return 0
@@ -488,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "add":
             p.add_argument("--role", default="admin",
                            choices=["admin", "qmanager", "audit", "helpdesk", "quser"])
+            p.add_argument("--password-hash-stdin", action="store_true",
+                           help="read an argon2 hash instead of a password (first boot)")
+            p.add_argument("--replace", action="store_true",
+                           help="with --password-hash-stdin: replace a user of that name")
         if name != "del":
             p.add_argument("--password-stdin", action="store_true",
                            help="read the password from standard input (scripts)")
@@ -579,6 +616,10 @@ def _headline(exc: MailwardenError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "user" and args.user_command != "hash-password":
+            code = _as_store_owner(args, sys.argv[1:] if argv is None else argv)
+            if code is not None:
+                return code
         return int(args.func(args))
     except StateError as exc:
         print(f"mailwarden: {exc.source}: {len(exc.errors)} error"

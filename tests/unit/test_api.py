@@ -11,8 +11,10 @@ import pytest
 from falcon import testing
 
 from mailwarden.api.app import Services, create_app
+from mailwarden.errors import StoreError
 from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
+from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
 from mailwarden.store.quarantine import Quarantine
@@ -41,7 +43,7 @@ def env() -> Iterator[tuple[testing.TestClient, Users, Path]]:
     sandbox = Sandbox(root / "sb")
     sandbox.prepare(STATE)  # revision 1, rendered and checked by the real tools
     db = Database(sandbox.layout.database)
-    users = Users(db)
+    users = Users(CredentialStore.for_layout(sandbox.layout))
     users.add("admin", PASSWORD, "admin")
     users.add("auditor", PASSWORD, "audit")
     users.add("user@example.test", PASSWORD, "quser")
@@ -167,7 +169,7 @@ def test_audit_role_reads_but_cannot_change(env) -> None:
 
 def test_api_tokens(env) -> None:
     client, users, _ = env
-    token_id, secret = users.create_token("ci", "audit", None)
+    token_id, secret = users.create_token("ci", "audit", users.get("admin"))
     ok = client.simulate_get("/api/state", headers={"Authorization": f"Bearer {secret}"})
     assert ok.status_code == 200
     users.revoke_token(token_id)
@@ -329,7 +331,9 @@ def test_statistics_and_tracking(env) -> None:
 def test_users_tokens_and_totp(env) -> None:
     import pyotp
 
-    client, _, _ = env
+    from mailwarden.render.layout import load_layout
+
+    client, _, root = env
     headers = login(client)
     created = client.simulate_post("/api/users", headers=headers, json={
         "username": "helper", "password": PASSWORD, "role": "helpdesk"})
@@ -349,14 +353,20 @@ def test_users_tokens_and_totp(env) -> None:
     start = client.simulate_post("/api/session/totp", headers=helper).json
     code = pyotp.TOTP(start["secret"]).now()
     done = client.simulate_post("/api/session/totp", headers=helper,
-                                json={"secret": start["secret"], "code": code})
+                                json={"secret": start["secret"], "code": code,
+                                      "password": PASSWORD})
     assert done.json == {"totp": True}
+    stored = CredentialStore.for_layout(load_layout(root / "sb")).db.connection().execute(
+        "SELECT totp_secret FROM users WHERE username = 'helper'").fetchone()[0]
+    assert start["secret"] not in stored and stored.startswith("v1:")
     no_code = client.simulate_post("/api/session", json={"username": "helper",
                                                          "password": PASSWORD})
     assert no_code.status_code == 401 and "one-time code" in no_code.json["error"]["message"]
+    # The code that turned TOTP on is used up; the next time step's code logs in.
+    import time as _time
+    next_code = pyotp.TOTP(start["secret"]).at(_time.time() + 30)
     with_code = client.simulate_post("/api/session", json={
-        "username": "helper", "password": PASSWORD,
-        "totp": pyotp.TOTP(start["secret"]).now()})
+        "username": "helper", "password": PASSWORD, "totp": next_code})
     assert with_code.status_code == 200
     assert client.simulate_delete("/api/users/helper", headers=headers).status_code == 204
 
@@ -450,7 +460,8 @@ def test_every_resource_allows_and_refuses_by_role(env) -> None:
     """For each route and method: a token of each role gets in (not 401/403) or is refused
     (403), exactly as the resource declares."""
     client, users, _ = env
-    tokens = {role: users.create_token(f"matrix-{role}", role, None)[1] for role in ROLE_NAMES}
+    admin = users.get("admin")
+    tokens = {role: users.create_token(f"matrix-{role}", role, admin)[1] for role in ROLE_NAMES}
     app = client.app
     checked = 0
     for path, resource in _routes(app):
@@ -487,28 +498,148 @@ def _routes(app):
     return found
 
 
-def test_brute_force_is_throttled_and_the_lockout_holds(env) -> None:
-    _client, users, root = env
-    from mailwarden.api.app import Services, create_app
+
+def _app_at(root: Path, now: list[float]) -> testing.TestClient:
     from mailwarden.render.layout import load_layout
 
+    layout = load_layout(root / "sb")
+    return testing.TestClient(create_app(Services(layout, Database(layout.database),
+                                                  NoController(), clock=lambda: now[0])))
+
+
+def test_guessing_from_one_address_does_not_lock_the_owner_out(env) -> None:
+    _client, users, root = env
     users.add("target", PASSWORD, "admin")
     now = [1_000_000.0]
-    sb = root / "sb"
-    app = create_app(Services(load_layout(sb), Database(sb / "var/lib/mailwarden/mailwarden.db"),
-                              NoController(), clock=lambda: now[0]))
-    c = testing.TestClient(app)
+    c = _app_at(root, now)
     statuses = [c.simulate_post("/api/session", remote_addr="198.51.100.50",
                                 json={"username": "target", "password": f"guess-{n}"}
-                                ).status_code for n in range(50)]
-    assert statuses[:5] == [401] * 5  # wrong password
-    assert set(statuses[10:]) == {429}  # this address is throttled
+                                ) for n in range(50)]
+    assert [r.status_code for r in statuses[:5]] == [401] * 5  # wrong password
+    assert {r.status_code for r in statuses[5:]} == {429}  # this address, this account
+    assert statuses[5].json["error"]["code"] == "locked_out"
     right = {"username": "target", "password": PASSWORD}
     assert c.simulate_post("/api/session", remote_addr="198.51.100.50",
                            json=right).status_code == 429
-    # From another address the account itself is still locked.
-    locked = c.simulate_post("/api/session", remote_addr="198.51.100.51", json=right)
-    assert locked.status_code == 429 and locked.json["error"]["code"] == "locked_out"
-    now[0] += 16 * 60  # the lockout and the throttle window end
+    # The owner, elsewhere, logs in all the same.
+    assert c.simulate_post("/api/session", remote_addr="198.51.100.51",
+                           json=right).status_code == 200
+    # One address guessing across many accounts is throttled too.
+    spread = [c.simulate_post("/api/session", remote_addr="198.51.100.52",
+                              json={"username": f"someone-{n}", "password": "guess-xyz"}
+                              ).status_code for n in range(12)]
+    assert spread[:10] == [401] * 10 and spread[10:] == [429, 429]
+    now[0] += 16 * 60  # the window ends
     assert c.simulate_post("/api/session", remote_addr="198.51.100.50",
                            json=right).status_code == 200
+
+
+def test_a_totp_code_works_once(env) -> None:
+    import pyotp
+
+    client, users, _ = env
+    users.add("replay", PASSWORD, "helpdesk")
+    headers = login(client, "replay")
+    secret = pyotp.random_base32()
+    totp = pyotp.TOTP(secret)
+    import time as _time
+
+    now = _time.time()
+    assert client.simulate_post("/api/session/totp", headers=headers, json={
+        "secret": secret, "code": totp.at(now), "password": PASSWORD}).status_code == 200
+    code = totp.at(now + 30)  # a code seen on the wire
+    first = client.simulate_post("/api/session", json={"username": "replay",
+                                                       "password": PASSWORD, "totp": code})
+    assert first.status_code == 200
+    replayed = client.simulate_post("/api/session", json={"username": "replay",
+                                                          "password": PASSWORD, "totp": code})
+    assert replayed.status_code == 401 and "once" in replayed.json["error"]["message"]
+    # An older code than one already used is refused as well.
+    older = client.simulate_post("/api/session", json={
+        "username": "replay", "password": PASSWORD, "totp": totp.at(now - 30)})
+    assert older.status_code == 401
+
+
+def test_totp_changes_need_the_password_and_a_current_code(env) -> None:
+    import time as _time
+
+    import pyotp
+
+    client, users, _ = env
+    users.add("careful", PASSWORD, "qmanager")
+    headers = login(client, "careful")
+    secret = pyotp.random_base32()
+    now = _time.time()
+    no_password = client.simulate_post("/api/session/totp", headers=headers, json={
+        "secret": secret, "code": pyotp.TOTP(secret).at(now)})
+    assert no_password.status_code == 403
+    assert no_password.json["error"]["code"] == "reauth_failed"
+    assert users.get("careful").totp is False
+    assert client.simulate_post("/api/session/totp", headers=headers, json={
+        "secret": secret, "code": pyotp.TOTP(secret).at(now),
+        "password": PASSWORD}).status_code == 200
+    # Off: the session alone, or the password without a current code, is not enough.
+    assert client.simulate_delete("/api/session/totp", headers=headers).status_code == 403
+    wrong = client.simulate_delete("/api/session/totp", headers=headers,
+                                   json={"password": "not the password"})
+    assert wrong.status_code == 403
+    assert client.simulate_delete("/api/session/totp", headers=headers,
+                                  json={"password": PASSWORD}).status_code == 403
+    # Moving to another device without a code of the current one is refused too.
+    other = pyotp.random_base32()
+    moved = client.simulate_post("/api/session/totp", headers=headers, json={
+        "secret": other, "code": pyotp.TOTP(other).at(now), "password": PASSWORD})
+    assert moved.status_code == 403 and users.get("careful").totp is True
+    off = client.simulate_delete("/api/session/totp", headers=headers, json={
+        "password": PASSWORD, "code": pyotp.TOTP(secret).at(now + 30)})
+    assert off.status_code == 204 and users.get("careful").totp is False
+
+
+def test_tokens_expire_belong_to_a_user_and_die_with_them(env) -> None:
+    import time as _time
+
+    client, users, _ = env
+    admin = login(client)
+    made = client.simulate_post("/api/tokens", headers=admin, json={
+        "name": "short", "role": "audit", "expires_days": 1})
+    assert made.status_code == 201 and made.json["expires_days"] == 1
+    secret = made.json["secret"]
+    listed = {t["id"]: t for t in client.simulate_get("/api/tokens", headers=admin).json["items"]}
+    assert listed[made.json["id"]]["owner"] == "admin"
+    assert 0 < listed[made.json["id"]]["expires"] - _time.time() <= 86400
+    assert users.token_user(secret) is not None
+    assert users.token_user(secret, now=_time.time() + 86401) is None  # expired
+    too_long = client.simulate_post("/api/tokens", headers=admin, json={
+        "name": "forever", "role": "audit", "expires_days": 3650})
+    assert too_long.status_code == 400 and too_long.json["error"]["field"] == "expires_days"
+
+    # Expired: refused by the API.
+    owner = users.add("token-owner", PASSWORD, "admin")
+    _token_id, old = users.create_token("old", "audit", owner, now=_time.time() - 2 * 86400,
+                                       days=1)
+    result = client.simulate_get("/api/state", headers={"Authorization": f"Bearer {old}"})
+    assert result.status_code == 401
+    # The owner's other token works until the owner is deleted.
+    _, alive = users.create_token("alive", "admin", owner)
+    bearer = {"Authorization": f"Bearer {alive}"}
+    assert client.simulate_get("/api/users", headers=bearer).status_code == 200
+    assert client.simulate_delete("/api/users/token-owner", headers=admin).status_code == 204
+    assert client.simulate_get("/api/users", headers=bearer).status_code == 401
+    # No role above the owner's; a token cannot make tokens.
+    helper = users.add("desk", PASSWORD, "helpdesk")
+    with pytest.raises(StoreError):
+        users.create_token("escalate", "admin", helper)
+    _, mine = users.create_token("mine", "admin", users.get("admin"))
+    by_token = client.simulate_post("/api/tokens", headers={"Authorization": f"Bearer {mine}"},
+                                    json={"name": "child", "role": "audit"})
+    assert by_token.status_code == 400
+
+
+def test_a_non_ascii_csrf_header_is_403_not_500(env) -> None:
+    client, _, _ = env
+    headers = login(client)
+    headers["X-CSRF-Token"] = "\u00e9t\u00e9"
+    result = client.simulate_put("/api/state", headers={**headers, "If-Match": '"1"'},
+                                 json={"yaml": STATE})
+    assert result.status_code == 403
+    assert result.json["error"]["code"] == "csrf"

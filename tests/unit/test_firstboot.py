@@ -20,6 +20,7 @@ from mailwarden.firstboot.engine import state_from_answers
 from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.load import load_state_text
+from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users, hash_password
 
@@ -180,7 +181,7 @@ def test_wizard_refuses_a_wrong_code_and_throttles_guessing(fresh) -> None:
         assert result.json["error"]["field"] == "setup_code"
     result = client.simulate_post("/api/setup", json=_wizard(code))
     assert result.status_code == 429
-    assert Users(Database(sandbox.layout.database)).count() == 0
+    assert Users(CredentialStore.for_layout(sandbox.layout)).count() == 0
 
 
 def test_wizard_names_the_fields_it_refuses_and_stays_open(fresh) -> None:

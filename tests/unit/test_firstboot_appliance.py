@@ -23,7 +23,7 @@ from mailwarden.firstboot.host import NETWORK_FILE, ApplianceHost
 from mailwarden.render.apply import NoController
 from mailwarden.render.layout import sandbox as sandbox_layout
 from mailwarden.sandbox.instance import Sandbox
-from mailwarden.store.db import Database
+from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.users import Users, hash_password
 
 ANSWERS = """\
@@ -223,7 +223,7 @@ def test_first_boot_applies_the_seed_once(fresh: Sandbox, password_hash: str) ->
     assert "MWFIRSTBOOT seed found cidata:/dev/sr0/mailwarden.yaml" in lines
     assert any(line.startswith("MWFIRSTBOOT seed applied revision=1 ") for line in lines)
     assert "MWFIRSTBOOT set-up complete" in lines and lines[-1] == "MWFIRSTBOOT end"
-    assert Users(Database(fresh.layout.database)).count("admin") == 1
+    assert Users(CredentialStore.for_layout(fresh.layout)).count("admin") == 1
     assert seed.applied(fresh.layout)["sha256"] == found.sha256  # type: ignore[index]
 
     # The next boot finds the seed again and leaves it alone.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import falcon
 import pyotp
 
-from ..store.users import ROLES, Audit, Users
+from ..store.users import ROLES, TOKEN_DAYS_DEFAULT, TOKEN_DAYS_MAX, Audit, AuthError, Users
+from .auth import Forbidden
 from .errors import BadInput
 from .resources import ADMIN, EVERYONE, _media
 
@@ -74,15 +77,23 @@ class TokensResource:
         resp.media = {"items": self.users.tokens()}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """A token acting for the caller, with a role no higher than theirs, for
+        `expires_days` (default 90, at most 365)."""
         data = _media(req)
         role = _text(data, "role")
         if role not in ROLES:
             raise BadInput(f"role must be one of {', '.join(ROLES)}", "role")
-        token_id, secret = self.users.create_token(_text(data, "name"), role, None)
-        self.audit.record(req.context.user.username, "token.create", str(token_id),
-                          {"role": role}, req.remote_addr)
+        days = data.get("expires_days", TOKEN_DAYS_DEFAULT)
+        if isinstance(days, bool) or not isinstance(days, int) \
+                or not 1 <= days <= TOKEN_DAYS_MAX:
+            raise BadInput(f"expires_days must be a whole number from 1 to {TOKEN_DAYS_MAX}",
+                           "expires_days")
+        owner = req.context.user
+        token_id, secret = self.users.create_token(_text(data, "name"), role, owner, days=days)
+        self.audit.record(owner.username, "token.create", str(token_id),
+                          {"role": role, "expires_days": days}, req.remote_addr)
         resp.status = falcon.HTTP_201
-        resp.media = {"id": token_id, "secret": secret,
+        resp.media = {"id": token_id, "secret": secret, "expires_days": days,
                       "note": "shown once; store it now"}
 
 
@@ -101,8 +112,10 @@ class TokenResource:
 
 @dataclass
 class TotpResource:
-    """POST {} starts enrolment (secret + otpauth URI); POST {"secret", "code"} confirms;
-    DELETE turns the second factor off."""
+    """POST {} proposes a new secret (secret + otpauth URI); POST {"secret", "code",
+    "password", "current_code"} turns it on or moves it to a new device; DELETE {"password",
+    "code"} turns it off. Changing the second factor needs the password, and while it is on a
+    code of the current device: a session alone (a borrowed browser) is not enough."""
 
     users: Users
     audit: Audit
@@ -121,13 +134,39 @@ class TotpResource:
                 name=user.username, issuer_name="Mailwarden")}
             return
         secret, code = _text(data, "secret"), _text(data, "code")
-        if not pyotp.TOTP(secret).verify(code, valid_window=1):
-            raise BadInput("the code does not match; check the device's clock", "code")
-        self.users.set_totp(user.username, secret)
+        with _reauth():
+            self.users.enable_totp(user.username, password=_optional(data, "password"),
+                                   current_code=_optional(data, "current_code"),
+                                   secret=secret, code=code)
         self.audit.record(user.username, "totp.enable", source_ip=req.remote_addr)
         resp.media = {"totp": True}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.users.set_totp(req.context.user.username, None)
-        self.audit.record(req.context.user.username, "totp.disable", source_ip=req.remote_addr)
+        user = req.context.user
+        if user.id < 0:
+            raise BadInput("API tokens have no second factor")
+        data = req.get_media(default_when_empty={}) or {}
+        if not isinstance(data, dict):
+            raise BadInput("the request body must be a JSON object")
+        with _reauth():
+            self.users.disable_totp(user.username, password=_optional(data, "password"),
+                                    code=_optional(data, "code"))
+        self.audit.record(user.username, "totp.disable", source_ip=req.remote_addr)
         resp.status = falcon.HTTP_204
+
+
+@contextmanager
+def _reauth() -> Iterator[None]:
+    """A wrong password or code here is 403, not 401: the session itself is still good (a
+    401 would send the web UI to the login page)."""
+    try:
+        yield
+    except AuthError as exc:
+        raise Forbidden(exc.message, code="reauth_failed") from None
+
+
+def _optional(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadInput(f"{name} must be text", name)
+    return value

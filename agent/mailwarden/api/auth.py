@@ -59,7 +59,7 @@ class AuthMiddleware:
         if header.startswith("Bearer "):
             user = self.users.token_user(header.removeprefix("Bearer ").strip())
             if user is None:
-                raise Unauthorized("unknown or revoked API token")
+                raise Unauthorized("unknown, expired or revoked API token")
             return user
         token = req.cookies.get(SESSION_COOKIE)
         if not token:
@@ -69,7 +69,9 @@ class AuthMiddleware:
             return None
         if req.method not in SAFE_METHODS:
             sent = req.get_header(CSRF_HEADER) or ""
-            if not hmac.compare_digest(sent, session.csrf_token):
+            # compare_digest takes ASCII text only (anything else raises): a header of other
+            # characters is simply wrong.
+            if not sent.isascii() or not hmac.compare_digest(sent, session.csrf_token):
                 raise Forbidden(f"missing or wrong {CSRF_HEADER} header", code="csrf")
         req.context.session_token = token
         return session.user

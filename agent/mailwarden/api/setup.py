@@ -1,9 +1,13 @@
-"""The first-run web wizard's endpoint: public until an admin exists, then closed for good.
+"""The first-run web wizard's endpoint: public until the appliance is set up, then closed.
 
 Whoever reaches a fresh appliance first must not own it, so the wizard needs the one-time
 code shown on the console; wrong codes are throttled per address like logins. A successful
-setup applies the answers (the same engine the seed file and the console wizard use), deletes
-the code and logs the new admin in.
+setup applies the answers (the same engine the seed file and the console wizard use; root's
+apply helper on the appliance, which then writes the set-up marker), deletes the code, makes
+the administrator here in the API's own credentials store and logs them in.
+
+Whether setup is needed is the marker's word alone (firstboot.engine.is_set_up), the same the
+helper goes by; no store anybody but root writes decides it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import falcon
 
 from ..firstboot import setupcode
-from ..firstboot.answers import Answers, validate_answers
+from ..firstboot.answers import AdminAnswer, Answers, validate_answers
 from ..firstboot.engine import AlreadySetUp, FirstbootResult
-from ..store.users import SESSION_LIFETIME, Audit, Users
+from ..store.users import SESSION_LIFETIME, Audit, Users, hash_password
 from .auth import set_session_cookie
 from .errors import BadInput
 from .resources import throttle_guessing
@@ -44,19 +47,18 @@ class SetupResource:
     audit: Audit
     code_file: Path
     setup: SetupFn
+    # Whether the appliance is set up (root's marker).
+    set_up: Callable[[], bool]
     clock: Callable[[], float] = time.time
     public = ("GET", "POST")
 
-    def _needed(self) -> bool:
-        return self.users.count("admin") == 0
-
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        needed = self._needed()
+        needed = not self.set_up()
         resp.media = {"needed": needed,
                       "code_issued": needed and setupcode.current(self.code_file) is not None}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._needed():
+        if self.set_up():
             raise AlreadySetUp("this appliance is set up already; sign in as an administrator")
         data = req.get_media(default_when_empty=None)
         if not isinstance(data, dict):
@@ -69,10 +71,14 @@ class SetupResource:
         if not setupcode.matches(self.code_file, code):
             self.audit.record("-", "setup.failed", source_ip=req.remote_addr, now=now)
             raise WrongSetupCode()
-        answers: Any = data.get("answers")
-        result = self.setup(validate_answers(answers, "answers"))
+        answers = validate_answers(data.get("answers"), "answers")
+        # The password goes no further than this process: the helper sees its hash, which it
+        # does not use either (credentials are this process's to keep).
+        password_hash = answers.admin.password_hash or hash_password(answers.admin.password or "")
+        answers = answers.model_copy(update={"admin": AdminAnswer(password_hash=password_hash)})
+        result = self.setup(answers)
         setupcode.discard(self.code_file)
-        user = self.users.get(result.admin)
+        user = self.users.add_hashed(result.admin, password_hash, "admin", replace=True)
         self.audit.record(user.username, "setup.complete",
                           f"revision {result.applied.revision.number}", None, req.remote_addr)
         token, session = self.users.create_session(user)

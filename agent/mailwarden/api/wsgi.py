@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..render.layout import load_layout
+from ..store.credentials import CredentialStore
 from ..store.db import Database
 from .app import Services, create_app
 
@@ -17,21 +18,24 @@ def _services() -> Services:
     root = os.environ.get("MAILWARDEN_ROOT")
     layout = load_layout(Path(root) if root else None)
     db = Database(layout.database)
+    # Users, sessions, tokens and the audit log: the API's own store, which no other daemon
+    # can open (its folder is the API user's, 0700).
+    credentials = CredentialStore.for_layout(layout)
     webui = os.environ.get("MAILWARDEN_WEBUI")
     webui_path = Path(webui) if webui else _default_webui()
     if layout.name == "sandbox":
         from ..sandbox.control import PidfileController
 
         return Services(layout=layout, db=db, controller=PidfileController(layout),
-                        webui=webui_path)
+                        webui=webui_path, credentials=credentials)
     # The appliance: this process may not write /etc or signal daemons; the root apply
     # helper runs each transaction (and the first-run setup) for it.
     from ..render.privileged import privileged_apply, privileged_rollback, privileged_setup
     from ..render.systemd import SystemdController
 
     return Services(layout=layout, db=db, controller=SystemdController(), webui=webui_path,
-                    applier=privileged_apply, rollbacker=privileged_rollback,
-                    setup=privileged_setup)
+                    credentials=credentials, applier=privileged_apply,
+                    rollbacker=privileged_rollback, setup=privileged_setup)
 
 
 def _default_webui() -> Path | None:

@@ -1,12 +1,14 @@
 """`mailwarden firstboot`: what the appliance does at boot until it is set up.
 
-mailwarden-firstboot.service runs it at every boot until an administrator exists:
+mailwarden-firstboot.service runs it at every boot until the appliance is set up (root's
+marker, firstboot.engine.is_set_up):
 
 1. machine identity, once (identity.py);
 2. Unbound's trust anchor, so that the first apply's unbound-checkconf passes;
 3. the seed, once (seed.py): its answers through the same engine the wizards use (a refused
-   seed leaves the appliance fresh and says why on the console), then its ClamAV signatures;
-4. still no administrator: a new one-time code for the web wizard, shown on the console.
+   seed leaves the appliance fresh and says why on the console), the administrator made by
+   the agent running as the API's user in the API's own store, then its ClamAV signatures;
+4. still not set up: a new one-time code for the web wizard, shown on the console.
 
 Lines starting with MWFIRSTBOOT are for scripts reading the console (the end-to-end test).
 """
@@ -29,6 +31,7 @@ from ..render import health
 from ..render.apply import Controller
 from ..render.layout import Layout
 from ..state.revisions import RevisionStore
+from ..store.users import hash_password
 from . import identity, seed, setupcode
 
 log = logging.getLogger("mailwarden.firstboot")
@@ -59,12 +62,13 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
                   find: Callable[[], seed.Seed | None] | None = None,
                   out: TextIO | None = None, skip_identity: bool = False) -> FirstbootOutcome:
     from ..store.db import Database
-    from .engine import AlreadySetUp, apply_answers, is_set_up
+    from .engine import AlreadySetUp, adopt_earlier_setup, apply_answers, is_set_up
 
     out = out if out is not None else _stdout()
     outcome = FirstbootOutcome()
-    db = Database(layout.database)
+    Database(layout.database)
     _share_store(layout)
+    adopt_earlier_setup(layout)
 
     found: seed.Seed | None = None
     answers = None
@@ -94,12 +98,16 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
     if found is not None and answers is not None:
         started = time.monotonic()
         try:
-            if is_set_up(db):
-                raise AlreadySetUp("an administrator exists already")
+            if is_set_up(layout):
+                raise AlreadySetUp("the appliance is set up already")
             _wait_for_scanners(layout, controller)
             first = RevisionStore(layout.revisions_dir).current() is None
             result = apply_answers(answers, layout=layout, controller=controller, host=host,
-                                   db=db, author="firstboot")
+                                   author="firstboot")
+            admin = answers.admin
+            create_admin(layout, result.admin,
+                         admin.password_hash or hash_password(admin.password or ""),
+                         as_user=API_USER if live and os.geteuid() == 0 else None)
             if first and live:
                 listen_publicly(layout)
         except AlreadySetUp as exc:
@@ -123,7 +131,7 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
         if outcome.signatures:
             _say(out, f"MWFIRSTBOOT signatures {','.join(outcome.signatures)}")
 
-    if is_set_up(db):
+    if is_set_up(layout):
         complete = layout.path(COMPLETE)
         complete.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         complete.touch()
@@ -139,6 +147,25 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
                   f"{code}, or attach a seed volume and reboot.")
     _say(out, "MWFIRSTBOOT end")
     return outcome
+
+
+def create_admin(layout: Layout, name: str, password_hash: str, *,
+                 as_user: str | None) -> None:
+    """The first administrator, in the API's credentials store. as_user: run the agent as
+    that user (root at first boot: the store is the API's, never root's); None: here (a
+    sandbox, or the API's own user)."""
+    if as_user is None:
+        from ..store.credentials import CredentialStore
+        from ..store.users import Users
+
+        Users(CredentialStore.for_layout(layout)).add_hashed(name, password_hash, "admin",
+                                                              replace=True)
+        return
+    from ..store.credentials import run_as_owner
+
+    run_as_owner(layout, as_user, ["user", "add", name, "--role", "admin",
+                                   "--password-hash-stdin", "--replace"],
+                 input_text=password_hash + "\n")
 
 
 def _stdout() -> TextIO:

@@ -1,15 +1,21 @@
-"""Answers -> a configured gateway: one state revision, the first admin, the host's settings.
+"""Answers -> a configured gateway: one state revision, the host's settings, the set-up marker.
 
 Every front end ends here (seed file, console wizard, web wizard), so a fresh appliance is
 configured the same way whichever asked the questions. The state goes through the normal
 apply transaction (checked, swapped, probed, rolled back on failure); only after it succeeded
-is the admin created and the host touched, so a refused answer leaves the appliance fresh and
+is the host touched and the marker written, so a refused answer leaves the appliance fresh and
 the wizard can simply be run again.
+
+Whether the appliance is set up is decided by the marker alone (layout.setup_marker, in a
+folder only root writes), never by the stores the agent's users write. The first
+administrator is not made here: credentials belong to the API's user, who makes the account
+itself (the web wizard), or first boot runs the agent as that user (the seed).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,15 +25,14 @@ from ..errors import MailwardenError
 from ..render.apply import ApplyResult, Controller, apply_state
 from ..render.layout import Layout
 from ..state.revisions import RevisionStore
-from ..store.db import Database
-from ..store.users import Users, hash_password
+from ..store.credentials import admin_exists
 from .answers import Answers, NetworkAnswer
 
 ADMIN = "admin"
 
 
 class AlreadySetUp(MailwardenError):
-    """An administrator exists: first-boot answers are not taken any more."""
+    """The appliance is set up: first-boot answers are not taken any more."""
 
     code = "already_set_up"
 
@@ -59,8 +64,44 @@ class FirstbootResult:
     admin: str
 
 
-def is_set_up(db: Database) -> bool:
-    return Users(db).count(ADMIN) > 0
+def is_set_up(layout: Layout) -> bool:
+    """The marker root writes after the first successful setup; anyone may read it."""
+    return os.path.lexists(layout.setup_marker)
+
+
+def mark_set_up(layout: Layout, how: str) -> None:
+    """Write the marker (root on the appliance), by descriptor: never through a link."""
+    folder = layout.state_dir
+    folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fd = os.open(layout.setup_marker.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+        except FileExistsError:
+            return
+        try:
+            os.write(fd, f"{how}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def adopt_earlier_setup(layout: Layout) -> bool:
+    """is_set_up, after writing the marker for an appliance set up by a version that had none:
+    it has revisions and an administrator (in the shared store of those versions, or in the
+    credentials store the API moved them to). Run by root at boot and before every setup."""
+    if is_set_up(layout):
+        return True
+    if RevisionStore(layout.revisions_dir).current() is None:
+        return False
+    if not (admin_exists(layout.database) or admin_exists(layout.auth_database)):
+        return False
+    mark_set_up(layout, "set up before this marker existed")
+    return True
 
 
 def _covered(address: str, networks: list[str]) -> bool:
@@ -104,20 +145,19 @@ def state_from_answers(answers: Answers, current: str | None) -> str:
 
 
 def apply_answers(answers: Answers, *, layout: Layout, controller: Controller, host: Host,
-                  db: Database, author: str = "firstboot") -> FirstbootResult:
-    users = Users(db)
-    if users.count(ADMIN) > 0:
+                  author: str = "firstboot") -> FirstbootResult:
+    """The state and the host's settings, then the marker. The caller makes the administrator
+    (answers.admin) in the credentials store once this returned."""
+    if adopt_earlier_setup(layout):
         raise AlreadySetUp("this appliance is set up already; sign in as an administrator")
     store = RevisionStore(layout.revisions_dir)
     base = store.current()
     text = state_from_answers(answers, store.text(base) if base else None)
     applied = apply_state(text, layout=layout, controller=controller, author=author,
                           comment="first-run setup", base=base)
-    admin = answers.admin
-    password_hash = admin.password_hash or hash_password(admin.password or "")
-    users.add_hashed(ADMIN, password_hash, "admin")
     host.set_hostname(answers.hostname)
     if answers.network is not None:
         host.set_network(answers.network)
     host.set_ssh_keys(list(answers.ssh_authorized_keys))
+    mark_set_up(layout, f"{author}, revision {applied.revision.number}")
     return FirstbootResult(applied, ADMIN)

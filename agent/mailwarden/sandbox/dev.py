@@ -20,7 +20,7 @@ from types import FrameType
 from ..errors import HarnessError
 from ..firstboot import setupcode
 from ..render.layout import LAYOUT_FILE
-from ..store.db import Database
+from ..store.credentials import CredentialStore
 from ..store.users import Users
 from .instance import Sandbox
 
@@ -85,7 +85,7 @@ def run_dev(state_path: Path | None, run_dir: Path | None, fresh: bool = False) 
                   "local sink; the mail daemons start once the wizard has applied a state)")
     else:
         password = secrets.token_urlsafe(12)
-        Users(Database(sandbox.layout.database)).add("admin", password, "admin")
+        Users(CredentialStore.for_layout(sandbox.layout)).add("admin", password, "admin")
         print(f"API login:  admin / {password}  (this run only)")
     to = "user@YOUR-DOMAIN" if text is None else "user@example.test"
     print(f"send mail:  swaks --server {endpoints['smtp']} --to {to}")

@@ -1,11 +1,15 @@
-"""The SQLite database: connection settings, schema and its migrations.
+"""The SQLite databases: connection settings, schemas and their migrations.
 
 WAL mode so the API reads while the filter writes; one connection per thread; every
 statement parameterised. The schema version is SQLite's user_version.
+
+Two stores use this: the mail path's shared store (SCHEMA, written by every agent daemon)
+and the API's private credentials store (store/credentials.py, its own schema).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -114,7 +118,9 @@ SCHEMA: list[str] = [
         PRIMARY KEY (hour, domain, direction)
     );
     """,
-    # version 2: people and machines that use the API
+    # version 2: people and machines that use the API. These tables are no longer used here:
+    # the API moves their rows into its own credentials store (store/credentials.py) and drops
+    # them, since every daemon that writes this store could otherwise mint logins.
     """
     CREATE TABLE users (
         id INTEGER PRIMARY KEY,
@@ -204,13 +210,27 @@ def _statements(script: str) -> Iterator[str]:
 
 
 class Database:
-    """One SQLite file; a connection per thread; schema migrated on open."""
+    """One SQLite file; a connection per thread; schema migrated on open.
 
-    def __init__(self, path: Path) -> None:
+    private: the file is made 0600 before SQLite opens it (SQLite gives its -wal and -shm
+    files the main file's mode) and a missing folder 0700, for a store only its owner reads.
+    """
+
+    def __init__(self, path: Path, schema: list[str] = SCHEMA, *, private: bool = False) -> None:
         self.path = path
+        self.schema = schema
         self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if private:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
         with self.transaction() as conn:
+            self.created_from = conn.execute("PRAGMA user_version").fetchone()[0]
             self._migrate(conn)
 
     def connection(self) -> sqlite3.Connection:
@@ -238,7 +258,7 @@ class Database:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(SCHEMA[version:], start=version + 1):
+        for number, script in enumerate(self.schema[version:], start=version + 1):
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")

@@ -1,13 +1,17 @@
-"""Users, sessions, API tokens and the audit log.
+"""Users, sessions, API tokens and the audit log, in the API's credentials store.
 
 Passwords are argon2id hashes; session and API token secrets are random and only their
-SHA-256 is stored, so a copy of the database opens no doors.
+SHA-256 is stored, so a copy of the database opens no doors. TOTP secrets are encrypted with
+the store's key (store/credentials.py); a code is accepted once (the last accepted time step
+is kept per user). API tokens belong to the user who made them, carry no more than that user's
+role, expire, and die with the user.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -15,16 +19,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import argon2
+import pyotp
 
 from ..errors import MailwardenError, NotFound, StoreError
-from .db import Database
+from .credentials import CredentialStore
 
 Role = Literal["admin", "qmanager", "audit", "helpdesk", "quser"]
 ROLES: tuple[str, ...] = ("admin", "qmanager", "audit", "helpdesk", "quser")
 
 SESSION_LIFETIME = 8 * 3600
+# Wrong passwords for one account from one address before that address must wait; counted
+# per (address, account), so someone elsewhere cannot lock the owner out.
 LOCKOUT_AFTER = 5
 LOCKOUT_SECONDS = 15 * 60
+TOTP_STEP = 30
+TOKEN_DAYS_DEFAULT = 90
+TOKEN_DAYS_MAX = 365
 
 _hasher = argon2.PasswordHasher()
 
@@ -50,6 +60,12 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def may_grant(owner_role: str, role: str) -> bool:
+    """Roles are not ranked beyond this: an admin may hand out any role, anyone else only
+    their own."""
+    return owner_role == "admin" or owner_role == role
+
+
 @dataclass(frozen=True)
 class User:
     id: int
@@ -66,8 +82,9 @@ class Session:
 
 
 class Users:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, store: CredentialStore) -> None:
+        self.store = store
+        self.db = store.db
 
     # --- accounts -----------------------------------------------------------------------
 
@@ -76,22 +93,29 @@ class Users:
             raise StoreError("the password must have at least 10 characters")
         return self.add_hashed(username, _hasher.hash(password), role)
 
-    def add_hashed(self, username: str, password_hash: str, role: str) -> User:
+    def add_hashed(self, username: str, password_hash: str, role: str, *,
+                   replace: bool = False) -> User:
         """An account whose password arrives already hashed (a first-boot seed file, so the
-        password itself is never written to a disk image or a cloud-init drive)."""
+        password itself is never written to a disk image or a cloud-init drive).
+
+        replace: an existing account of that name gets this password and role instead, its
+        second factor, sessions and tokens gone (first-run setup names the administrator)."""
         if role not in ROLES:
             raise StoreError(f"unknown role '{role}' (one of {', '.join(ROLES)})")
         if not password_hash.startswith(("$argon2id$", "$argon2i$")):
             raise StoreError("the password hash must be an argon2 hash")
-        try:
-            with self.db.transaction() as conn:
+        with self.db.transaction() as conn:
+            if replace and conn.execute("SELECT 1 FROM users WHERE username = ?",
+                                        (username,)).fetchone():
+                conn.execute("DELETE FROM users WHERE username = ?", (username,))
+            try:
                 conn.execute(
                     "INSERT INTO users (username, password_hash, role, created) VALUES (?,?,?,?)",
                     (username, password_hash, role, time.time()))
-        except Exception as exc:
-            if "UNIQUE" in str(exc):
-                raise StoreError(f"user '{username}' exists already") from None
-            raise
+            except Exception as exc:
+                if "UNIQUE" in str(exc):
+                    raise StoreError(f"user '{username}' exists already") from None
+                raise
         return self.get(username)
 
     def get(self, username: str) -> User:
@@ -119,32 +143,95 @@ class Users:
         if len(password) < 10:
             raise StoreError("the password must have at least 10 characters")
         with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0"
-                " WHERE username = ?", (_hasher.hash(password), username))
+            cursor = conn.execute("UPDATE users SET password_hash = ? WHERE username = ?",
+                                  (_hasher.hash(password), username))
             if cursor.rowcount == 0:
                 raise NotFound(f"no user '{username}'")
             conn.execute("DELETE FROM sessions WHERE user_id = (SELECT id FROM users"
                          " WHERE username = ?)", (username,))
 
     def delete(self, username: str) -> None:
+        """The user, their sessions and their API tokens."""
         with self.db.transaction() as conn:
             if conn.execute("DELETE FROM users WHERE username = ?",
                             (username,)).rowcount == 0:
                 raise NotFound(f"no user '{username}'")
 
-    def set_totp(self, username: str, secret: str | None) -> None:
+    # --- second factor ------------------------------------------------------------------
+
+    def _secret(self, row: Any) -> str | None:
+        sealed = row["totp_secret"]
+        return self.store.box.open(sealed, str(row["id"])) if sealed else None
+
+    def _accept_code(self, row: Any, secret: str, code: str | None, now: float) -> bool:
+        """Whether code is the TOTP code of a time step near now that was not used before;
+        that step is then used up (a code seen on the wire cannot be replayed)."""
+        if not code or not code.isascii() or not code.strip().isdigit():
+            return False
+        code = code.strip()
+        totp = pyotp.TOTP(secret)
+        current = int(now) // TOTP_STEP
+        for step in (current - 1, current, current + 1):
+            if hmac.compare_digest(totp.at(step * TOTP_STEP), code):
+                with self.db.transaction() as conn:
+                    used = conn.execute(
+                        "UPDATE users SET totp_last_step = ? WHERE id = ? AND totp_last_step < ?",
+                        (step, row["id"], step)).rowcount
+                return used == 1
+        return False
+
+    def _row(self, username: str) -> Any:
+        row = self.db.connection().execute(
+            "SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            raise NotFound(f"no user '{username}'")
+        return row
+
+    def _confirm(self, row: Any, password: str | None, code: str | None, now: float) -> None:
+        """The account holder themself: the password, and the current code if TOTP is on."""
+        try:
+            _hasher.verify(row["password_hash"], password or "")
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            raise AuthError("the current password is required and was wrong") from None
+        secret = self._secret(row)
+        if secret and not self._accept_code(row, secret, code, now):
+            raise AuthError("a valid current one-time code is required")
+
+    def enable_totp(self, username: str, *, password: str | None, current_code: str | None,
+                    secret: str, code: str, now: float | None = None) -> None:
+        """Turn TOTP on, or move it to a new device: the password (and, when TOTP is on, a
+        code of the current device), and a code of the new secret, proving the device has it."""
+        now = time.time() if now is None else now
+        row = self._row(username)
+        self._confirm(row, password, current_code, now)
+        current = int(now) // TOTP_STEP
+        try:
+            totp = pyotp.TOTP(secret)
+            matched = [step for step in (current - 1, current, current + 1)
+                       if hmac.compare_digest(totp.at(step * TOTP_STEP), code.strip())]
+        except (ValueError, TypeError):
+            raise StoreError("the secret is not a base32 TOTP secret") from None
+        if not matched:
+            raise StoreError("the code does not match; check the device's clock")
         with self.db.transaction() as conn:
-            conn.execute("UPDATE users SET totp_secret = ? WHERE username = ?",
-                         (secret, username))
+            # The code just shown is used up: it cannot log in a second time.
+            conn.execute("UPDATE users SET totp_secret = ?, totp_last_step = ? WHERE id = ?",
+                         (self.store.box.seal(secret, str(row["id"])), matched[0], row["id"]))
+
+    def disable_totp(self, username: str, *, password: str | None, code: str | None,
+                     now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        row = self._row(username)
+        self._confirm(row, password, code, now)
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE users SET totp_secret = NULL WHERE id = ?", (row["id"],))
 
     # --- login --------------------------------------------------------------------------
 
     def authenticate(self, username: str, password: str, totp_code: str | None = None,
                      now: float | None = None) -> User:
-        """The user, or AuthError; repeated failures lock the account for a while."""
-        import pyotp
-
+        """The user, or AuthError. Throttling repeated failures is the caller's (per source
+        address and account: api/resources.py)."""
         now = time.time() if now is None else now
         row = self.db.connection().execute(
             "SELECT * FROM users WHERE username = ?", (username,)).fetchone()
@@ -152,26 +239,14 @@ class Users:
             with contextlib.suppress(argon2.exceptions.VerifyMismatchError):
                 _hasher.verify(_DUMMY_HASH, password + "x")
             raise AuthError("wrong username or password")
-        if row["locked_until"] > now:
-            raise LockedOut(f"too many failed logins; try again in "
-                            f"{int(row['locked_until'] - now) // 60 + 1} minutes")
         try:
             _hasher.verify(row["password_hash"], password)
-            if row["totp_secret"] and not (totp_code and pyotp.TOTP(row["totp_secret"]).verify(
-                    totp_code, for_time=int(now), valid_window=1)):
-                raise AuthError("a valid one-time code is required")
-        except (argon2.exceptions.VerifyMismatchError, AuthError) as exc:
-            failures = row["failed_logins"] + 1
-            locked = now + LOCKOUT_SECONDS if failures >= LOCKOUT_AFTER else 0
-            with self.db.transaction() as conn:
-                conn.execute("UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
-                             (0 if locked else failures, locked, row["id"]))
-            if isinstance(exc, AuthError):
-                raise
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             raise AuthError("wrong username or password") from None
-        with self.db.transaction() as conn:
-            conn.execute("UPDATE users SET failed_logins = 0 WHERE id = ?", (row["id"],))
-        return User(row["id"], row["username"], row["role"], bool(row["totp_secret"]))
+        secret = self._secret(row)
+        if secret and not self._accept_code(row, secret, totp_code, now):
+            raise AuthError("a valid one-time code is required (each code works once)")
+        return User(row["id"], row["username"], row["role"], bool(secret))
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -203,32 +278,47 @@ class Users:
 
     # --- API tokens ---------------------------------------------------------------------
 
-    def create_token(self, name: str, role: str, owner: User | None) -> tuple[int, str]:
-        """(id, secret); the secret is shown once and never stored."""
+    def create_token(self, name: str, role: str, owner: User, *,
+                     days: int = TOKEN_DAYS_DEFAULT, now: float | None = None
+                     ) -> tuple[int, str]:
+        """(id, secret); the secret is shown once and never stored. The token acts for its
+        owner with `role` (no more than the owner's) until it expires in `days`."""
         if role not in ROLES:
             raise StoreError(f"unknown role '{role}'")
+        if owner.id < 0:
+            raise StoreError("an API token cannot make API tokens")
+        if not may_grant(owner.role, role):
+            raise StoreError(f"the role '{owner.role}' cannot make a token with role '{role}'")
+        if isinstance(days, bool) or not isinstance(days, int) \
+                or not 1 <= days <= TOKEN_DAYS_MAX:
+            raise StoreError(f"a token lives 1 to {TOKEN_DAYS_MAX} days")
+        now = time.time() if now is None else now
         secret = "mwt_" + secrets.token_urlsafe(32)
         with self.db.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO api_tokens (name, token_hash, role, user_id, created)"
-                " VALUES (?,?,?,?,?)",
-                (name, _digest(secret), role, owner.id if owner else None, time.time()))
+                "INSERT INTO api_tokens (name, token_hash, role, user_id, created, expires)"
+                " VALUES (?,?,?,?,?,?)",
+                (name, _digest(secret), role, owner.id, now, now + days * 86400))
         return int(cursor.lastrowid or 0), secret
 
-    def token_user(self, secret: str) -> User | None:
+    def token_user(self, secret: str, now: float | None = None) -> User | None:
+        now = time.time() if now is None else now
         row = self.db.connection().execute(
-            "SELECT id, name, role FROM api_tokens WHERE token_hash = ? AND revoked IS NULL",
-            (_digest(secret),)).fetchone()
-        if row is None:
+            "SELECT t.id, t.name, t.role, u.role AS owner_role, u.username"
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.token_hash = ? AND t.revoked IS NULL AND t.expires > ?",
+            (_digest(secret), now)).fetchone()
+        if row is None or not may_grant(row["owner_role"], row["role"]):
             return None
         with self.db.transaction() as conn:
-            conn.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?",
-                         (time.time(), row["id"]))
+            conn.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, row["id"]))
         return User(-row["id"], f"token:{row['name']}", row["role"], False)
 
     def tokens(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.connection().execute(
-            "SELECT id, name, role, created, last_used, revoked FROM api_tokens ORDER BY id")]
+            "SELECT t.id, t.name, t.role, u.username AS owner, t.created, t.expires,"
+            " t.last_used, t.revoked FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            " ORDER BY t.id")]
 
     def revoke_token(self, token_id: int) -> None:
         with self.db.transaction() as conn:
@@ -238,8 +328,8 @@ class Users:
 
 
 class Audit:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, store: CredentialStore) -> None:
+        self.db = store.db
 
     def record(self, actor: str, action: str, target: str | None = None,
                detail: dict[str, Any] | None = None, source_ip: str | None = None,
@@ -251,10 +341,15 @@ class Audit:
                 (time.time() if now is None else now, actor, action, target,
                  json.dumps(detail) if detail is not None else None, source_ip))
 
-    def count(self, action: str, *, source_ip: str | None, since: float) -> int:
-        return int(self.db.connection().execute(
-            "SELECT COUNT(*) FROM audit_log WHERE action = ? AND source_ip IS ? AND time >= ?",
-            (action, source_ip, since)).fetchone()[0])
+    def count(self, action: str, *, source_ip: str | None, since: float,
+              actor: str | None = None) -> int:
+        """Entries of `action` from source_ip since then (and by actor, if given)."""
+        query = "SELECT COUNT(*) FROM audit_log WHERE action = ? AND source_ip IS ? AND time >= ?"
+        params: list[Any] = [action, source_ip, since]
+        if actor is not None:
+            query += " AND actor = ?"
+            params.append(actor)
+        return int(self.db.connection().execute(query, params).fetchone()[0])
 
     def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         rows = self.db.connection().execute(
