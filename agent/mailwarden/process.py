@@ -23,8 +23,12 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     input_text: str | None = None,
+    user: int | None = None,
+    group: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv, capture stdout+stderr together; raise CommandError on failure if check."""
+    """Run argv, capture stdout+stderr together; raise CommandError on failure if check.
+
+    user/group: run it as that user and group only (no supplementary groups)."""
     args = [str(a) for a in argv]
     full_env = {**os.environ, **env} if env else None
     try:
@@ -38,6 +42,9 @@ def run(
             cwd=cwd,
             input=input_text,
             check=False,
+            user=user,
+            group=group,
+            extra_groups=[] if user is not None else None,
         )
     except FileNotFoundError:
         raise CommandError(args, 127, f"{args[0]}: command not found") from None

@@ -16,13 +16,14 @@ import falcon
 
 from ..errors import MailwardenError
 from ..firstboot.answers import Answers
-from ..firstboot.engine import FirstbootResult, Host, NullHost, apply_answers
+from ..firstboot.engine import FirstbootResult, Host, NullHost, apply_answers, is_set_up
 from ..mail.reinject import reinject
 from ..render.apply import ApplyResult, Controller, apply_state, rollback
 from ..render.layout import Layout
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
 from ..state.schema import Quarantine as QuarantineSettings
+from ..store.credentials import CredentialStore
 from ..store.db import Database
 from ..store.lists import UserLists
 from ..store.quarantine import Quarantine
@@ -67,6 +68,9 @@ class Services:
     applier: Applier | None = None
     rollbacker: RollbackFn | None = None
     setup: SetupFn | None = None
+    # The API's own credentials store (users, sessions, tokens, audit log); unset: the
+    # layout's (layout.auth_database), its rows moved out of the shared store on first open.
+    credentials: CredentialStore | None = None
 
 
 # The API's paths: /api and everything under /api/. One that no route serves is a JSON 404,
@@ -159,7 +163,8 @@ def no_such_api_path(req: falcon.Request, resp: falcon.Response, **params: Any) 
 
 def create_app(services: Services) -> falcon.App:
     layout, db = services.layout, services.db
-    users, audit = Users(db), Audit(db)
+    credentials = services.credentials or CredentialStore.for_layout(layout)
+    users, audit = Users(credentials), Audit(credentials)
     store = RevisionStore(layout.revisions_dir)
 
     def apply_here(text: str, author: str, comment: str, base: int | None) -> ApplyResult:
@@ -172,7 +177,7 @@ def create_app(services: Services) -> falcon.App:
 
     def setup_here(answers: Answers) -> FirstbootResult:
         return apply_answers(answers, layout=layout, controller=services.controller,
-                             host=services.host, db=db, author="setup wizard")
+                             host=services.host, author="setup wizard")
 
     apply: Applier = services.applier or apply_here
     roll_back: RollbackFn = services.rollbacker or roll_back_here
@@ -198,7 +203,8 @@ def create_app(services: Services) -> falcon.App:
         "/api/health": resources.HealthResource(),
         "/api/session": resources.SessionResource(users, audit, services.clock,
                                                   admit=portal.admit),
-        "/api/setup": SetupResource(users, audit, layout.setup_code, setup, services.clock),
+        "/api/setup": SetupResource(users, audit, layout.setup_code, setup,
+                                    set_up=lambda: is_set_up(layout), clock=services.clock),
         "/api/state": resources.StateResource(store, apply, audit, layout.state_file),
         "/api/state/revisions": resources.RevisionsResource(store),
         "/api/state/revisions/{number:int(min=1)}": resources.RevisionResource(store),

@@ -18,7 +18,7 @@ from ..render.apply import ApplyResult
 from ..state.load import validate_data
 from ..state.revisions import RevisionStore
 from ..state.schema import State
-from ..store.users import SESSION_LIFETIME, Audit, User, Users
+from ..store.users import LOCKOUT_AFTER, SESSION_LIFETIME, Audit, User, Users
 from .auth import clear_session_cookie, set_session_cookie
 from .errors import BadInput
 
@@ -57,15 +57,20 @@ LOGIN_WINDOW = 15 * 60
 
 
 def throttle_guessing(audit: Audit, action: str, source_ip: str, now: float,
-                      what: str) -> None:
-    """429 once an address has failed LOGIN_FAILURES_PER_ADDRESS times in the window (failed
-    attempts are audited under `action`)."""
-    recent = audit.count(action, source_ip=source_ip, since=now - LOGIN_WINDOW)
-    if recent >= LOGIN_FAILURES_PER_ADDRESS:
-        raise falcon.HTTPTooManyRequests(
+                      what: str, *, actor: str | None = None,
+                      limit: int = LOGIN_FAILURES_PER_ADDRESS,
+                      code: str = "too_many_requests") -> None:
+    """429 once an address has failed `limit` times in the window (failed attempts are
+    audited under `action`), for any account, or for `actor` alone when given. Never per
+    account alone: a guesser elsewhere must not lock the account's owner out."""
+    recent = audit.count(action, source_ip=source_ip, since=now - LOGIN_WINDOW, actor=actor)
+    if recent >= limit:
+        error = falcon.HTTPTooManyRequests(
             title="Too Many Requests",
             description=f"too many {what} from your address; wait 15 minutes",
             retry_after=LOGIN_WINDOW)
+        error.code = code  # type: ignore[attr-defined]
+        raise error
 
 
 @dataclass
@@ -89,6 +94,9 @@ class SessionResource:
         # Per source address too: guessing across many accounts from one host is throttled,
         # whatever the accounts' own lockouts say.
         throttle_guessing(self.audit, "login.failed", req.remote_addr, now, "failed logins")
+        throttle_guessing(self.audit, "login.failed", req.remote_addr, now,
+                          f"failed logins as {username}", actor=username,
+                          limit=LOCKOUT_AFTER, code="locked_out")
         try:
             user = self.users.authenticate(username, password, data.get("totp"), now=now)
         except Exception:

@@ -108,6 +108,18 @@ class Layout:
         return self.path("/var/lib/mailwarden/mailwarden.db")
 
     @property
+    def setup_marker(self) -> Path:
+        """Written by root once the first-run setup succeeded: whether the appliance is set up
+        is decided by this file alone (in a folder only root writes)."""
+        return self.state_dir / "setup-complete"
+
+    @property
+    def auth_database(self) -> Path:
+        """The API's credentials store (users, sessions, tokens, audit log): its own folder,
+        0700, owned by the API's user."""
+        return self.path("/var/lib/mailwarden-api/auth.db")
+
+    @property
     def quarantine_dir(self) -> Path:
         return self.path("/var/lib/mailwarden/quarantine")
 

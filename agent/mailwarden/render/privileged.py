@@ -301,15 +301,16 @@ class Operations:
             return {"result": result_to_wire(result)}
         if op == "setup":
             from ..firstboot.answers import validate_answers
-            from ..firstboot.engine import apply_answers
-            from ..store.db import Database
+            from ..firstboot.engine import AlreadySetUp, adopt_earlier_setup, apply_answers
 
             answers = validate_answers(request.get("answers"), "answers")
+            # Decided by root's marker alone; no store the caller can write has a say.
+            if adopt_earlier_setup(self.layout):
+                raise AlreadySetUp("this appliance is set up already")
             first = RevisionStore(self.layout.revisions_dir).current() is None
             try:
                 outcome = apply_answers(answers, layout=self.layout, controller=self.controller,
-                                        host=self.host_factory(),
-                                        db=Database(self.layout.database), author=author)
+                                        host=self.host_factory(), author=author)
                 if first and self.after_first_state is not None:
                     self.after_first_state()
             finally:
