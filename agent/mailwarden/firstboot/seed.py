@@ -206,8 +206,8 @@ def install_signatures(seed: Seed, root: Path = Path("/")) -> list[str]:
     except KeyError:
         owner = None
     for name, data in seed.signatures.items():
-        target = folder / name
-        write_atomic(target, data, 0o644)
-        if owner is not None and os.geteuid() == 0:
-            os.chown(target, *owner)
+        # Owner set on the new file before it appears: clamav may write this folder, and a
+        # chown by name afterwards would follow a link it put there.
+        write_atomic(folder / name, data, 0o644,
+                     owner=owner if os.geteuid() == 0 else None)
     return sorted(seed.signatures)
