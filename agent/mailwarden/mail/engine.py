@@ -31,8 +31,8 @@ Which MIME parts each rule's what-group matched travels with every collected act
 
 Regexes are RE2 (state/patterns.py): linear in the text, whatever the pattern. What is left
 to bound is the sum: many rules, many entries, many recipients, a large body. The rules of one
-message get ``mail.rules_budget_ms`` of the evaluating thread's CPU time, checked before every
-rule and every entry; past it the whole message is quarantined by ``rule-budget-exceeded``
+message get ``mail.rules_budget_ms`` of the evaluating thread's CPU time, checked as the rules
+run (``_Budget``); past it the whole message is quarantined by ``rule-budget-exceeded``
 (``budget_exceeded``). CPU time rather than wall time, so that a busy machine does not push
 messages over the budget that alone would pass.
 """
