@@ -8,7 +8,8 @@ root is about to use, or swap one in between a check and the use. So, as root:
 
 - a folder is reached by descriptor, one name at a time from /, and a name is used only where
   nobody but root could have put it there: its parent folder is writable by root alone, or it
-  is sticky and root (or we) own both the folder and the name (`open_dir`);
+  is sticky and root (or we) own both the folder and the name, or the name is a folder of
+  root's that only root may write (`open_dir`); links elsewhere are refused;
 - a file is created under a random name with O_EXCL|O_NOFOLLOW, given its mode and owner on
   the descriptor, and renamed over the old one inside the same folder descriptor
   (`write_atomic`);
@@ -50,14 +51,19 @@ def others_can_replace(info: os.stat_result) -> bool:
     return not _trusted(info.st_uid) or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _stable(folder: os.stat_result, entry_uid: int) -> bool:
-    """Whether an entry owned by `entry_uid` in `folder` is the one root (or we) put there:
-    nobody else can replace entries of the folder, or it is sticky (only an entry's owner and
-    the folder's owner may rename or remove it) and both belong to us."""
+def _stable(folder: os.stat_result, entry: os.stat_result) -> bool:
+    """Whether `entry` in `folder` is one root (or we) put there: nobody else can replace
+    entries of the folder; or it is sticky (only an entry's owner and the folder's owner may
+    rename or remove it) and both belong to us; or the entry is a folder of ours nobody else
+    may write. Another user can swap such a folder only for another like it already in the
+    same folder (moving a folder to another parent needs write access to it), so root's
+    files still land in a folder only root writes (first boot's stamps in the store's
+    folder, which every agent user writes)."""
     if not others_can_replace(folder):
         return True
-    return bool(folder.st_mode & stat.S_ISVTX) and _trusted(folder.st_uid) \
-        and _trusted(entry_uid)
+    if folder.st_mode & stat.S_ISVTX and _trusted(folder.st_uid) and _trusted(entry.st_uid):
+        return True
+    return stat.S_ISDIR(entry.st_mode) and not others_can_replace(entry)
 
 
 def _refuse(path: str, why: str) -> UnsafePath:
@@ -103,14 +109,11 @@ def _walk(absolute: str, create: bool, mode: int) -> tuple[int, str | None]:
             except FileNotFoundError:
                 if not create:
                     raise
-                if not _stable(folder, os.geteuid()):
-                    raise _refuse(os.path.join(here, name), f"{here} is writable by other "
-                                  "users, who could replace a folder made there") from None
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, mode, dir_fd=fd)
                 entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
             where = os.path.join(here, name)
-            if not _stable(folder, entry.st_uid):
+            if not _stable(folder, entry):
                 raise _refuse(where, f"other users may write {here} and could have put "
                               f"{name} there (make the folder root's own, or sticky)")
             if stat.S_ISLNK(entry.st_mode):

@@ -117,7 +117,7 @@ for attempt in (
     lambda: os.rename(root_data + "/revisions", elsewhere + "/r"),
     lambda: os.rename(root_data + "/staging", elsewhere + "/s"),
     lambda: os.symlink(elsewhere, root_data + "/revisions2"),
-    lambda: os.rename(data + "/quarantine", data + "/q"),  # root's, in the sticky folder
+    lambda: os.rename(root_data + "/revisions", root_data + "/r"),
 ):
     try:
         attempt()

@@ -93,6 +93,17 @@ def test_a_folder_another_user_may_swap_is_refused(
     with pytest.raises(UnsafePath, match="other users may write"):
         write_atomic(shared / "revisions" / "000001.yaml", b"text\n")
     assert list(elsewhere.iterdir()) == []
+    # A folder of its own in the place of root's: refused too.
+    run_as(users[API], "import os, sys; os.remove(sys.argv[1]); os.mkdir(sys.argv[1])",
+           str(shared / "revisions"))
+    with pytest.raises(UnsafePath, match="other users may write"):
+        write_atomic(shared / "revisions" / "000001.yaml", b"text\n")
+    assert list((shared / "revisions").iterdir()) == []
+    # Root's own folder, nobody else may write, in a folder others write: root writes there
+    # (another user could only swap it for another such folder of root's beside it).
+    (shared / "firstboot").mkdir(mode=0o750)
+    write_atomic(shared / "firstboot" / "complete", b"done\n")
+    assert (shared / "firstboot" / "complete").read_text() == "done\n"
     # Root's own folder that others may write is refused for root's own files too.
     with pytest.raises(UnsafePath, match="other users may change"):
         os.close(private_dir(shared))
