@@ -775,10 +775,15 @@ async function viewUsers(arg, render) {
     h("button", { onclick: async () => {
       const name = prompt("Token name");
       if (!name) return;
-      const made = await api("POST", "/api/tokens", { name, role: "audit" });
-      secret.textContent = `New token (shown once): ${made.secret}`;
+      const days = Number(prompt("Valid for how many days (1 to 365)?", "90"));
+      if (!Number.isInteger(days)) return;
+      try {
+        const made = await api("POST", "/api/tokens", { name, role: "audit", expires_days: days });
+        secret.textContent = `New token (shown once, valid ${made.expires_days} days): ${made.secret}`;
+      } catch (e) { secret.textContent = e.message; }
     } }, "New read-only token"), secret,
-    h("table", {}, h("tbody", {}, tokens.items.map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, t.role), h("td", {}, t.revoked ? "revoked" : "active"))))));
+    h("table", {}, h("tbody", {}, tokens.items.map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, t.role), h("td", {}, t.owner),
+      h("td", {}, t.revoked ? "revoked" : t.expires * 1000 < Date.now() ? "expired" : `until ${new Date(t.expires * 1000).toLocaleDateString()}`))))));
 }
 
 async function copyText(text) {
@@ -822,18 +827,26 @@ async function viewDkim(arg, render) {
     keys.items.map(record), state.user.role === "admin" ? [form, out] : "");
 }
 
-// My account: every role, quarantine users included, can turn on a second factor.
+// My account: every role, quarantine users included, can turn on a second factor. Changing
+// it asks for the password again (and a code of the current device while it is on): a
+// session left open in a browser is not enough.
 async function viewAccount(arg, render) {
   const me = await api("GET", "/api/session");
   const box = h("div");
+  const password = () => h("input", { id: "totp-password", type: "password", autocomplete: "current-password", required: true });
+  const currentCode = () => h("input", { id: "totp-current", inputmode: "numeric", autocomplete: "one-time-code", required: true, pattern: "[0-9]{6}" });
   async function start() {
     const enrol = await api("POST", "/api/session/totp", {});
     const code = h("input", { id: "totp-code", inputmode: "numeric", autocomplete: "one-time-code", required: true, pattern: "[0-9]{6}" });
+    const pw = password();
+    const current = me.totp ? currentCode() : null;
     const error = h("p", { class: "errors", role: "alert" });
     const form = h("form", { class: "card", onsubmit: async (event) => {
       event.preventDefault();
       try {
-        await api("POST", "/api/session/totp", { secret: enrol.secret, code: code.value });
+        const body = { secret: enrol.secret, code: code.value, password: pw.value };
+        if (current) body.current_code = current.value;
+        await api("POST", "/api/session/totp", body);
         toast("Two-factor login is on");
         viewAccount(arg, render);
       } catch (e) { error.textContent = e.message; }
@@ -842,15 +855,35 @@ async function viewAccount(arg, render) {
     h("pre", { class: "record", id: "totp-secret" }, enrol.secret.match(/.{1,4}/g).join(" ")),
     h("p", {}, h("a", { href: enrol.uri }, "otpauth link"), " ", h("button", { type: "button", onclick: () => copyText(enrol.secret) }, "Copy the key")),
     h("div", { class: "field" }, h("label", { for: "totp-code" }, "Code the app shows now"), code),
+    current ? h("div", { class: "field" }, h("label", { for: "totp-current" }, "Code of your current device"), current) : "",
+    h("div", { class: "field" }, h("label", { for: "totp-password" }, "Your password"), pw),
     h("p", {}, h("button", { class: "primary", type: "submit" }, "Turn on")), error);
     box.replaceChildren(form);
     code.focus();
+  }
+  function stop() {
+    const pw = password();
+    const current = currentCode();
+    const error = h("p", { class: "errors", role: "alert" });
+    const form = h("form", { class: "card", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        await api("DELETE", "/api/session/totp", { password: pw.value, code: current.value });
+        toast("Two-factor login is off");
+        viewAccount(arg, render);
+      } catch (e) { error.textContent = e.message; }
+    } },
+    h("div", { class: "field" }, h("label", { for: "totp-current" }, "Code the app shows now"), current),
+    h("div", { class: "field" }, h("label", { for: "totp-password" }, "Your password"), pw),
+    h("p", {}, h("button", { class: "danger", type: "submit" }, "Turn two-factor login off")), error);
+    box.replaceChildren(form);
+    current.focus();
   }
   render(h("h1", {}, "My account"),
     h("p", {}, `${me.username} (${me.role})`),
     h("h2", {}, "Two-factor login (TOTP)"),
     me.totp
-      ? h("p", {}, "On. ", h("button", { class: "danger", onclick: async () => { if (confirm("Turn two-factor login off?")) { await api("DELETE", "/api/session/totp"); viewAccount(arg, render); } } }, "Turn off"))
+      ? h("p", {}, "On. ", h("button", { onclick: () => start() }, "Move to a new device"), " ", h("button", { class: "danger", onclick: () => stop() }, "Turn off"))
       : h("p", {}, "Off. ", h("button", { class: "primary", onclick: () => start() }, "Set up")),
     box);
 }

@@ -5,6 +5,7 @@ a quarantine user's own view, a phone's width."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from mailwarden.firstboot import setupcode
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.revisions import RevisionStore
+from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
@@ -122,7 +124,7 @@ def _quarantine(gw: Sandbox) -> Quarantine:
 @pytest.fixture
 def admin(browser: object, ui_gateway: Sandbox) -> None:
     """Tests after the wizard's need its admin; run alone, they complete it first."""
-    if Users(Database(ui_gateway.layout.database)).count("admin") == 0:
+    if Users(CredentialStore.for_layout(ui_gateway.layout)).count("admin") == 0:
         p = Page(browser, f"https://127.0.0.1:{ui_gateway.layout.ports.api}")
         complete_wizard(p, ui_gateway)
         p.context.close()
@@ -232,7 +234,7 @@ def test_settings_apply_shows_field_errors_and_rolls_back(page: Page, ui_gateway
 
 def test_quarantine_user_sees_only_their_mail(page: Page, ui_gateway: Sandbox,
                                               admin: None) -> None:
-    users = Users(Database(ui_gateway.layout.database))
+    users = Users(CredentialStore.for_layout(ui_gateway.layout))
     if "user@example.test" not in {u.username for u in users.list()}:
         users.add("user@example.test", PASSWORD, "quser")
     mine, theirs = f"For the user {marker()}", f"For the boss {marker()}"
@@ -295,7 +297,7 @@ def test_dkim_key_generated_published_and_signing(page: Page, ui_gateway: Sandbo
 
 def test_quarantine_user_turns_on_totp_and_then_needs_it(page: Page, ui_gateway: Sandbox,
                                                          admin: None) -> None:
-    users = Users(Database(ui_gateway.layout.database))
+    users = Users(CredentialStore.for_layout(ui_gateway.layout))
     users.add("totp@example.test", PASSWORD, "quser")
     page.login("totp@example.test")
     p = page.page
@@ -303,6 +305,7 @@ def test_quarantine_user_turns_on_totp_and_then_needs_it(page: Page, ui_gateway:
     p.click("text=Set up")
     secret = p.wait_for_selector("#totp-secret").inner_text().replace(" ", "")
     p.fill("#totp-code", pyotp.TOTP(secret).now())
+    p.fill("#totp-password", PASSWORD)
     p.click("text=Turn on")
     p.wait_for_selector("text=Two-factor login is on")
     p.click("#logout")
@@ -311,9 +314,19 @@ def test_quarantine_user_turns_on_totp_and_then_needs_it(page: Page, ui_gateway:
     page.expect_http_error(401, "Unauthorized")
     p.click("button[type=submit]")
     p.wait_for_selector("#totp:visible")
-    p.fill("#totp", pyotp.TOTP(secret).now())
+    # The code that turned it on is used up: the next one logs in.
+    p.fill("#totp", pyotp.TOTP(secret).at(time.time() + 30))
     p.click("button[type=submit]")
     p.wait_for_selector("h1:has-text('Quarantine')")
+    # Turning it off asks for the password and a code again.
+    p.goto(f"{page.base}/#/account")
+    p.click("text=Turn off")
+    p.fill("#totp-current", pyotp.TOTP(secret).at(time.time() + 30))
+    p.fill("#totp-password", "not the password")
+    page.expect_http_error(403, "Forbidden")
+    p.click("text=Turn two-factor login off")
+    p.wait_for_selector("text=the current password is required and was wrong")
+    assert users.get("totp@example.test").totp is True
 
 
 def test_every_page_and_settings_section_renders(page: Page, admin: None) -> None:

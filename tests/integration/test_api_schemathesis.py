@@ -12,7 +12,7 @@ import pytest
 
 from mailwarden.render import health
 from mailwarden.sandbox.instance import Sandbox
-from mailwarden.store.db import Database
+from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.users import Users
 
 from .conftest import state_for
@@ -26,8 +26,9 @@ def test_schemathesis_finds_no_server_errors(sandbox_root: Path) -> None:
     sandbox.start(state_for(sandbox))
     try:
         health.api(sandbox.layout)
-        _, token = Users(Database(sandbox.layout.database)
-                         ).create_token("schemathesis", "admin", None)
+        users = Users(CredentialStore.for_layout(sandbox.layout))
+        _, token = users.create_token(
+            "schemathesis", "admin", users.add("schemathesis", "correct horse battery", "admin"))
         base = f"https://127.0.0.1:{sandbox.layout.ports.api}"
         result = subprocess.run(
             [str(Path(sys.executable).parent / "schemathesis"), "run",

@@ -8,6 +8,7 @@ from falcon import testing
 from mailwarden.api.app import Services, create_app
 from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
+from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users
 
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def client(gateway: Sandbox) -> tuple[testing.TestClient, dict[str, str]]:
     db = Database(gateway.layout.database)
-    users = Users(db)
-    _, secret = users.create_token("test", "admin", None)
+    users = Users(CredentialStore.for_layout(gateway.layout))
+    _, secret = users.create_token("test", "admin",
+                                   users.add("system-tester", "correct horse battery", "admin"))
     app = create_app(Services(gateway.layout, db, NoController()))
     return testing.TestClient(app), {"Authorization": f"Bearer {secret}"}
 

@@ -334,10 +334,12 @@ def test_gtube_through_the_api_release_and_audit(gw: Sandbox) -> None:
 
     from mailwarden.api.app import Services, create_app
     from mailwarden.render.apply import NoController
+    from mailwarden.store.credentials import CredentialStore
     from mailwarden.store.users import Users
 
     db = Database(gw.layout.database)
-    Users(db).add("qm-alice", "correct horse battery", "qmanager")
+    users = Users(CredentialStore.for_layout(gw.layout))
+    users.add("qm-alice", "correct horse battery", "qmanager")
     api = testing.TestClient(create_app(Services(gw.layout, db, NoController())))
     session = api.simulate_post("/api/session", json={"username": "qm-alice",
                                                       "password": "correct horse battery"})
@@ -357,7 +359,8 @@ def test_gtube_through_the_api_release_and_audit(gw: Sandbox) -> None:
     released = api.simulate_post(f"/api/quarantine/{entry['id']}/release", headers=headers)
     assert released.json == {"released": ["user@example.test"]}
     gw.sink.wait_for_marker(subject)
-    admin_token = Users(db).create_token("audit-reader", "audit", None)[1]
+    admin = users.add("audit-admin", "correct horse battery", "admin")
+    admin_token = users.create_token("audit-reader", "audit", admin)[1]
     audit = api.simulate_get("/api/audit", headers={"Authorization": f"Bearer {admin_token}"})
     assert any(item["action"] == "quarantine.release" and item["actor"] == "qm-alice"
                and item["target"] == entry["id"] for item in audit.json["items"])

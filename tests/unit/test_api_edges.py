@@ -155,7 +155,8 @@ def test_user_release_virus_lets_users_allow_and_release(env: Env) -> None:
 
 def test_portal_off_shuts_quarantine_users_out(env: Env) -> None:
     session = login(env.client, USER)  # logged in while the portal is on
-    _, token = env.users.create_token("user-script", "quser", None)
+    _, token = env.users.create_token("user-script", "quser",
+                                       env.users.get(USER))
     bearer = {"Authorization": f"Bearer {token}"}
     assert env.client.simulate_get("/api/quarantine", headers=bearer).status_code == 200
     set_quarantine(env, user_portal=False)

@@ -210,3 +210,44 @@ def test_batch_writer_writes_batches_in_one_transaction_and_everything_on_close(
     writer2.submit(lambda conn: tracking_insert(conn, record, now=7300.0))
     writer2.close()
     assert db.connection().execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 52
+
+
+def test_credentials_move_out_of_the_shared_store_once(tmp_path: Path) -> None:
+    """Users, tokens and the audit log of earlier versions: moved into the API's own store on
+    its first open (TOTP secrets encrypted on the way), then gone from the shared one."""
+    import hashlib
+
+    import pyotp
+
+    from mailwarden.store.credentials import CredentialStore
+    from mailwarden.store.users import Audit, Users, hash_password
+
+    shared = Database(tmp_path / "mw.db")
+    secret = pyotp.random_base32()
+    with shared.transaction() as conn:
+        conn.execute("INSERT INTO users (id, username, password_hash, role, totp_secret, created)"
+                     " VALUES (7, 'admin', ?, 'admin', ?, 1)", (hash_password("a long password"),
+                                                                 secret))
+        conn.execute("INSERT INTO api_tokens (name, token_hash, role, user_id, created)"
+                     " VALUES ('ci', ?, 'audit', NULL, 1)",
+                     (hashlib.sha256(b"mwt_old").hexdigest(),))
+        conn.execute("INSERT INTO audit_log (time, actor, action) VALUES (1, 'admin', 'login')")
+    store = CredentialStore(tmp_path / "api" / "auth.db", legacy=tmp_path / "mw.db")
+    users = Users(store)
+    assert [(u.username, u.role, u.totp) for u in users.list()] == [("admin", "admin", True)]
+    raw = store.db.connection().execute("SELECT totp_secret FROM users").fetchone()[0]
+    assert secret not in raw
+    user = users.authenticate("admin", "a long password", pyotp.TOTP(secret).now())
+    assert user.username == "admin"
+    token = users.token_user("mwt_old")  # an ownerless token now belongs to the admin
+    assert token is not None and token.role == "audit"
+    assert [t["owner"] for t in users.tokens()] == ["admin"]
+    assert any(a["action"] == "login" for a in Audit(store).list())
+    tables = {r[0] for r in shared.connection().execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not tables & {"users", "sessions", "api_tokens", "audit_log"}
+    assert (tmp_path / "api").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "api" / "auth.db").stat().st_mode & 0o777 == 0o600
+    # Opened again, nothing is moved twice.
+    again = Users(CredentialStore(tmp_path / "api" / "auth.db", legacy=tmp_path / "mw.db"))
+    assert len(again.list()) == 1
