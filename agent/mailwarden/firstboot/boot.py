@@ -105,9 +105,17 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
             result = apply_answers(answers, layout=layout, controller=controller, host=host,
                                    author="firstboot")
             admin = answers.admin
-            create_admin(layout, result.admin,
-                         admin.password_hash or hash_password(admin.password or ""),
-                         as_user=API_USER if live and os.geteuid() == 0 else None)
+            try:
+                create_admin(layout, result.admin,
+                             admin.password_hash or hash_password(admin.password or ""),
+                             as_user=API_USER if live and os.geteuid() == 0 else None)
+            except MailwardenError as exc:
+                # The gateway is set up; only the account is missing, and the console can
+                # make it.
+                outcome.errors.append(exc.message)
+                _say(out, f"MWFIRSTBOOT admin not created: [{exc.code}] "
+                          f"{exc.message.splitlines()[0]}; on the console run "
+                          f"`mailwarden user add {result.admin}`")
             if first and live:
                 listen_publicly(layout)
         except AlreadySetUp as exc:
