@@ -15,7 +15,7 @@ import falcon
 import yaml
 
 from ..render.apply import ApplyResult
-from ..state.load import validate_data
+from ..state.load import parse_yaml, validate_data
 from ..state.revisions import RevisionStore
 from ..state.schema import State
 from ..store.users import LOCKOUT_AFTER, SESSION_LIFETIME, Audit, User, Users
@@ -132,7 +132,8 @@ class StateResource:
         current = self.store.current()
         if current is None:
             raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
-        state = validate_data(yaml.safe_load(self.store.text(current)), source="live state")
+        state = validate_data(parse_yaml(self.store.text(current), "live state")[0],
+                              source="live state")
         resp.etag = f'"{current}"'
         resp.media = {"revision": current,
                       "state": state.model_dump(mode="json", by_alias=True)}
@@ -152,7 +153,7 @@ class StateResource:
         current = self.store.current()
         if current is None:
             raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
-        live = yaml.safe_load(self.store.text(current))
+        live = parse_yaml(self.store.text(current), "live state")[0]
         live.update(sections)
         validate_data(live, source="state")  # errors name e.g. rules[3].from.objects[0]
         data["yaml"] = yaml.safe_dump(live, sort_keys=False, allow_unicode=True)

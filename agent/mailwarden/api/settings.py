@@ -13,7 +13,7 @@ from typing import Any
 import falcon
 import yaml
 
-from ..state.load import validate_data
+from ..state.load import parse_yaml, validate_data
 from ..state.revisions import RevisionStore
 from ..state.schema import State
 from ..store.users import Audit
@@ -34,7 +34,7 @@ class SettingsResource:
         current = self.store.current()
         if current is None:
             raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
-        data = yaml.safe_load(self.store.text(current))
+        data = parse_yaml(self.store.text(current), "live state")[0]
         return current, data
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, section: str) -> None:

@@ -32,7 +32,7 @@ STAMP = "/var/lib/mailwarden/firstboot/identity.json"
 CERTIFICATES = ("smtp", "api")
 API_USER = "mailwarden-api"
 SECRETS_GROUP = "mailwarden-secrets"
-_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+_MACHINE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -70,7 +70,7 @@ def machine_id(root: Path, *, live: bool) -> str:
     current = path.read_text().strip() if path.exists() else ""
     if live and _is_mount_point(path):
         run(["systemd-machine-id-setup", "--commit"])
-    elif not _MACHINE_ID.match(current):
+    elif not _MACHINE_ID.fullmatch(current):
         if live:
             path.unlink(missing_ok=True)
             run(["systemd-machine-id-setup"])

@@ -34,13 +34,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import FieldError, MailwardenError, StateError
 from ..files import write_atomic
 from ..process import run
 from ..render.layout import Layout
-from .answers import Answers, load_answers, validate_answers
+from ..state.load import parse_yaml
+from .answers import Answers, validate_answers
 
 log = logging.getLogger("mailwarden.firstboot")
 
@@ -80,16 +79,14 @@ class Seed:
 
 def answers_from_text(text: str, source: str) -> Answers:
     """The answers in a seed file: the file itself, or its `mailwarden:` section."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        data = None  # load_answers reports where
+    # The same reader as state files (no aliases, bounded size and depth): root reads this.
+    data, lines = parse_yaml(text, source)
     if isinstance(data, dict) and "mailwarden" in data:
         section = data["mailwarden"]
         return validate_answers(section, f"{source} (mailwarden:)")
     if text.lstrip().startswith("#cloud-config"):
         raise NoAnswers(f"{source} is a cloud-config without a 'mailwarden:' section")
-    return load_answers(text, source)
+    return validate_answers(data, source, lines)
 
 
 def read_seed_dir(folder: Path, source: str) -> Seed | None:
@@ -111,7 +108,7 @@ def _signatures(folder: Path) -> dict[str, bytes]:
         return found
     total = 0
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or not _SIGNATURE.match(path.name):
+        if not path.is_file() or not _SIGNATURE.fullmatch(path.name):
             continue
         total += path.stat().st_size
         if total > MAX_SIGNATURES:
