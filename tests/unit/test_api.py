@@ -643,3 +643,14 @@ def test_a_non_ascii_csrf_header_is_403_not_500(env) -> None:
                                  json={"yaml": STATE})
     assert result.status_code == 403
     assert result.json["error"]["code"] == "csrf"
+
+
+def test_odd_totp_input_is_400_not_500(env) -> None:
+    client, users, _ = env
+    users.add("odd", PASSWORD, "audit")
+    headers = login(client, "odd")
+    for body in ({"secret": "JBSWY3DPEHPK3PXP", "code": "\u0661\u0662\u0663", "password": PASSWORD},
+                 {"secret": "not base32 !", "code": "123456", "password": PASSWORD},
+                 {"secret": "JBSWY3DPEHPK3PXP", "code": "123456", "password": 5}):
+        result = client.simulate_post("/api/session/totp", headers=headers, json=body)
+        assert result.status_code == 400, (body, result.text)

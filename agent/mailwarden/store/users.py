@@ -205,10 +205,13 @@ class Users:
         row = self._row(username)
         self._confirm(row, password, current_code, now)
         current = int(now) // TOTP_STEP
+        code = code.strip()
+        if not (code.isascii() and code.isdigit()):
+            raise StoreError("the code is the 6 digits the app shows")
         try:
             totp = pyotp.TOTP(secret)
             matched = [step for step in (current - 1, current, current + 1)
-                       if hmac.compare_digest(totp.at(step * TOTP_STEP), code.strip())]
+                       if hmac.compare_digest(totp.at(step * TOTP_STEP), code)]
         except (ValueError, TypeError):
             raise StoreError("the secret is not a base32 TOTP secret") from None
         if not matched:
