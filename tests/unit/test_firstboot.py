@@ -16,7 +16,7 @@ from mailwarden.api.app import Services, create_app
 from mailwarden.errors import StateError
 from mailwarden.firstboot import setupcode
 from mailwarden.firstboot.answers import load_answers, validate_answers
-from mailwarden.firstboot.engine import state_from_answers
+from mailwarden.firstboot.engine import keep_reachable, state_from_answers
 from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.load import load_state_text
@@ -121,6 +121,35 @@ def test_state_from_answers_on_an_empty_appliance() -> None:
     assert state.networks.trusted == ["10.0.0.0/8"] and state.networks.ssh is False
 
 
+def test_management_networks_from_the_answers() -> None:
+    base = {"version": 1, "hostname": "mx.example.org", "admin": {"password": "long enough pw"},
+            "domains": [{"name": "example.org", "server": "10.0.0.5"}]}
+    given = validate_answers({**base, "management_networks": ["192.168.7.0/24"]})
+    state = load_state_text(state_from_answers(given, None))
+    assert state.networks.management == ["192.168.7.0/24"]
+    # Not given: management stays empty, which the firewall reads as the trusted networks.
+    state = load_state_text(state_from_answers(validate_answers(base), None))
+    assert state.networks.management == []
+
+
+def test_the_web_wizard_never_locks_out_the_browser_that_sets_it_up() -> None:
+    answers = validate_answers({"version": 1, "hostname": "mx.example.org",
+                                "admin": {"password": "long enough pw"},
+                                "domains": [{"name": "example.org", "server": "10.0.0.5"}],
+                                "trusted_networks": ["10.1.0.0/16"]})
+    # From outside the trusted networks: the browser's address joins them for the web UI.
+    outside = keep_reachable(answers, "192.168.1.50")
+    assert outside.management_networks == ["10.1.0.0/16", "10.0.0.5/32", "192.168.1.50/32"]
+    state = load_state_text(state_from_answers(outside, None))
+    assert "192.168.1.50/32" in state.networks.management
+    assert "192.168.1.50/32" not in state.networks.trusted  # it may manage, not relay
+    # Inside the trusted networks, from loopback, or with management chosen: as given.
+    assert keep_reachable(answers, "10.1.2.3") is answers
+    assert keep_reachable(answers, "127.0.0.1") is answers
+    chosen = answers.model_copy(update={"management_networks": ["172.16.0.0/12"]})
+    assert keep_reachable(chosen, "192.168.1.50") is chosen
+
+
 def test_setup_code_is_single_use_and_forgiving_about_case(tmp_path: Path) -> None:
     path = tmp_path / "setup-code"
     code = setupcode.issue(path)
@@ -171,6 +200,18 @@ def test_wizard_sets_up_once_and_logs_the_admin_in(fresh) -> None:
     login = client.simulate_post("/api/session", json={"username": "admin",
                                                        "password": "a long password"})
     assert login.status_code == 200
+
+
+def test_wizard_from_outside_the_trusted_networks_keeps_the_web_ui(fresh) -> None:
+    client, _sandbox, code = fresh
+    result = client.simulate_post("/api/setup", json=_wizard(code),
+                                  remote_addr="198.51.100.7")
+    assert result.status_code == 201, result.text
+    cookie = result.cookies["mw_session"].value
+    state = client.simulate_get("/api/state", headers={"Cookie": f"mw_session={cookie}"})
+    networks = state.json["state"]["networks"]
+    assert "198.51.100.7/32" in networks["management"]
+    assert "198.51.100.7/32" not in networks["trusted"]
 
 
 def test_wizard_refuses_a_wrong_code_and_throttles_guessing(fresh) -> None:

@@ -21,7 +21,7 @@ import falcon
 
 from ..firstboot import setupcode
 from ..firstboot.answers import AdminAnswer, Answers, validate_answers
-from ..firstboot.engine import AlreadySetUp, FirstbootResult
+from ..firstboot.engine import AlreadySetUp, FirstbootResult, keep_reachable
 from ..store.users import SESSION_LIFETIME, Audit, Users, hash_password
 from .auth import set_session_cookie
 from .errors import BadInput
@@ -71,7 +71,8 @@ class SetupResource:
         if not setupcode.matches(self.code_file, code):
             self.audit.record("-", "setup.failed", source_ip=req.remote_addr, now=now)
             raise WrongSetupCode()
-        answers = validate_answers(data.get("answers"), "answers")
+        answers = keep_reachable(validate_answers(data.get("answers"), "answers"),
+                                 req.remote_addr)
         # The password goes no further than this process: the helper sees its hash, which it
         # does not use either (credentials are this process's to keep).
         password_hash = answers.admin.password_hash or hash_password(answers.admin.password or "")

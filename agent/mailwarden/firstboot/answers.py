@@ -11,6 +11,7 @@ like the state file's: path, line, and what was expected.
     domains:
       - {name: example.org, server: 10.0.0.5, port: 25}
     trusted_networks: [10.0.0.0/8]
+    management_networks: [10.0.9.0/24]   # web UI and SSH; default: the trusted ones
     ssh_authorized_keys: ["ssh-ed25519 AAAA... admin@laptop"]
 """
 
@@ -114,6 +115,11 @@ class Answers(Section):
     trusted_networks: list[Network] = Field(
         default_factory=list,
         description="Networks that may relay through the gateway (the internal servers').")
+    management_networks: list[Network] = Field(
+        default_factory=list,
+        description="Networks that may reach the web UI and API (port 8006) and SSH; empty: "
+        "the trusted networks. The web wizard adds the browser's own address when neither "
+        "covers it, so that setting up never locks its own administrator out.")
     ssh_authorized_keys: list[SshKey] = Field(
         default_factory=list,
         description="Public keys for SSH; SSH (key-only) is on only if this is not empty.")

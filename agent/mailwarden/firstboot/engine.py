@@ -109,6 +109,38 @@ def _covered(address: str, networks: list[str]) -> bool:
     return any(ip in ipaddress.ip_network(n) for n in networks)
 
 
+def _trusted(answers: Answers, current: list[str]) -> list[str]:
+    """The trusted networks the answers make: theirs (else the current ones) and every
+    internal server given as an IP address."""
+    trusted = list(answers.trusted_networks or current)
+    for answer in answers.domains:
+        try:
+            ipaddress.ip_address(answer.server)
+        except ValueError:
+            continue
+        if not _covered(answer.server, trusted):
+            trusted.append(str(ipaddress.ip_network(answer.server)))
+    return trusted
+
+
+def keep_reachable(answers: Answers, address: str | None) -> Answers:
+    """The web wizard's answers, with the browser's address among the networks that reach the
+    web UI when the answers name none and the trusted networks do not cover it: the firewall
+    the first state renders would otherwise shut out the administrator who just set it up.
+    Answers that name management networks are the administrator's choice and stay as given."""
+    if not address or answers.management_networks:
+        return answers
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return answers
+    trusted = _trusted(answers, [])
+    if ip.is_loopback or _covered(address, trusted):
+        return answers
+    return answers.model_copy(
+        update={"management_networks": [*trusted, str(ipaddress.ip_network(ip))]})
+
+
 def state_from_answers(answers: Answers, current: str | None) -> str:
     """The state text: the current one (if any) with the answered settings replaced.
 
@@ -131,15 +163,9 @@ def state_from_answers(answers: Answers, current: str | None) -> str:
     data["domains"] = domains
 
     networks = data.setdefault("networks", {})
-    trusted = list(answers.trusted_networks or networks.get("trusted") or [])
-    for answer in answers.domains:
-        try:
-            ipaddress.ip_address(answer.server)
-        except ValueError:
-            continue
-        if not _covered(answer.server, trusted):
-            trusted.append(str(ipaddress.ip_network(answer.server)))
-    networks["trusted"] = trusted
+    networks["trusted"] = _trusted(answers, list(networks.get("trusted") or []))
+    if answers.management_networks:
+        networks["management"] = list(answers.management_networks)
     networks["ssh"] = bool(answers.ssh_authorized_keys)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
