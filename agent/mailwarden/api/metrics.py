@@ -14,6 +14,7 @@ import falcon
 
 from ..process import run
 from ..render.layout import Layout
+from ..render.view import management_networks
 from ..state.load import load_state_file
 from ..store.db import Database
 from .auth import Unauthorized
@@ -31,8 +32,7 @@ def _allowed_network(layout: Layout, address: str | None) -> bool:
     if ip.is_loopback:
         return True
     state = load_state_file(layout.state_file)
-    networks = state.networks.management or state.networks.trusted
-    return any(ip in ipaddress.ip_network(n) for n in networks)
+    return any(ip in ipaddress.ip_network(n) for n in management_networks(state))
 
 
 @dataclass
