@@ -254,9 +254,10 @@ def _users(layout: Layout) -> Any:
 
 
 def _as_store_owner(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
-    """Root on the appliance: the user commands run again as the API's user, who owns the
-    credentials store (root writing it would leave files the API cannot open). None: go on
-    here."""
+    """Root on the appliance: the user and DKIM key commands run again as the API's user, who
+    owns the credentials store and the secrets folder (root writing there would leave files
+    the API cannot open, and a DKIM key of root's is refused when a state names it). None: go
+    on here."""
     import pwd
 
     layout = _layout(args)
@@ -327,7 +328,10 @@ def cmd_setup_code(args: argparse.Namespace) -> int:
     if is_set_up(layout):
         raise AlreadySetUp("the appliance is set up; the web wizard is closed "
                            "(`mailwarden user passwd admin` resets a lost password)")
-    print(setupcode.issue(layout.setup_code))
+    from .firstboot.boot import api_owner
+
+    # Root at the console: the code must still be the web wizard's (the API's user) to read.
+    print(setupcode.issue(layout.setup_code, api_owner() if layout.name == "appliance" else None))
     return 0
 
 
@@ -616,7 +620,9 @@ def _headline(exc: MailwardenError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "user" and args.user_command != "hash-password":
+        # Keys and credentials belong to the API's user: root at the console makes them as it.
+        if (args.command == "user" and args.user_command != "hash-password") or \
+                (args.command == "dkim" and args.dkim_command == "generate"):
             code = _as_store_owner(args, sys.argv[1:] if argv is None else argv)
             if code is not None:
                 return code

@@ -297,3 +297,42 @@ while time.monotonic() < end:
     _unchanged(secret, 0o600)
     # Both happened: root saw the attacker's own key and, other times, the link.
     assert outcomes["refused"] > 0 and outcomes["adopted"] > 0, outcomes
+
+
+def test_a_file_of_roots_named_as_a_dkim_key_is_not_made_readable(
+        tree: Path, users: dict[str, Account]) -> None:
+    # The SMTP certificate's key is root's, 0600, in the API's secrets folder: a state that
+    # names it as a DKIM key must not give it to the secrets group (the API is a member).
+    box = Appliance(tree)
+    tls_key = box.layout.secrets_dir / "smtp.key"
+    tls_key.write_text("-----BEGIN PRIVATE KEY-----\nroot's\n")
+    tls_key.chmod(0o600)
+    with pytest.raises(UnsafePath, match="belong to the secrets folder's owner"):
+        box.apply(box.state(extra=DKIM.replace("dkim-example", "smtp.key")))
+    info = tls_key.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 0, 0o600)
+    probe = run_as(users[API], "import sys\ntry:\n    open(sys.argv[1]).read()\n"
+                   "    print('read')\nexcept PermissionError:\n    print('denied')",
+                   str(tls_key))
+    assert probe.stdout.strip() == "denied"
+    assert RevisionStore(box.layout.revisions_dir).current() == 1  # nothing applied
+
+
+def test_the_setup_code_is_the_api_users_without_a_chown_by_path(
+        tree: Path, users: dict[str, Account]) -> None:
+    # The store's folder is group-writable: a link the API's user plants at the code's name
+    # is replaced, not followed, and the new code is the API's from the moment it exists.
+    from mailwarden.firstboot import setupcode
+
+    box = Appliance(tree, applied=False)
+    victim = _victim(tree, "shadow", 0o600)
+    run_as(users[API], SYMLINK, str(victim), str(box.layout.setup_code))
+    account = users[API]
+    code = setupcode.issue(box.layout.setup_code, (account.uid, account.gid))
+    info = os.lstat(box.layout.setup_code)
+    assert not os.path.islink(box.layout.setup_code)
+    assert (info.st_uid, info.st_mode & 0o777) == (account.uid, 0o600)
+    _unchanged(victim, 0o600)
+    read = run_as(account, "import sys; print(open(sys.argv[1]).read().strip())",
+                  str(box.layout.setup_code))
+    assert read.stdout.strip() == code

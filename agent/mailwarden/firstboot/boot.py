@@ -146,8 +146,7 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
         layout.setup_code.unlink(missing_ok=True)
         _say(out, "MWFIRSTBOOT set-up complete")
     else:
-        code = setupcode.issue(layout.setup_code)
-        _give_to_api(layout.setup_code)
+        code = setupcode.issue(layout.setup_code, api_owner())
         outcome.setup_code = code
         _say(out, f"MWFIRSTBOOT setup-code {code}")
         _say(out, "Mailwarden is not set up yet. Open https://"
@@ -228,15 +227,16 @@ def _share_store(layout: Layout) -> None:
     share_with_agent(layout, AGENT_GROUP)
 
 
-def _give_to_api(path: Path) -> None:
-    """The web wizard (the API's user) reads and deletes the code."""
+def api_owner() -> tuple[int, int] | None:
+    """The web wizard (the API's user) reads and deletes the setup code; None when this is not
+    root or there is no such user (a sandbox)."""
     if os.geteuid() != 0:
-        return
+        return None
     try:
         entry = pwd.getpwnam(API_USER)
     except KeyError:
-        return
-    os.chown(path, entry.pw_uid, entry.pw_gid)
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _address() -> str | None:

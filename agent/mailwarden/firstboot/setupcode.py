@@ -22,12 +22,14 @@ def _normal(code: str) -> str:
     return "".join(ch for ch in code.upper() if ch.isalnum())
 
 
-def issue(path: Path) -> str:
-    """Make a new code (replacing any earlier one) and return it for the console."""
+def issue(path: Path, owner: tuple[int, int] | None = None) -> str:
+    """Make a new code (replacing any earlier one) and return it for the console. `owner`:
+    who reads and deletes it (the API's user), given to the new file before it appears: a
+    chown by path afterwards could be sent through a link to any file."""
     raw = "".join(secrets.choice(_ALPHABET) for _ in range(_GROUPS * _GROUP_LEN))
     code = "-".join(raw[i:i + _GROUP_LEN] for i in range(0, len(raw), _GROUP_LEN))
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (code + "\n").encode(), 0o600)
+    write_atomic(path, (code + "\n").encode(), 0o600, owner=owner)
     return code
 
 

@@ -342,7 +342,9 @@ def adopt_dkim_keys(layout: Layout, names: Iterable[str], group: str) -> list[Pa
     secrets folder is the API's: a name there may be a link or a hard link to any file, or
     become one between a check and a change by name. So each key is opened without
     following links, must be a regular file with one link, and is changed by descriptor;
-    anything else refuses the apply (UnsafePath)."""
+    anything else refuses the apply (UnsafePath). Only keys of the folder's owner (the API's
+    user) are adopted: naming a file of root's there (the TLS key Postfix reads) would
+    otherwise make it readable to the whole secrets group, the API included."""
     gid = grp.getgrnam(group).gr_gid
     try:
         folder = open_dir(layout.secrets_dir)
@@ -350,6 +352,7 @@ def adopt_dkim_keys(layout: Layout, names: Iterable[str], group: str) -> list[Pa
         return []  # apply_state names the missing secrets
     adopted = []
     try:
+        owner = os.fstat(folder).st_uid
         for name in names:
             path = layout.secrets_dir / name
             fd = open_regular(folder, name, path)
@@ -357,6 +360,11 @@ def adopt_dkim_keys(layout: Layout, names: Iterable[str], group: str) -> list[Pa
                 continue  # apply_state names the missing secret
             try:
                 info = os.fstat(fd)
+                if info.st_uid != owner:
+                    raise UnsafePath(
+                        f"{path}: a DKIM key must belong to the secrets folder's owner, like "
+                        "the keys the API and `mailwarden dkim generate` make; this one "
+                        f"belongs to uid {info.st_uid}")
                 if info.st_gid != gid:
                     os.fchown(fd, -1, gid)
                 if info.st_mode & 0o7777 != 0o640:
