@@ -335,6 +335,18 @@ def cmd_setup_code(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adopt_setup(args: argparse.Namespace) -> int:
+    from .firstboot.engine import adopt_earlier_setup
+
+    layout = _layout(args)
+    if layout.name == "appliance" and os.geteuid() != 0:
+        raise MailwardenError("only root writes the set-up marker")
+    # Before the API's first start on an upgraded appliance: the decision rests on stores the
+    # API's user can write, so it is taken before that user's code has run.
+    print("set up" if adopt_earlier_setup(layout) else "not set up")
+    return 0
+
+
 def cmd_user_list(args: argparse.Namespace) -> int:
     for user in _users(_layout(args)).list():
         print(f"{user.username:<24} {user.role:<10} {'totp' if user.totp else ''}")
@@ -541,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from standard input (scripts)")
     p.set_defaults(func=cmd_user_hash_password)
+
+    p = sub.add_parser("adopt-setup", help="root: mark an appliance set up by an earlier "
+                       "version (revisions and an admin) as set up")
+    root_option(p)
+    p.set_defaults(func=cmd_adopt_setup)
 
     p = sub.add_parser("setup-code", help="a new one-time code for the first-run web wizard")
     root_option(p)

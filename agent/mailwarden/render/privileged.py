@@ -549,6 +549,10 @@ def run_helper(layout: Layout, *, socket_path: Path | None, allowed: Iterable[st
         migrate_revisions(layout.legacy_revisions_dir, layout.revisions_dir)
     except (OSError, MailwardenError) as exc:
         log.error("revisions not moved: %s", exc)
+    if layout.name == "appliance":
+        from ..firstboot.engine import adopt_earlier_setup
+
+        adopt_earlier_setup(layout)  # the API unit did it before its start; never too often
     listener = listening_socket(socket_path)
     with listener:
         serve(listener, operations, allowed_uids, idle_timeout=idle_timeout or None)
