@@ -358,7 +358,8 @@ def test_networks_settings_say_who_reaches_the_web_ui(page: Page, admin: None) -
     hint = p.wait_for_selector("#management-hint").inner_text()
     assert "decide who reaches this web UI and the API (port 8006)" in hint
     assert "(none set: the trusted networks)" in hint
-    assert "Now: 10.20.0.0/16." in hint
+    # The harness trusts loopback as well (its own clients).
+    assert "Now: 10.20.0.0/16, 127.0.0.1/32." in hint
     assert p.query_selector("[id='networks.management']") is not None
 
 
