@@ -2,7 +2,8 @@
 # Mailwarden's one entry point. See README.md and docs/development.md.
 #   ./build.sh            build the appliance image (until the image exists: same as dev)
 #   ./build.sh build      build the appliance image under out/
-#   ./build.sh test       install what the tests need and run every tier this machine can run
+#   ./build.sh test [TIER...]  install what the tests need and run the tiers (lint unit
+#                         integration browser e2e; none: all of them, in that order)
 #   ./build.sh dev [--state FILE]   run the whole gateway on this machine (private daemons)
 #   ./build.sh run        boot the built image in QEMU with ports forwarded
 #   ./build.sh bench      run the benchmarks, results under bench/results/
@@ -15,7 +16,7 @@ export PIP_CACHE_DIR="$CACHE/pip"
 
 # Debian packages the integration tier and `dev` run for real (FIELD-NOTES: Packages).
 HOST_PACKAGES=(postfix rspamd redis-server clamav-daemon clamav clamav-freshclam unbound nsd swaks
-               python3-venv git chromium)
+               python3-venv git chromium shellcheck)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -46,7 +47,7 @@ ensure_venv() {
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         log "installing the agent and its pinned dependencies into $VENV"
         "$VENV/bin/pip" install -q --upgrade "pip==26.3"
-        "$VENV/bin/pip" install -q -e "$ROOT[test]"
+        "$VENV/bin/pip" install -q -e "${ROOT}[test]"
         echo "$want" > "$stamp"
     fi
 }
@@ -58,23 +59,82 @@ timed() {
     log "$name took $((SECONDS - start)) s"
 }
 
-cmd_test() {
-    timed "host packages" install_host_packages
-    timed "virtualenv" ensure_venv
-    log "lint (ruff)"
+# The test tiers, in the order a full run takes them. Each needs the virtualenv; all but lint
+# also need the Debian packages (the daemons, Chromium, the image tools).
+TIERS=(lint unit integration browser e2e)
+
+tier_lint() {
     "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests" "$ROOT/bench" "$ROOT/image/lib"
     log "docs/state.md is generated from the schema and must be current"
     "$VENV/bin/mailwarden" docs state --check "$ROOT/docs/state.md"
-    log "unit tier"
-    timed "unit tier" "$VENV/bin/pytest" -q "$ROOT/tests/unit"
-    log "integration tier (real Postfix, Rspamd, ClamAV, Redis, Unbound, NSD)"
-    timed "integration tier" "$VENV/bin/pytest" -q "$ROOT/tests/integration"
-    log "browser tier (the web UI in Debian's headless Chromium, Playwright)"
-    timed "browser tier" "$VENV/bin/pytest" -q "$ROOT/tests/browser"
+    if command -v shellcheck >/dev/null; then
+        log "shellcheck"
+        local scripts=("$ROOT/build.sh" "$ROOT/.ci/run" "$ROOT"/image/*.sh "$ROOT"/image/lib/*.sh
+                       "$ROOT"/bench/*.sh) f
+        # Element hooks have no .sh suffix: take every file whose shebang names bash or sh.
+        while IFS= read -r -d '' f; do
+            head -n1 "$f" | grep -Eq '^#!.*[/ ](ba)?sh( |$)' && scripts+=("$f")
+        done < <(find "$ROOT/image/elements" -type f -print0 | sort -z)
+        shellcheck -x "${scripts[@]}"
+    else
+        log "shellcheck is not installed: shell scripts not checked"
+    fi
+}
+
+tier_unit() { "$VENV/bin/pytest" -q "$ROOT/tests/unit"; }
+
+tier_integration() {
+    log "real Postfix, Rspamd, ClamAV, Redis, Unbound, NSD"
+    "$VENV/bin/pytest" -q "$ROOT/tests/integration"
+}
+
+tier_browser() {
+    # Screenshots go under out/screenshots; MAILWARDEN_REFRESH_SCREENSHOTS=1 writes the ones
+    # docs/screenshots keeps instead (tests/browser/conftest.py).
+    log "the web UI in Debian's headless Chromium, Playwright"
+    "$VENV/bin/pytest" -q "$ROOT/tests/browser"
+}
+
+tier_e2e() {
     # Builds the image (or reuses one built from the same inputs), boots it in QEMU and sends
     # mail through it; says SKIP and why when this machine cannot build or boot images.
-    log "end-to-end tier (the image built, booted in QEMU and used as a gateway)"
-    timed "end-to-end tier" "$ROOT/image/test-image.sh"
+    log "the image built, booted in QEMU and used as a gateway"
+    "$ROOT/image/test-image.sh"
+}
+
+cmd_test() {
+    local tiers=("$@") t
+    [ ${#tiers[@]} -gt 0 ] || tiers=("${TIERS[@]}")
+    for t in "${tiers[@]}"; do
+        if [[ " ${TIERS[*]} " != *" $t "* ]]; then
+            echo "build.sh test: unknown tier '$t' (valid: ${TIERS[*]}; none runs them all)" >&2
+            exit 2
+        fi
+    done
+    if [ "${tiers[*]}" != lint ]; then timed "host packages" install_host_packages; fi
+    timed "virtualenv" ensure_venv
+    # Every tier runs even after one fails, so the summary tells the whole story; the exit
+    # status is the first failure's.
+    local summary=() rc=0 start status
+    for t in "${tiers[@]}"; do
+        log "$t tier"
+        start=$SECONDS
+        # Not under || : that would switch errexit off inside the tier.
+        set +e
+        ( set -e; "tier_$t" )
+        status=$?
+        set -e
+        log "$t tier took $((SECONDS - start)) s"
+        if [ "$status" = 0 ]; then
+            summary+=("$(printf '%-12s %5d s  passed' "$t" $((SECONDS - start)))")
+        else
+            summary+=("$(printf '%-12s %5d s  FAILED (exit %d)' "$t" $((SECONDS - start)) "$status")")
+            [ "$rc" != 0 ] || rc=$status
+        fi
+    done
+    log "summary"
+    printf '  %s\n' "${summary[@]}" >&2
+    return "$rc"
 }
 
 cmd_dev() {

@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 if [ ! -x "$VENV/bin/py-spy" ]; then
-    "$VENV/bin/pip" install -q -e "$ROOT[test,bench]"
+    "$VENV/bin/pip" install -q -e "${ROOT}[test,bench]"
 fi
 
 start=$SECONDS

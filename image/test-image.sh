@@ -297,7 +297,7 @@ run_lynis() {
         status=0
         qga status "$pid" > "$logdir/lynis.txt" 2>&1 || status=$?
         # 3: still running; 4: the guest agent did not answer (counts as no progress).
-        case "$status" in 3|4) ;; *) lynis_outcome=done; return 0 ;; esac
+        case "$status" in 3|4) ;; *) lynis_outcome="done"; return 0 ;; esac
         size="$(qga exec -- /usr/bin/stat -c %s /var/log/lynis.log 2>/dev/null || echo 0)"
         if [ "$size" != "$last_size" ]; then
             last_size="$size"
@@ -324,6 +324,7 @@ gateway_boot() {
 
     export MW_HOSTFWD="hostfwd=tcp:127.0.0.1:$smtp_port-:25,hostfwd=tcp:127.0.0.1:$https_port-:8006,hostfwd=tcp:127.0.0.1:$ssh_port-:22"
     mw_seed_drive "$work/seed.iso"
+    # shellcheck disable=SC2054  # the commas are inside QEMU option values, not separators
     local extra=("${MW_SEED_ARGS[@]}"
                  -chardev "socket,id=qga0,path=$work/qga.sock,server=on,wait=off"
                  -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0)
@@ -550,7 +551,7 @@ gateway_boot() {
             qga exec -- /usr/bin/cat /var/log/lynis-report.dat > "$logdir/lynis-report.dat" 2>/dev/null || true
             qga exec -- /usr/bin/cat /var/log/lynis.log > "$logdir/lynis.log" 2>/dev/null || true
             how="$lynis_outcome in $(elapsed "$t") s"
-            if [ "$lynis_outcome" = done ] && grep -aqE '^hardening_index=[0-9]+' "$logdir/lynis-report.dat"; then
+            if [ "$lynis_outcome" = "done" ] && grep -aqE '^hardening_index=[0-9]+' "$logdir/lynis-report.dat"; then
                 mkdir -p "$lynis_cache"
                 for f in lynis.txt lynis-report.dat lynis.log; do cp "$logdir/$f" "$lynis_cache/$f"; done
             fi

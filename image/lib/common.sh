@@ -114,6 +114,7 @@ mw_start_sink() {
     mkdir -p "$dir"
     chown postfix "$dir"
     smtp-sink -u postfix -d "$dir/%Y%m%d%H%M%S." "127.0.0.1:$port" 100 > "$log" 2>&1 &
+    # shellcheck disable=SC2034  # read by the scripts that source this file
     MW_SINK_PID=$!
 }
 
@@ -131,6 +132,7 @@ mw_seed_iso() {
 
 # QEMU arguments attaching a seed ISO as a CD on the boot's virtio-scsi bus: mw_seed_drive ISO.
 mw_seed_drive() {
+    # shellcheck disable=SC2034,SC2054  # read by the callers; the commas are inside QEMU option values
     MW_SEED_ARGS=(-drive "if=none,id=seed,media=cdrom,readonly=on,file=$1"
                   -device scsi-cd,drive=seed,bus=scsi0.0)
 }
@@ -214,6 +216,7 @@ mw_trixie_deb() {
         apt-get "${opts[@]}" update >/dev/null
         (cd "$dir/debs" && apt-get "${opts[@]}" download "$pkg" >/dev/null)
     fi
+    # shellcheck disable=SC2012  # .deb names have no spaces or newlines; ls sorts them
     ls -1 "$dir/debs/${pkg}_"*.deb | tail -n1
 }
 
@@ -221,6 +224,7 @@ mw_trixie_deb() {
 # accepts even when nothing listens in the guest: only the 220 counts).
 mw_smtp_greets() {
     local port="$1" line=""
+    # shellcheck disable=SC2016  # the inner script expands its own $1, passed as an argument
     line="$(timeout 8 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 6 l <&3 && printf "%s" "$l"' _ "$port" 2>/dev/null)" || true
     [[ "$line" == 220* ]]
 }
