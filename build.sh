@@ -14,7 +14,8 @@ CACHE="${MAILWARDEN_CACHE:-/var/cache/mailwarden}"
 VENV="${MAILWARDEN_VENV:-$ROOT/.venv}"
 export PIP_CACHE_DIR="$CACHE/pip"
 
-# Debian packages the integration tier and `dev` run for real (FIELD-NOTES: Packages).
+# Debian packages the integration tier and `dev` run for real (docs/field-notes.md says which
+# package ships what, and why Postfix is preseeded as "No configuration").
 HOST_PACKAGES=(postfix rspamd redis-server clamav-daemon clamav clamav-freshclam unbound nsd swaks
                python3-venv git chromium shellcheck)
 
