@@ -1,4 +1,4 @@
-"""The control plane, measured (issue 7 point 4): the API over a quarantine of 1,000,000
+"""The control plane, measured: the API over a quarantine of 1,000,000
 messages, applying a state change on running daemons, and the web UI's first load.
 
 - Quarantine: a store filled with N rows (default 1,000,000; the rows are bulk-loaded with the

@@ -1,4 +1,4 @@
-"""Mail throughput of five stacks, measured side by side in one run (issue 7, points 1-3).
+"""Mail throughput of five stacks, measured side by side in one run.
 
     python -m bench.mailflow [MESSAGES] [STACKS]    e.g. 200 abcde
 

@@ -1,4 +1,4 @@
-"""The stacks an admin would pick instead of Mailwarden, as private sandboxes (issue 7, b and c).
+"""The stacks an admin would pick instead of Mailwarden, as private sandboxes.
 
 Both reuse the harness's Sandbox as it is: the same rendered Postfix (relaying straight to the
 sink, no agent), the same clamd with the EICAR database, Unbound forwarding to the test name

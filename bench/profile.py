@@ -1,4 +1,4 @@
-"""Where the agent's own CPU goes: py-spy on the content filter under load (issue 7, point 3).
+"""Where the agent's own CPU goes: py-spy on the content filter under load.
 
     python -m bench.profile [MESSAGES] [FORMAT]     FORMAT: flamegraph (default) or raw
 
