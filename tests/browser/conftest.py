@@ -3,6 +3,7 @@ running sandbox (gunicorn serving the API and the UI over HTTPS)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,20 @@ from ..integration.test_mail_path import EXTRA
 
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
+_REPO = Path(__file__).resolve().parents[2]
+# A plain run writes its screenshots under out/ (ignored by git) so the tracked ones in
+# docs/screenshots change only when someone asks: MAILWARDEN_REFRESH_SCREENSHOTS=1.
+SCREENSHOTS = (
+    _REPO / "docs" / "screenshots"
+    if os.environ.get("MAILWARDEN_REFRESH_SCREENSHOTS") == "1"
+    else _REPO / "out" / "screenshots"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def screenshot_dir() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -23,9 +22,8 @@ from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
 
 from ..integration.test_mail_path import GTUBE, build, marker, send, wait_quarantined
-from .conftest import PASSWORD
+from .conftest import PASSWORD, SCREENSHOTS
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 HOSTILE_HTML = """<p>Hello <b>there</b></p>
 <script>parent.document.title = "pwned"; fetch("http://tracker.example/x")</script>
 <img src="http://tracker.example/pixel.gif" onerror="parent.document.title='pwned'">
