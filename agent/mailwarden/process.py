@@ -61,7 +61,8 @@ def run_tty(
 ) -> subprocess.CompletedProcess[str]:
     """Run a command that prints its errors only to a terminal (`postfix check`).
 
-    `script` gives it a pseudo-terminal and keeps its exit code (FIELD-NOTES: Postfix).
+    `script -qefc` gives it a pseudo-terminal and keeps its exit code (without `-e`, `script`
+    always returns 0); Postfix's `check` and `start` print fatal errors nowhere else.
     """
     # `script -c` takes one command line: every argument is quoted for /bin/sh.
     command = shlex.join(str(a) for a in argv)

@@ -71,7 +71,8 @@ class Helper:
 @pytest.fixture(scope="module")
 def tree() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="mw-helper-", dir="/tmp"))
-    root.chmod(0o755)  # the daemons' users must reach the sandbox (FIELD-NOTES)
+    # mkdtemp makes it 0700; the daemons' users (postfix, _rspamd, clamav) must reach it.
+    root.chmod(0o755)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 

@@ -51,7 +51,8 @@ from .setup import SetupFn, SetupResource
 
 @dataclass
 class Services:
-    """Side effects as constructor arguments (STYLE §8)."""
+    """Side effects (store, clock, mail sink, host, apply helper) as constructor arguments,
+    so a sandbox or a test hands in its own instead of patching."""
 
     layout: Layout
     db: Database

@@ -1,4 +1,4 @@
-"""The filter's own CPU per message, without the time spent waiting on scanners (issue 7).
+"""The filter's own CPU per message, without the time spent waiting on scanners.
 
 The filter is one asyncio thread plus a few worker threads; many messages are in flight at
 once, so neither the process's CPU time nor a clock around `process()` says what one message
@@ -7,10 +7,9 @@ CPU clock around every step the task runs (between two awaits). Waiting on Rspam
 the network is not a step and costs nothing; parsing, the rules, the store and aiosmtpd's
 handling of the DATA lines are. Tasks the session starts (the scanner clients, run side by
 side with `gather`) and work handed to worker threads (reinjection, quarantine files, DKIM
-verification and DMARC lookups, the last two metered since issue 7's second round) add to
-the same meter. What is left out is the event loop's own bookkeeping between steps (reading
-the sockets into buffers): the process's total CPU per message, which the benchmark also
-reports, includes it.
+verification and DMARC lookups) add to the same meter. What is left out is the event loop's
+own bookkeeping between steps (reading the sockets into buffers): the process's total CPU per
+message, which the benchmark also reports, includes it.
 
 `FilterStats` keeps the latest figures in memory; the daemon writes them to a file on SIGUSR1
 (bench/mailflow.py reads them), so measuring costs no I/O per message.

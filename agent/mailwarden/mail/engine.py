@@ -1,6 +1,7 @@
-"""The rule engine (DESIGN §5): PMG's evaluation, per recipient, with reasons.
+"""The rule engine: Proxmox Mail Gateway's evaluation, per recipient, with reasons.
 
-Evaluation, as PMG's ``apply_rules`` does it (research/pmg.md §1):
+Admins moving from PMG know its rule model, so the engine keeps it. Evaluation, as PMG's
+``apply_rules`` does it:
 
 * rules by priority, highest first (ties keep the order of the state file); inactive rules
   and rules of the other direction are skipped;
@@ -448,7 +449,7 @@ class _Context:
     def _candidates(self, kind: str) -> list[Part]:
         """The parts `_part_hit` can match for `kind`: parts without a file name never match
         a file name entry, nor parts without members an archive entry. Computed once per
-        message, not once per entry of the dangerous-files object (issue 7's profile)."""
+        message, not once per entry of the dangerous-files object (it showed in profiles)."""
         found = self._by_kind.get(kind)
         if found is None:
             parts = self.message.parts

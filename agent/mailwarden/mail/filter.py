@@ -54,7 +54,7 @@ class _ClassInspect:
     per class: `getmembers` of the server and the handler (it keeps only the auth_*
     methods) and the signature of handle_EHLO. aiosmtpd's constructor was 15 % of the event
     loop's CPU in before-queue mode, where Postfix opens a connection per message, half of
-    it in getmembers (issue 7, point 4). Everything else is the real module."""
+    it in getmembers. Everything else is the real module."""
 
     def __init__(self) -> None:
         self._names: dict[type, list[str]] = {}
@@ -127,7 +127,7 @@ class FilterSMTP(SMTP):
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322 parser
-        # (a tenth of the filter's time for small mail, issue 7's profile). Postfix sends
+        # (a tenth of the filter's time for small mail, in a profile). Postfix sends
         # plain <dot-atom@domain> addresses with plain parameters: those are split here with
         # the same result (tests/unit/test_smtp_data.py compares); anything else, aiosmtpd.
         match = _PLAIN_ADDRESS.fullmatch(arg)

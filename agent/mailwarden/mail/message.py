@@ -155,7 +155,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
 # --- the structure without the stdlib's line-by-line walk ------------------------------------
 #
 # The stdlib's FeedParser handles every line of the message in Python: about 45 ms for a 2 MB
-# attachment (issue 7). For the common, well-formed shape (CRLF lines only, every header
+# attachment. For the common, well-formed shape (CRLF lines only, every header
 # block ending in a blank line, multiparts whose boundaries open and close, no message/*
 # parts), the same tree is built here with bytes searches: each header block is parsed by
 # the stdlib itself, each leaf's payload is the same text the FeedParser would keep, so the

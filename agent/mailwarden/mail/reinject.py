@@ -6,7 +6,7 @@ recipient is an error; the caller answers 4xx so that the sending Postfix keeps 
 `reinject` is one conversation for one message (releases from the quarantine, the CLI).
 The content filter uses a `Reinjector`, which keeps each worker thread's connection open
 between messages: connect, EHLO and QUIT were three of the seven round trips per message,
-and a new smtpd session each time (issue 7's profile).
+and a new smtpd session each time.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Reinjector:
             pipelined = smtp.has_extn("pipelining")
             if pipelined:
                 # RFC 2920: the envelope and DATA in one write, their replies read in order;
-                # two round trips instead of four or more (issue 7). The body goes only
+                # two round trips instead of four or more. The body goes only
                 # after a 354, so a failure before it leaves nothing behind.
                 commands.append("DATA")
                 smtp.send("".join(f"{c}\r\n" for c in commands))

@@ -4,7 +4,7 @@ Both are plain asyncio protocol clients on loopback, with one deadline each. Any
 a ScannerError; what happens then (tempfail or accept with a header) is the filter's
 decision, taken from the state.
 
-Connections are kept open between messages (issue 7: connect and close were a round trip and
+Connections are kept open between messages (connect and close were a round trip and
 a server-side accept per message and scanner): a clamd IDSESSION, and HTTP/1.1 keep-alive to
 Rspamd, whose normal worker (3.4) still answers "Connection: close", so that one is opened per
 message until Rspamd keeps it. A kept connection that fails before any answer arrived is

@@ -25,7 +25,7 @@ async def serve_filter(layout: Layout) -> None:
     # port 10025), quarantine files, DKIM and DMARC lookups. asyncio's default pool has
     # cpu + 4 threads (6 on the appliance's 2 cores), fewer than the messages in flight
     # (20 scan connections after-queue, one per waiting smtpd before-queue): messages then
-    # queue for a thread while each one waits on Postfix (issue 7, point 4).
+    # queue for a thread while each one waits on Postfix.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS,
                                                  thread_name_prefix="mailwarden-filter"))
     # Postfix may send up to twice the size limit after reinjection headers; the size
@@ -78,7 +78,7 @@ async def serve_filter(layout: Layout) -> None:
 def run_filter(layout: Layout) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # aiosmtpd logs every command and connection at INFO: about eight lines per message,
-    # a measurable share of the filter's CPU (issue 7's profile). Postfix logs the same.
+    # a measurable share of the filter's CPU. Postfix logs the same.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     asyncio.run(serve_filter(layout))
     return 0

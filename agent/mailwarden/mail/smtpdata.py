@@ -1,4 +1,4 @@
-"""Reading SMTP DATA in bulk (issue 7): one search for the end of data, one unstuffing pass.
+"""Reading SMTP DATA in bulk: one search for the end of data, one unstuffing pass.
 
 aiosmtpd 1.4.6 reads DATA one line at a time (`readuntil(b"\\r\\n")`, a Python step and a
 bytearray per line: about 27,000 of them for a 2 MB attachment) behind a StreamReader whose

@@ -1,9 +1,10 @@
 """Rendering: a pure function of state + layout -> {path: file}.
 
-One template per output file, its path mirroring the target (STYLE §1); the manifest below
-is the complete list. An administrator overrides a template by putting a file of the same
-relative name under /etc/mailwarden/templates/ (for example postfix/main.cf.j2); an override
-may `{% extends "default/postfix/main.cf.j2" %}` and replace only a block.
+One template per output file, its path mirroring the target, so an admin finds the template
+for a file by its name; the manifest below is the complete list. An administrator overrides a
+template by putting a file of the same relative name under /etc/mailwarden/templates/ (for
+example postfix/main.cf.j2); an override may `{% extends "default/postfix/main.cf.j2" %}` and
+replace only a block.
 """
 
 from __future__ import annotations

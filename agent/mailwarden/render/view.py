@@ -1,7 +1,8 @@
 """The typed view templates read: every derived value computed here, in Python.
 
-Templates only look up, loop and branch (STYLE §2); anything that needs a decision, a join
-or a unit conversion happens here, where it is typed and unit-tested.
+Templates only look up, loop and branch (logic in Jinja is untyped and hard to test); anything
+that needs a decision, a join or a unit conversion happens here, where it is typed and
+unit-tested.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """docs/state.md, generated from the schema: every field, its path, type, default and meaning.
 
-The schema is the one source of truth (STYLE §3); this module only reads it. The output is
-deterministic (model field order, no timestamps) so `mailwarden docs state --check FILE` can
-tell whether the committed reference is stale.
+The schema is the one source of truth (each default and description exists once, there);
+this module only reads it. The output is deterministic (model field order, no timestamps) so
+`mailwarden docs state --check FILE` can tell whether the committed reference is stale.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rules and rule objects (DESIGN §5): the shape PMG admins know, written as data.
+"""Rules and rule objects: the shape Proxmox Mail Gateway admins know, written as data.
 
 An *object* is a named list of entries of one family: who (addresses, domains, regexes,
 networks), what (spam level, virus, content type, file names, headers, body, size) or when
@@ -58,14 +58,14 @@ class _OneOf(_Strict):
             got = ", ".join(present) or "nothing"
             raise ValueError(f"needs exactly one of: {choices} (got {got})")
         # Known once: the rule engine asks for every entry of every rule, for every message
-        # (found in the filter's profile, issue 7).
+        # (found in the filter's profile).
         self._kind = present[0]
         return self
 
     @property
     def kind(self) -> str:
         # From pydantic's private dict directly: `self._kind` goes through
-        # BaseModel.__getattr__, a tenth of the rule engine's time (issue 7's profile).
+        # BaseModel.__getattr__, a tenth of the rule engine's time in a profile.
         private = self.__pydantic_private__
         return private["_kind"] if private else self._kind
 
@@ -305,7 +305,7 @@ def default_rule_objects() -> RuleObjects:
 
 
 def default_rules() -> list[Rule]:
-    """PMG's default rules (research/pmg.md §1), referring to default_rule_objects()."""
+    """The rules a fresh PMG installation ships, referring to default_rule_objects()."""
     data: list[dict[str, Any]] = [
         {"name": "Blocklist", "priority": 98, "from": {"objects": ["blocklist"]},
          "actions": ["block"]},

@@ -1,5 +1,5 @@
 """Writes the filter does not wait for, batched: one SQLite transaction per batch, off the
-event loop (issue 7).
+event loop, so the filter's answer never waits on SQLite.
 
 Tracking records, statistics counters and DMARC results are history, not the mail: the
 filter answers 250 once the message is reinjected or its quarantine file and index row are

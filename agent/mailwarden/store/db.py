@@ -188,7 +188,7 @@ SCHEMA: list[str] = [
     END;
     INSERT INTO quarantine_text(quarantine_text) VALUES ('rebuild');
     """,
-    # version 5 (issue 7): whether clamd saw the message ("clamd"), or why not
+    # version 5: whether clamd saw the message ("clamd"), or why not
     # ("skipped: plain text", "skipped: disabled", "skipped: failed"); NULL before it.
     """
     ALTER TABLE messages ADD COLUMN virus_scan TEXT;
