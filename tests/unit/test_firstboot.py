@@ -20,6 +20,7 @@ from mailwarden.firstboot.engine import keep_reachable, state_from_answers
 from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.load import load_state_text
+from mailwarden.state.schema import CURRENT_VERSION
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users, hash_password
@@ -119,6 +120,24 @@ def test_state_from_answers_on_an_empty_appliance() -> None:
                                 "trusted_networks": ["10.0.0.0/8"]})
     state = load_state_text(state_from_answers(answers, None))
     assert state.networks.trusted == ["10.0.0.0/8"] and state.networks.ssh is False
+
+
+def test_state_from_answers_writes_the_state_format_not_the_answers_one() -> None:
+    answers = load_answers(SEED.replace("HASH", hash_password("a long password")), "seed")
+    assert answers.version == 1
+    current = """\
+version: 1
+system: {hostname: old.example.org}
+domains: [{name: example.org, transport: {host: 10.9.9.9}}]
+quarantine: {digest: {enabled: true}, user_portal: false}
+notifications: {daily_report: true}
+"""
+    for text in (None, current):
+        written = yaml.safe_load(state_from_answers(answers, text))
+        assert written["version"] == CURRENT_VERSION
+        assert "notifications" not in written
+        load_state_text(yaml.safe_dump(written))
+    assert written["quarantine"] == {"user_portal": False}
 
 
 def test_management_networks_from_the_answers() -> None:

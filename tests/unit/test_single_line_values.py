@@ -54,8 +54,6 @@ STATE_FIELDS = [
     # types.py: Line (fullmatch): the SMTP banner and a header value
     (["mail", "banner"], "$myhostname ESMTP", "single line"),
     (["spam", "subject_tag"], "[SPAM]", "single line"),
-    # types.py: TimeOfDay (fullmatch)
-    (["quarantine", "digest", "time"], "07:00", "time of day"),
     # pydantic pattern= on the Rust engine
     (["spam", "symbol_scores", 0, "symbol"], "BAYES_SPAM", "pattern"),
     (["postscreen", "dnsbl", 0, "filter"], "127.0.0.2", "pattern"),
@@ -100,6 +98,16 @@ def test_header_name_and_value_of_a_rule_refuse_a_trailing_newline() -> None:
     assert refused(rules("X-Checked", "yes\n")) == ["rules[0].actions[0].add_header.value"]
 
 
+def test_time_of_day_refuses_a_trailing_newline() -> None:
+    # types.py: TimeOfDay (fullmatch), used by the rules' timeframes
+    base = {**BASE, "rules": [],
+            "rule_objects": {"hours": [{"timeframe": {"start": "07:00", "end": "18:00"}}]}}
+    validate_data(base)
+    start = ["rule_objects", "hours", 0, "timeframe", "start"]
+    (path,) = refused(with_value(start, "07:00\n", base))
+    assert path.endswith("timeframe.start")
+
+
 def test_rule_object_names_refuse_a_trailing_newline() -> None:
     data = {**BASE, "rule_objects": {"words\n": [{"body": "x"}]}}
     assert "rule_objects" in refused(data)[0]
@@ -108,10 +116,10 @@ def test_rule_object_names_refuse_a_trailing_newline() -> None:
 def test_address_local_part_refuses_a_newline_and_outer_whitespace_is_trimmed() -> None:
     # Addresses, domains and hosts are trimmed of surrounding whitespace (a newline at the
     # very end is dropped, never kept); inside they refuse it.
-    assert refused(with_value(["notifications", "sender"], "a\n@example.org")) == [
-        "notifications.sender"]
-    state = validate_data(with_value(["notifications", "sender"], "a@example.org\n"))
-    assert state.notifications.sender == "a@example.org"
+    assert refused(with_value(["system", "admin_email"], "a\n@example.org")) == [
+        "system.admin_email"]
+    state = validate_data(with_value(["system", "admin_email"], "a@example.org\n"))
+    assert state.system.admin_email == "a@example.org"
     state = validate_data(with_value(["domains", 0, "name"], "example.org\n"))
     assert state.domains[0].name == "example.org"
     assert refused(with_value(["domains", 0, "name"], "exa\nmple.org")) == ["domains[0].name"]

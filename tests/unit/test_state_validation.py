@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mailwarden.errors import FieldError, StateError
 from mailwarden.state.load import dump_state, load_state_file, load_state_text, validate_data
@@ -187,6 +188,35 @@ def test_missing_migration_step_is_an_error() -> None:
         migrate({"version": 1}, migrations={1: dict}, target=3)
 
 
+def _yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_version_1_drops_digest_and_notifications_and_nothing_else() -> None:
+    old = _yaml(STATES / "version1" / "full.yaml")
+    assert "notifications" in old and "digest" in old["quarantine"]
+    new = migrate(old, target=2)
+    assert new == _yaml(STATES / "full.yaml")  # the same file, written as version 2
+    assert "notifications" in old and "digest" in old["quarantine"]  # not changed in place
+    assert State.model_validate(new) == load_state_file(STATES / "version1" / "full.yaml")
+
+
+def test_version_1_without_them_only_changes_the_version() -> None:
+    old = _yaml(STATES / "minimal.yaml") | {"version": 1}
+    old["quarantine"] = {"user_portal": False}
+    new = migrate(old, target=2)
+    assert new == old | {"version": 2}
+    State.model_validate(new)
+
+
+def test_version_2_has_no_digest_or_notifications() -> None:
+    text = MINIMAL.replace("version: 1", "version: 2")
+    (error,) = errors_of(text + "notifications: {daily_report: true}\n")
+    assert error.path == "notifications"
+
+
 # --- defaults ---------------------------------------------------------------------------
 
 
@@ -212,7 +242,7 @@ def test_minimal_file_gets_safe_defaults() -> None:
 
 def test_defaults_validate_by_themselves() -> None:
     state = State.model_validate(
-        {"version": 1, "system": {"hostname": "mx.example.org"},
+        {"version": CURRENT_VERSION, "system": {"hostname": "mx.example.org"},
          "domains": [{"name": "example.org", "transport": {"host": "10.0.0.5"}}]}
     )
     dumped = state.model_dump(mode="json", by_alias=True)
@@ -255,8 +285,8 @@ domains:
 
 
 def test_domains_sharing_a_server_share_its_tls_policy() -> None:
-    from mailwarden.render.engine import render
     from mailwarden.render.layout import appliance
+    from mailwarden.render.engine import render
 
     state = load_state_text(SHARED_SERVER % "may")
     files = {f.target.path: f.content for f in render(state, appliance())}

@@ -14,6 +14,7 @@ import falcon
 import yaml
 
 from ..state.load import parse_yaml, validate_data
+from ..state.migrate import migrate
 from ..state.revisions import RevisionStore
 from ..state.schema import State
 from ..store.users import Audit
@@ -34,7 +35,8 @@ class SettingsResource:
         current = self.store.current()
         if current is None:
             raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
-        data = parse_yaml(self.store.text(current), "live state")[0]
+        # Migrated, so that a section sent in the current format meets data in that format.
+        data = migrate(parse_yaml(self.store.text(current), "live state")[0], "live state")
         return current, data
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, section: str) -> None:

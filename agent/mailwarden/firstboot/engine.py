@@ -22,9 +22,11 @@ from typing import Any, Protocol
 import yaml
 
 from ..errors import MailwardenError
-from ..render.apply import ApplyResult, Controller, apply_state
 from ..render.layout import Layout
+from ..render.apply import ApplyResult, Controller, apply_state
+from ..state.migrate import migrate
 from ..state.revisions import RevisionStore
+from ..state.schema import CURRENT_VERSION
 from ..store.credentials import admin_exists
 from .answers import Answers, NetworkAnswer
 
@@ -149,7 +151,10 @@ def state_from_answers(answers: Answers, current: str | None) -> str:
     """
     data: dict[str, Any] = yaml.safe_load(current) if current else {}
     data = data if isinstance(data, dict) else {}
-    data["version"] = answers.version
+    # The answer file's version numbers the answers, not the state: an earlier state is
+    # brought to the current format first, and a new one is written in it.
+    data = migrate(data, "the current state") if "version" in data else data
+    data["version"] = CURRENT_VERSION
     data.setdefault("system", {})["hostname"] = answers.hostname
 
     known = {d.get("name"): d for d in data.get("domains") or [] if isinstance(d, dict)}

@@ -48,8 +48,12 @@ files in `/etc/mailwarden/secrets/`, referred to by name.
   file makes a working gateway.
 - Unknown keys are errors (a typo never falls back to a default silently).
   `mailwarden state validate FILE` lists every mistake with its path and line.
-- `version` is the format of the file (this Mailwarden writes `version: {CURRENT_VERSION}`);
-  files of older versions are migrated forward when read.
+- `version` is the format of the file (this Mailwarden writes `version: {CURRENT_VERSION}`).
+  A file of an older version, whether on disk, in a revision, given to
+  `mailwarden state validate` or sent to the API, is migrated forward when read, one
+  version at a time, and then validated as a current one; the stored text keeps its
+  version until the next apply. A version newer than this Mailwarden is refused. Version 2
+  dropped `quarantine.digest` and `notifications`, which nothing acted on.
 
 Paths are written as in error messages: `domains[].transport.port` is the `port` key of the
 `transport` mapping of each entry of the `domains` list; `rule_objects.<name>` is a key you

@@ -2,8 +2,8 @@
 
 A migration turns the data of version N into version N+1 and is registered in MIGRATIONS
 under N. Files are migrated in memory when read; the next apply writes the new version.
-Version 1 is the first format, so there is nothing to migrate yet; the mechanism and its
-refusals (missing version, a version from the future) are in place and tested.
+A migration only reshapes data; validation against the current schema follows, so a
+migrated file is refused with the same field errors as a current one would be.
 """
 
 from __future__ import annotations
@@ -16,7 +16,20 @@ from .schema import CURRENT_VERSION
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 drops `quarantine.digest` and `notifications`: version 1 offered them, but
+    nothing sent digests or notifications, so a setting there promised mail that never came.
+    """
+    data.pop("notifications", None)
+    quarantine = data.get("quarantine")
+    if isinstance(quarantine, dict) and "digest" in quarantine:
+        data["quarantine"] = {k: v for k, v in quarantine.items() if k != "digest"}
+    return data
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def migrate(

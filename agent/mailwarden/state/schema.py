@@ -26,10 +26,9 @@ from .types import (
     Port,
     Seconds,
     SecretName,
-    TimeOfDay,
 )
 
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 
 TlsLevel = Literal["none", "may", "encrypt", "dane", "verify", "secure"]
 ScannerFailure = Literal["tempfail", "accept_tagged"]
@@ -529,47 +528,19 @@ class Lifetimes(Section):
     blocked: Days = Field(7, description="Days blocked mail stays (for release on request).")
 
 
-class Digest(Section):
-    enabled: bool = Field(True, description="Mail users a list of their new quarantined mail.")
-    frequency: Literal["hourly", "daily", "weekly"] = Field("daily", description="How often.")
-    time: TimeOfDay = Field("07:00", description="When (daily/weekly), local time.")
-    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = Field(
-        "mon", description="Which day (weekly)."
-    )
-    style: Literal["short", "verbose"] = Field("verbose", description="Report layout.")
-
-
 class Quarantine(Section):
     lifetimes: Lifetimes = Field(default_factory=Lifetimes, description="Retention.")
-    digest: Digest = Field(default_factory=Digest, description="User digests.")
     user_portal: bool = Field(
         True, description="Users may log in to manage their own quarantined mail."
     )
     user_release_virus: bool = Field(False, description="Users may release viruses (never wise).")
 
 
-# --- notifications ----------------------------------------------------------------------
-
-
-class Notifications(Section):
-    sender: Email | None = Field(
-        None, description="From address of notifications (default: postmaster@<hostname>)."
-    )
-    virus_to_admin: bool = Field(True, description="Tell the admin about each virus found.")
-    daily_report: bool = Field(True, description="Mail the admin a daily statistics report.")
-    service_alerts: bool = Field(
-        True, description="Mail the admin when a service fails or signatures go stale."
-    )
-    signature_max_age_hours: Annotated[int, Field(ge=1, le=720)] = Field(
-        48, description="Signatures older than this raise an alert."
-    )
-
-
 # --- the whole file ---------------------------------------------------------------------
 
 
 class State(Section):
-    version: Literal[1] = Field(
+    version: Literal[2] = Field(
         description="Format version of this file; older versions are migrated forward."
     )
     system: System = Field(description="This gateway.")
@@ -602,17 +573,10 @@ class State(Section):
         description="Rules of the content filter, evaluated by priority per recipient; the "
         "first matching rule with a final action (accept, block, reject, quarantine) decides.",
     )
-    notifications: Notifications = Field(
-        default_factory=Notifications, description="Mail to the administrator."
-    )
 
     @property
     def admin_email(self) -> str:
         return self.system.admin_email or f"postmaster@{self.domains[0].name}"
-
-    @property
-    def notification_sender(self) -> str:
-        return self.notifications.sender or f"postmaster@{self.system.hostname}"
 
 
 __all__ = ["CURRENT_VERSION", "Section", "State"]
