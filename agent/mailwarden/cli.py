@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from .errors import ConflictError, MailwardenError, StateError
+from .layout import Layout, appliance, load_layout, sandbox
 from .render.apply import Controller, apply_state, rollback
 from .render.engine import render
-from .render.layout import Layout, appliance, load_layout, sandbox
 from .state.load import format_loc, load_state_file
 from .state.revisions import RevisionStore
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailwarden.api import serve
-from mailwarden.render.layout import free_ports
+from mailwarden.layout import free_ports
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.sandbox.process import Supervised, wait_until
 

@@ -21,6 +21,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
+from mailwarden.layout import LAYOUT_FILE, free_ports
 from mailwarden.mail import dkim, dmarc
 from mailwarden.mail.policy import (
     format_request,
@@ -29,7 +30,6 @@ from mailwarden.mail.policy import (
     start_policy_server,
 )
 from mailwarden.mail.resolver import make_resolver, resolver_at
-from mailwarden.render.layout import LAYOUT_FILE, free_ports
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.sandbox.process import wait_until
 from mailwarden.sandbox.testdns import Zone
@@ -294,7 +294,7 @@ def test_daemon_serves_reloads_on_sighup_and_stops_on_sigterm(env: dict[str, obj
     [port] = free_ports(1)
     layout = replace(sandbox.layout, ports=replace(sandbox.layout.ports, policy=port))
     (tmp_path / LAYOUT_FILE).write_text(layout.to_json())
-    code = ("import sys; from pathlib import Path; from mailwarden.render.layout import "
+    code = ("import sys; from pathlib import Path; from mailwarden.layout import "
             "load_layout; from mailwarden.mail.policy import run_policy; "
             "sys.exit(run_policy(load_layout(Path(sys.argv[1]))))")
     log = (tmp_path / "policy.log").open("wb")

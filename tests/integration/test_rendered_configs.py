@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mailwarden.errors import ServiceError
+from mailwarden.layout import Layout, sandbox
 from mailwarden.render.checks import (
     CHECKERS,
     check_clamav,
@@ -21,7 +22,6 @@ from mailwarden.render.checks import (
     staged,
 )
 from mailwarden.render.engine import SERVICES, render
-from mailwarden.render.layout import Layout, sandbox
 from mailwarden.sandbox.instance import make_runtime_dirs
 from mailwarden.state.load import load_state_file
 

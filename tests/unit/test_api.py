@@ -331,7 +331,7 @@ def test_statistics_and_tracking(env) -> None:
 def test_users_tokens_and_totp(env) -> None:
     import pyotp
 
-    from mailwarden.render.layout import load_layout
+    from mailwarden.layout import load_layout
 
     client, _, root = env
     headers = login(client)
@@ -500,7 +500,7 @@ def _routes(app):
 
 
 def _app_at(root: Path, now: list[float]) -> testing.TestClient:
-    from mailwarden.render.layout import load_layout
+    from mailwarden.layout import load_layout
 
     layout = load_layout(root / "sb")
     return testing.TestClient(create_app(Services(layout, Database(layout.database),

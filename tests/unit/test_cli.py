@@ -76,7 +76,7 @@ def test_render_writes_every_file_without_touching_the_system(tmp_path: Path) ->
 def test_history_and_diff_of_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "sb"
     (root / "var/lib/mailwarden").mkdir(parents=True)
-    from mailwarden.render.layout import sandbox
+    from mailwarden.layout import sandbox
 
     layout = sandbox(root)
     (root / "layout.json").write_text(layout.to_json())
@@ -96,7 +96,7 @@ def test_history_and_diff_of_a_store(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_stale_base_exits_with_conflict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "sb"
-    from mailwarden.render.layout import sandbox
+    from mailwarden.layout import sandbox
 
     layout = sandbox(root)
     root.mkdir(exist_ok=True)
@@ -117,7 +117,7 @@ def test_user_add_passwd_del(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from mailwarden.render.layout import sandbox
+    from mailwarden.layout import sandbox
 
     root = tmp_path / "sb"
     root.mkdir()

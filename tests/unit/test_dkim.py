@@ -8,9 +8,9 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
+from mailwarden.layout import Layout, sandbox
 from mailwarden.mail import dkim
 from mailwarden.mail.dkim import DkimError, DkimKeyInfo
-from mailwarden.render.layout import Layout, sandbox
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import State
 

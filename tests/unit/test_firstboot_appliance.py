@@ -20,8 +20,8 @@ from mailwarden.firstboot.answers import validate_answers
 from mailwarden.firstboot.boot import run_firstboot
 from mailwarden.firstboot.engine import NullHost
 from mailwarden.firstboot.host import NETWORK_FILE, ApplianceHost
+from mailwarden.layout import sandbox as sandbox_layout
 from mailwarden.render.apply import NoController
-from mailwarden.render.layout import sandbox as sandbox_layout
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.users import Users, hash_password

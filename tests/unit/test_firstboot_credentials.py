@@ -27,8 +27,8 @@ from mailwarden.api.app import Services, create_app
 from mailwarden.firstboot.answers import NetworkAnswer, validate_answers
 from mailwarden.firstboot.boot import create_admin
 from mailwarden.firstboot.engine import adopt_earlier_setup, is_set_up
+from mailwarden.layout import Layout
 from mailwarden.render.apply import NoController
-from mailwarden.render.layout import Layout
 from mailwarden.render.privileged import (
     ApplyHelperClient,
     Operations,

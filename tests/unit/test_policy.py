@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.layout import sandbox
 from mailwarden.mail import policy as pol
 from mailwarden.mail.policy import (
     Policy,
@@ -20,7 +21,6 @@ from mailwarden.mail.policy import (
     received_spf,
     split_requests,
 )
-from mailwarden.render.layout import sandbox
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import State
 from mailwarden.store.db import Database

@@ -202,7 +202,7 @@ def _some_other_group() -> grp.struct_group:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
 def test_dkim_keys_in_use_become_readable_by_the_filter_group(tmp_path: Path) -> None:
-    from mailwarden.render.layout import sandbox as sandbox_layout
+    from mailwarden.layout import sandbox as sandbox_layout
 
     layout = sandbox_layout(tmp_path / "sb")
     layout.secrets_dir.mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_dkim_keys_in_use_become_readable_by_the_filter_group(tmp_path: Path) ->
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
 def test_the_store_and_state_are_shared_with_the_agent_group(tmp_path: Path) -> None:
-    from mailwarden.render.layout import sandbox as sandbox_layout
+    from mailwarden.layout import sandbox as sandbox_layout
 
     layout = sandbox_layout(tmp_path / "sb")
     layout.database.parent.mkdir(parents=True)
@@ -244,7 +244,7 @@ def test_api_workers_outlast_the_apply_helper() -> None:
     from gunicorn.workers.sync import SyncWorker
 
     from mailwarden.api.serve import ApiWorker, gunicorn_argv
-    from mailwarden.render.layout import appliance
+    from mailwarden.layout import appliance
 
     argv = gunicorn_argv(appliance(), workers=2)
     assert argv[argv.index("--worker-class") + 1] == "mailwarden.api.serve.ApiWorker"

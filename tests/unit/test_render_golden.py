@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mailwarden.errors import RenderError
+from mailwarden.layout import Layout, Ports, appliance
 from mailwarden.render.engine import MANIFEST, render
-from mailwarden.render.layout import Layout, Ports, appliance
 from mailwarden.state.load import load_state_file, load_state_text
 
 STATES = Path(__file__).parent.parent / "data" / "states"

@@ -285,7 +285,7 @@ domains:
 
 
 def test_domains_sharing_a_server_share_its_tls_policy() -> None:
-    from mailwarden.render.layout import appliance
+    from mailwarden.layout import appliance
     from mailwarden.render.engine import render
 
     state = load_state_text(SHARED_SERVER % "may")

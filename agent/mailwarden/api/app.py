@@ -17,9 +17,9 @@ import falcon
 from ..errors import MailwardenError
 from ..firstboot.answers import Answers
 from ..firstboot.engine import FirstbootResult, Host, NullHost, apply_answers, is_set_up
+from ..layout import Layout
 from ..mail.reinject import reinject
 from ..render.apply import ApplyResult, Controller, apply_state, rollback
-from ..render.layout import Layout
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
 from ..state.schema import Quarantine as QuarantineSettings

@@ -7,8 +7,8 @@ from typing import Any
 
 import falcon
 
+from ..layout import Layout
 from ..mail.dkim import DkimError, generate_key, public_record
-from ..render.layout import Layout
 from ..state.load import load_state_file
 from ..store.users import Audit
 from .errors import BadInput

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import falcon
 
+from ..layout import Layout
 from ..process import run
-from ..render.layout import Layout
 from ..render.view import management_networks
 from ..state.load import load_state_file
 from ..store.db import Database

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import falcon
 
+from ..layout import Layout
 from ..mail.simulate import simulate
 from ..mail.types import Envelope, ScanResult, SpamResult, VirusResult
-from ..render.layout import Layout
 from ..state.load import load_state_file
 from .errors import BadInput
 

@@ -36,7 +36,7 @@ from gunicorn import util
 from gunicorn.workers import gthread
 
 from .. import secrets
-from ..render.layout import Layout
+from ..layout import Layout
 from ..state.load import load_state_file
 
 WORKER_CLASS = "mailwarden.api.serve.ApiWorker"

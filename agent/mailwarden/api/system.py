@@ -14,9 +14,9 @@ import falcon
 import psutil
 
 from ..errors import MailwardenError
+from ..layout import Layout
 from ..process import run
 from ..render import health
-from ..render.layout import Layout
 from ..store.users import Audit
 from .errors import BadInput
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..render.layout import load_layout
+from ..layout import load_layout
 from ..store.credentials import CredentialStore
 from ..store.db import Database
 from .app import Services, create_app

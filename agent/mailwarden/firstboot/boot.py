@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import MailwardenError, StateError
+from ..layout import Layout
 from ..render import health
 from ..render.apply import Controller
-from ..render.layout import Layout
 from ..state.revisions import RevisionStore
 from ..store.users import hash_password
 from . import identity, seed, setupcode

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import yaml
 
 from ..errors import MailwardenError
-from ..render.layout import Layout
+from ..layout import Layout
 from ..render.apply import ApplyResult, Controller, apply_state
 from ..state.migrate import migrate
 from ..state.revisions import RevisionStore

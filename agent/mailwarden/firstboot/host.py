@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import MailwardenError
 from ..files import write_atomic
+from ..layout import Layout, appliance
 from ..process import run
-from ..render.layout import Layout, appliance
 from .answers import NetworkAnswer
 
 log = logging.getLogger("mailwarden.firstboot")

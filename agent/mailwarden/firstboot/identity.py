@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .. import secrets
 from ..files import write_atomic
+from ..layout import Layout
 from ..process import run
-from ..render.layout import Layout
 
 log = logging.getLogger("mailwarden.firstboot")
 

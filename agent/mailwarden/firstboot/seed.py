@@ -36,8 +36,8 @@ from pathlib import Path
 
 from ..errors import FieldError, MailwardenError, StateError
 from ..files import write_atomic
+from ..layout import Layout
 from ..process import run
-from ..render.layout import Layout
 from ..state.load import parse_yaml
 from .answers import Answers, validate_answers
 

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..render.layout import Layout
+from ..layout import Layout
 from ..state.schema import State
 from ..store.batch import BatchWriter
 from ..store.db import Database

@@ -27,8 +27,8 @@ import dkim
 import dns.resolver
 
 from ..errors import MailwardenError
+from ..layout import Layout
 from ..process import run
-from ..render.layout import Layout
 from ..secrets import ensure_secrets_dir
 from ..state.schema import DkimKey, State
 from .resolver import DnsTemporaryError, txt_records

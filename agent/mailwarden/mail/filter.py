@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from ..errors import MailwardenError, ScannerError
-from ..render.layout import Layout
+from ..layout import Layout
 from ..state.schema import State, Virus
 from ..store.batch import BatchWriter
 from ..store.db import Database

@@ -46,7 +46,7 @@ import dns.resolver
 import spf
 
 from ..errors import MailwardenError
-from ..render.layout import Layout
+from ..layout import Layout
 from ..state.schema import State
 from ..store.db import Database
 from ..store.greylist import GreylistStore, GreylistTimes

@@ -14,7 +14,7 @@ import dns.rdatatype
 import dns.resolver
 
 from ..errors import MailwardenError
-from ..render.layout import Layout
+from ..layout import Layout
 
 # Per query, and for a whole resolve() including retries. Unbound on loopback answers from
 # cache in microseconds; a slow answer is a remote server's, and mail can wait for a retry.

@@ -7,7 +7,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from ..render.layout import Layout
+from ..layout import Layout
 from ..state.load import load_state_file
 from ..store.db import Database
 from .filter import ContentFilter, FilterContext, FilterSMTP

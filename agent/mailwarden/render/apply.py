@@ -24,13 +24,13 @@ from typing import Protocol
 
 from ..errors import FieldError, MailwardenError, ServiceError, StateError
 from ..files import UnsafePath, private_dir, read_regular, remove, write_atomic
+from ..layout import Layout
 from ..state.load import load_state_text
 from ..state.revisions import Revision, RevisionStore, migrate_revisions
 from ..state.schema import State
 from .checks import CHECKERS
 from .engine import SERVICES, RenderedFile, render
 from .health import wait_healthy
-from .layout import Layout
 
 
 class Controller(Protocol):

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError, ServiceError
+from ..layout import Layout
 from ..process import run, run_tty
 from .engine import MANIFEST
-from .layout import Layout
 
 Checker = Callable[[Path, Layout], None]
 

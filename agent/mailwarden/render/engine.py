@@ -16,8 +16,8 @@ from pathlib import Path
 import jinja2
 
 from ..errors import RenderError
+from ..layout import Layout
 from ..state.schema import State
-from .layout import Layout
 from .view import build_view
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"

@@ -15,7 +15,7 @@ import dns.query
 import dns.rcode
 
 from ..errors import ServiceError
-from .layout import Layout
+from ..layout import Layout
 
 Probe = Callable[[Layout], None]
 

@@ -41,9 +41,9 @@ from ..errors import (
     StateError,
 )
 from ..files import UnsafePath, open_dir, open_regular
+from ..layout import Layout
 from ..state.revisions import Revision, RevisionStore, migrate_revisions
 from .apply import ApplyResult, Controller, LocallyModified, apply_state, rollback
-from .layout import Layout
 
 log = logging.getLogger("mailwarden.apply-helper")
 

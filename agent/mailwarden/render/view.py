@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from ..layout import Layout
 from ..state.schema import State, TlsLevel
-from .layout import Layout
 
 _POSTFIX_TLS = {"none": "none", "may": "may", "encrypt": "encrypt", "dane": "dane",
                 "verify": "verify", "secure": "secure"}

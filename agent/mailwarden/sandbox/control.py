@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import signal
 
+from ..layout import Layout
 from ..process import run
-from ..render.layout import Layout
 
 
 class PidfileController:

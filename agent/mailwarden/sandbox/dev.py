@@ -19,7 +19,7 @@ from types import FrameType
 
 from ..errors import HarnessError
 from ..firstboot import setupcode
-from ..render.layout import LAYOUT_FILE
+from ..layout import LAYOUT_FILE
 from ..store.credentials import CredentialStore
 from ..store.users import Users
 from .instance import Sandbox

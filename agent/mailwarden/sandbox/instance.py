@@ -23,10 +23,10 @@ from pathlib import Path
 
 from .. import secrets
 from ..errors import HarnessError
+from ..layout import LAYOUT_FILE, Layout, free_ports, sandbox
 from ..process import run
 from ..render import health
 from ..render.apply import ApplyResult, NoController, apply_state, rollback
-from ..render.layout import LAYOUT_FILE, Layout, free_ports, sandbox
 from ..state.load import load_state_text
 from ..state.revisions import RevisionStore
 from .process import Supervised, wait_until

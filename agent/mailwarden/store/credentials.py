@@ -29,7 +29,7 @@ from ..errors import MailwardenError
 from .db import Database
 
 if TYPE_CHECKING:
-    from ..render.layout import Layout
+    from ..layout import Layout
 
 log = logging.getLogger("mailwarden.store")
 
