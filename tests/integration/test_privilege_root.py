@@ -184,6 +184,8 @@ def test_roots_own_legacy_revisions_are_moved(tree: Path) -> None:
     (legacy / "000001.json").write_text(
         '{"number": 1, "time": "2026-01-01T00:00:00+00:00", "author": "old", '
         '"comment": "before the move", "files": {}}')
+    # A name that only looks like a revision up to a trailing newline is not one.
+    (legacy / "000002.yaml\n").write_text("not a revision\n")
     # The caller's base was read before the move: the moved revision 1 is live now.
     with pytest.raises(ConflictError, match="revision 1 is live"):
         box.apply(box.state(port=2525))
@@ -192,6 +194,7 @@ def test_roots_own_legacy_revisions_are_moved(tree: Path) -> None:
     assert store.numbers() == [1, 2] and store.get(1).comment == "before the move"
     assert store.text(1) == box.state()
     assert not (legacy / "000001.json").exists()
+    assert not any("\n" in p.name for p in box.layout.revisions_dir.iterdir())
 
 
 @pytest.mark.parametrize("folder", ["revisions", "staging"])

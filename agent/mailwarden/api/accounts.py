@@ -122,12 +122,7 @@ class TotpResource:
     roles = {"POST": (*EVERYONE, "quser"), "DELETE": (*EVERYONE, "quser")}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        user = req.context.user
-        if user.id < 0:
-            raise BadInput("API tokens have no second factor")
-        data = req.get_media(default_when_empty={}) or {}
-        if not isinstance(data, dict):
-            raise BadInput("the request body must be a JSON object")
+        user, data = _second_factor_request(req)
         if "code" not in data:
             secret = pyotp.random_base32()
             resp.media = {"secret": secret, "uri": pyotp.TOTP(secret).provisioning_uri(
@@ -142,17 +137,23 @@ class TotpResource:
         resp.media = {"totp": True}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        user = req.context.user
-        if user.id < 0:
-            raise BadInput("API tokens have no second factor")
-        data = req.get_media(default_when_empty={}) or {}
-        if not isinstance(data, dict):
-            raise BadInput("the request body must be a JSON object")
+        user, data = _second_factor_request(req)
         with _reauth():
             self.users.disable_totp(user.username, password=_optional(data, "password"),
                                     code=_optional(data, "code"))
         self.audit.record(user.username, "totp.disable", source_ip=req.remote_addr)
         resp.status = falcon.HTTP_204
+
+
+def _second_factor_request(req: falcon.Request) -> tuple[Any, dict[str, Any]]:
+    """The signed-in person and their JSON body; a token stands for no person's device."""
+    user = req.context.user
+    if user.id < 0:
+        raise BadInput("API tokens have no second factor")
+    data = req.get_media(default_when_empty={}) or {}
+    if not isinstance(data, dict):
+        raise BadInput("the request body must be a JSON object")
+    return user, data
 
 
 @contextmanager

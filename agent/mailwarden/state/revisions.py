@@ -28,7 +28,7 @@ from ..files import UnsafePath, open_dir, open_regular, private_dir, write_atomi
 
 log = logging.getLogger("mailwarden.revisions")
 
-_REVISION_FILE = re.compile(r"^[0-9]{6}\.(yaml|json)$")
+_REVISION_FILE = re.compile(r"[0-9]{6}\.(yaml|json)")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def migrate_revisions(old: Path, new: Path) -> int:
         if owner not in (0, os.geteuid()):
             log.warning("revisions not moved from %s: it belongs to uid %d", old, owner)
             return 0
-        names = sorted((n for n in os.listdir(source) if _REVISION_FILE.match(n)),
+        names = sorted((n for n in os.listdir(source) if _REVISION_FILE.fullmatch(n)),
                        key=lambda n: (n[:6], n.endswith(".json")))  # .json last: it commits
         files: dict[str, bytes] = {}
         for name in names:
