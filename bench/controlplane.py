@@ -35,10 +35,10 @@ from typing import Any
 from falcon import testing
 
 from mailwarden.api.app import Services, create_app
-from mailwarden.render.apply import NoController
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.control.service import NoController
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 RESULTS = Path(__file__).parent / "results"
 PASSWORD = secrets.token_urlsafe(16)

@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden_dev.instance import Sandbox
 
 from . import load
 from .peers import AmavisSandbox, RspamdMilterSandbox

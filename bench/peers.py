@@ -19,10 +19,10 @@ import shutil
 import time
 from pathlib import Path
 
+from mailwarden.control.apply import ApplyResult
 from mailwarden.process import run
-from mailwarden.render.apply import ApplyResult
-from mailwarden.sandbox.instance import Sandbox, _listening
-from mailwarden.sandbox.process import Supervised, wait_until
+from mailwarden_dev.instance import Sandbox, _listening
+from mailwarden_dev.process import Supervised, wait_until
 
 AMAVIS_USER = "amavis"
 # Preforked amavisd children = Postfix's concurrency towards it. Two per core: SpamAssassin

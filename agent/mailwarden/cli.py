@@ -11,18 +11,36 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConflictError, MailwardenError, StateError
+from .control.apply import apply_state, rollback
+from .control.service import Controller, controller_for
+from .errors import AlreadySetUp, ConflictError, MailwardenError, StateError
+from .firstboot import setupcode
+from .firstboot.answers import validate_answers
+from .firstboot.boot import api_owner, listen_publicly, run_firstboot
+from .firstboot.configure import Host, NullHost, adopt_earlier_setup, apply_answers, is_set_up
+from .firstboot.host import ApplianceHost
+from .firstboot.seed import Seed
 from .layout import Layout, appliance, load_layout, sandbox
-from .render.apply import Controller, apply_state, rollback
-from .render.engine import render
+from .privileged.permissions import AGENT_GROUP, SECRETS_GROUP, group_or_none
+from .privileged.server import DEFAULT_ALLOWED, Operations, run_helper
+from .privileged.wire import SetupReply
+from .render.configs import render
+from .state.docs import state_reference
 from .state.load import format_loc, load_state_file
 from .state.revisions import RevisionStore
+from .store.credentials import CredentialStore, prepare_folder
+from .store.db import Database
+from .store.quarantine import Quarantine
+from .store.users import Users, hash_password
+
+# The daemons' entry points (the API, the filter, the policy service) are imported where
+# they run: each pulls in its server libraries, which no other command needs to load.
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -34,13 +52,7 @@ def _layout(args: argparse.Namespace) -> Layout:
 
 
 def _controller(layout: Layout) -> Controller:
-    if layout.name == "sandbox":
-        from .sandbox.control import PidfileController
-
-        return PidfileController(layout)
-    from .render.systemd import SystemdController
-
-    return SystemdController()
+    return controller_for(layout)
 
 
 def _author(args: argparse.Namespace) -> str:
@@ -153,11 +165,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- docs / dev -------------------------------------------------------------------------
+# --- docs -------------------------------------------------------------------------------
 
 
 def cmd_docs_state(args: argparse.Namespace) -> int:
-    from .state.docs import state_reference
 
     text = state_reference()
     if args.check:
@@ -173,19 +184,10 @@ def cmd_docs_state(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    from .sandbox.dev import run_dev
-
-    return run_dev(Path(args.state) if args.state else None,
-                   Path(args.run_dir) if args.run_dir else None, fresh=args.fresh)
-
-
 # --- quarantine -------------------------------------------------------------------------
 
 
 def _quarantine(layout: Layout) -> Any:
-    from .store.db import Database
-    from .store.quarantine import Quarantine
 
     db = Database(layout.database)
     return Quarantine(db, layout.quarantine_dir)
@@ -247,8 +249,6 @@ API_USER = "mailwarden-api"
 
 
 def _users(layout: Layout) -> Any:
-    from .store.credentials import CredentialStore
-    from .store.users import Users
 
     return Users(CredentialStore.for_layout(layout))
 
@@ -269,7 +269,6 @@ def _as_store_owner(args: argparse.Namespace, argv: Sequence[str]) -> int | None
         return None
     import subprocess
 
-    from .store.credentials import prepare_folder
 
     prepare_folder(layout.auth_database, API_USER)
     return subprocess.run([sys.executable, "-m", "mailwarden.cli", *argv], check=False,
@@ -313,7 +312,6 @@ def cmd_user_del(args: argparse.Namespace) -> int:
 
 
 def cmd_user_hash_password(args: argparse.Namespace) -> int:
-    from .store.users import hash_password
 
     # For seed files: the answer file carries this hash, never the password itself.
     print(hash_password(_new_password(args)))
@@ -321,14 +319,11 @@ def cmd_user_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_setup_code(args: argparse.Namespace) -> int:
-    from .firstboot import setupcode
-    from .firstboot.engine import AlreadySetUp, is_set_up
 
     layout = _layout(args)
     if is_set_up(layout):
         raise AlreadySetUp("the appliance is set up; the web wizard is closed "
                            "(`mailwarden user passwd admin` resets a lost password)")
-    from .firstboot.boot import api_owner
 
     # Root at the console: the code must still be the web wizard's (the API's user) to read.
     print(setupcode.issue(layout.setup_code, api_owner() if layout.name == "appliance" else None))
@@ -336,7 +331,6 @@ def cmd_setup_code(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt_setup(args: argparse.Namespace) -> int:
-    from .firstboot.engine import adopt_earlier_setup
 
     layout = _layout(args)
     if layout.name == "appliance" and os.geteuid() != 0:
@@ -388,10 +382,6 @@ def cmd_rules_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_firstboot(args: argparse.Namespace) -> int:
-    from .firstboot.boot import run_firstboot
-    from .firstboot.engine import NullHost
-    from .firstboot.host import ApplianceHost
-    from .firstboot.seed import Seed
 
     layout = _layout(args)
     find = None
@@ -409,10 +399,44 @@ def cmd_firstboot(args: argparse.Namespace) -> int:
     return EXIT_ERROR if outcome.errors else 0
 
 
-def cmd_apply_helper(args: argparse.Namespace) -> int:
-    from .render.privileged import DEFAULT_ALLOWED, run_helper
+def helper_operations(layout: Layout, *, controller: Controller | None = None,
+                      host_factory: Callable[[], Host] | None = None,
+                      secrets_group: str | None = None, agent_group: str | None = None,
+                      after_first_state: Callable[[], None] | None = None) -> Operations:
+    """The apply helper's operations: the transactions, and the first-run setup, which
+    belongs to firstboot (a layer above the helper, so it is put together here). The
+    appliance binds them to systemd, the real host and the agent's groups; tests to a
+    sandbox."""
+    controller = controller if controller is not None else _controller(layout)
+    if layout.name == "appliance":
+        host_factory = host_factory or (lambda: ApplianceHost(layout=layout))
+        secrets_group = secrets_group or group_or_none(SECRETS_GROUP)
+        agent_group = agent_group or group_or_none(AGENT_GROUP)
+        after_first_state = after_first_state or (lambda: listen_publicly(layout))
+    make_host: Callable[[], Host] = host_factory or NullHost
 
-    return run_helper(_layout(args), socket_path=Path(args.socket) if args.socket else None,
+    def setup(data: Any, author: str) -> SetupReply:
+        answers = validate_answers(data, "answers")
+        # Decided by root's marker alone; no store the caller can write has a say.
+        if adopt_earlier_setup(layout):
+            raise AlreadySetUp("this appliance is set up already")
+        first = RevisionStore(layout.revisions_dir).current() is None
+        outcome = apply_answers(answers, layout=layout, controller=controller,
+                                host=make_host(), author=author)
+        if first and after_first_state is not None:
+            after_first_state()
+        return SetupReply(outcome.applied, outcome.admin)
+
+    return Operations(layout=layout, controller=controller, setup=setup,
+                      secrets_group=secrets_group, agent_group=agent_group)
+
+
+def cmd_apply_helper(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    if layout.name == "appliance" and os.geteuid() == 0:
+        adopt_earlier_setup(layout)  # the API unit did it before its start; never too often
+    return run_helper(helper_operations(layout),
+                      socket_path=Path(args.socket) if args.socket else None,
                       allowed=args.allow or DEFAULT_ALLOWED, idle_timeout=args.idle)
 
 
@@ -619,12 +643,6 @@ def build_parser() -> argparse.ArgumentParser:
     root_option(p)
     p.set_defaults(func=cmd_apply_helper)
 
-    p = sub.add_parser("dev", help="run the whole gateway on this machine (private daemons)")
-    p.add_argument("--state", help="state file (default: a built-in example)")
-    p.add_argument("--run-dir", help="folder for the instance (default: ./run/dev)")
-    p.add_argument("--fresh", action="store_true",
-                   help="no admin yet: the web UI opens the first-run wizard (code printed)")
-    p.set_defaults(func=cmd_dev)
     return parser
 
 

@@ -90,10 +90,10 @@ class CommandError(ServiceError):
         super().__init__(argv[0], f"`{' '.join(argv)}` exited {returncode}: {tail}")
 
 
-class HarnessError(MailwardenError):
-    """A private daemon instance did not start or become healthy."""
+class AlreadySetUp(MailwardenError):
+    """The appliance is set up: first-boot answers are not taken any more."""
 
-    code = "harness_failed"
+    code = "already_set_up"
 
 
 class ScannerError(MailwardenError):

@@ -61,6 +61,10 @@ class Layout:
     xclient_hosts: tuple[str, ...] = ()
     # Postfix logs to this file instead of syslog when set (no /dev/log in sandboxes).
     postfix_log: bool = False
+    # Who reloads the daemons after an apply (control.service): systemd on the appliance; a
+    # sandbox names the controller of whatever runs its daemons (the development harness
+    # registers one), or "none" when nothing runs them.
+    service_control: str = "systemd"
 
     def path(self, absolute: str) -> Path:
         """Where the appliance path `absolute` lives in this layout."""
@@ -159,6 +163,9 @@ class Layout:
             agent_services=data["agent_services"],
             xclient_hosts=tuple(data["xclient_hosts"]),
             postfix_log=data["postfix_log"],
+            # Sandbox folders written before layouts named their controller were all run by
+            # the development harness.
+            service_control=data.get("service_control", "pidfile"),
         )
 
 
@@ -221,9 +228,11 @@ _PORT_FLOOR = 12000  # above the gateway's own fixed ports (10022-10025, 11333-1
 
 
 def sandbox(
-    root: Path, *, agent_services: bool = True, dns_upstream: tuple[str, ...] = ()
+    root: Path, *, agent_services: bool = True, dns_upstream: tuple[str, ...] = (),
+    service_control: str = "none",
 ) -> Layout:
-    """A private layout under root with fresh loopback ports."""
+    """A private layout under root with fresh loopback ports; service_control names who runs
+    its daemons (nobody by default: a dry-run render)."""
     names = [f.name for f in Ports.__dataclass_fields__.values()]
     ports = Ports(**dict(zip(names, free_ports(len(names)), strict=True)))
     return Layout(
@@ -236,6 +245,7 @@ def sandbox(
         agent_services=agent_services,
         xclient_hosts=("127.0.0.1",),
         postfix_log=True,
+        service_control=service_control,
     )
 
 

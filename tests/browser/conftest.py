@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailwarden.firstboot import setupcode
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden_dev.instance import Sandbox
 
 from ..integration.conftest import state_for
 from ..integration.test_mail_path import EXTRA

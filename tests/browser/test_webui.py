@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from mailwarden.firstboot import setupcode
-from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.revisions import RevisionStore
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 from ..integration.test_mail_path import GTUBE, build, marker, send, wait_quarantined
 from .conftest import PASSWORD, SCREENSHOTS

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden_dev.instance import Sandbox
 
 pytestmark = pytest.mark.integration
 

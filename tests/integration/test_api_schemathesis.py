@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.render import health
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.control import health
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 from .conftest import state_for
 

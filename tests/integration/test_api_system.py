@@ -6,11 +6,11 @@ import pytest
 from falcon import testing
 
 from mailwarden.api.app import Services, create_app
-from mailwarden.render.apply import NoController
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.control.service import NoController
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 pytestmark = pytest.mark.integration
 

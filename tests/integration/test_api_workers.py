@@ -14,8 +14,8 @@ import pytest
 
 from mailwarden.api import serve
 from mailwarden.layout import free_ports
-from mailwarden.sandbox.instance import Sandbox
-from mailwarden.sandbox.process import Supervised, wait_until
+from mailwarden_dev.instance import Sandbox
+from mailwarden_dev.process import Supervised, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.control import health
+from mailwarden.control.apply import LocallyModified
 from mailwarden.errors import ConflictError, RenderError, ServiceError
-from mailwarden.render import health
-from mailwarden.render.apply import LocallyModified
-from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.revisions import RevisionStore
+from mailwarden_dev.instance import Sandbox
 
 from .conftest import SendMail, state_for
 

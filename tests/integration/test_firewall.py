@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.control.checks import check_nftables, staged
 from mailwarden.errors import ServiceError
 from mailwarden.layout import Layout, appliance, sandbox
-from mailwarden.render.checks import check_nftables, staged
-from mailwarden.render.engine import render
+from mailwarden.render.configs import render
 from mailwarden.state.load import load_state_text
 
 pytestmark = [
@@ -108,7 +108,7 @@ def test_check_works_for_an_unprivileged_user(open_folder: Path) -> None:
     if probe.returncode != 0:
         pytest.skip(f"no user namespaces here: {probe.stderr.strip()}")
     code = ("import sys; from pathlib import Path; "
-            "from mailwarden.render.checks import check_nftables; "
+            "from mailwarden.control.checks import check_nftables; "
             "from mailwarden.layout import Layout; "
             f"check_nftables(Path({str(stage)!r}), Layout.from_json({layout.to_json()!r}))")
     result = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup",

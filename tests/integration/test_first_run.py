@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from mailwarden.firstboot import setupcode
-from mailwarden.sandbox.instance import Sandbox
 from mailwarden.state.revisions import RevisionStore
+from mailwarden_dev.instance import Sandbox
 
 from .conftest import SendMail
 

@@ -13,8 +13,8 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from mailwarden.render import health
-from mailwarden.sandbox.instance import EICAR, Sandbox
+from mailwarden.control import health
+from mailwarden_dev.instance import EICAR, Sandbox
 
 from .conftest import SendMail, state_for
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.control import health
 from mailwarden.process import run
-from mailwarden.render import health
-from mailwarden.sandbox.instance import EICAR, Sandbox
-from mailwarden.sandbox.process import wait_until
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine, QuarantineEntry
 from mailwarden.store.tracking import Tracking
+from mailwarden_dev.instance import EICAR, Sandbox
+from mailwarden_dev.process import wait_until
 
 from .conftest import state_for
 
@@ -333,7 +333,7 @@ def test_gtube_through_the_api_release_and_audit(gw: Sandbox) -> None:
     from falcon import testing
 
     from mailwarden.api.app import Services, create_app
-    from mailwarden.render.apply import NoController
+    from mailwarden.control.service import NoController
     from mailwarden.store.credentials import CredentialStore
     from mailwarden.store.users import Users
 

@@ -17,11 +17,11 @@ import pytest
 
 from mailwarden.mail import dkim
 from mailwarden.mail.resolver import make_resolver
-from mailwarden.sandbox.instance import Sandbox
-from mailwarden.sandbox.process import wait_until
-from mailwarden.sandbox.testdns import Zone
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine
+from mailwarden_dev.instance import Sandbox
+from mailwarden_dev.process import wait_until
+from mailwarden_dev.testdns import Zone
 
 from .conftest import state_for
 from .test_mail_path import build, send

@@ -30,13 +30,13 @@ from mailwarden.mail.policy import (
     start_policy_server,
 )
 from mailwarden.mail.resolver import make_resolver, resolver_at
-from mailwarden.sandbox.instance import Sandbox
-from mailwarden.sandbox.process import wait_until
-from mailwarden.sandbox.testdns import Zone
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import State
 from mailwarden.store import dmarc as dmarc_store
 from mailwarden.store.db import Database
+from mailwarden_dev.instance import Sandbox
+from mailwarden_dev.process import wait_until
+from mailwarden_dev.testdns import Zone
 
 from .conftest import state_for
 
@@ -174,7 +174,7 @@ def test_greylisting_defers_then_accepts_the_retry(env: dict[str, object]) -> No
 def test_health_probe_and_trusted_networks(env: dict[str, object]) -> None:
     sandbox = env["sandbox"]
     assert isinstance(sandbox, Sandbox)
-    from mailwarden.render import health
+    from mailwarden.control import health
 
     health.wait_healthy("policy", sandbox.layout, timeout=5)
     assert ask(sandbox, rcpt("10.20.1.2", "clerk@example.test")) == ["DUNNO"]

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.cli import helper_operations
+from mailwarden.control.service import NoController
 from mailwarden.errors import ConflictError
 from mailwarden.files import UnsafePath
-from mailwarden.firstboot.engine import NullHost
-from mailwarden.render.apply import NoController
-from mailwarden.render.privileged import Operations, adopt_dkim_keys, share_with_agent
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.privileged.permissions import adopt_dkim_keys, share_with_agent
 from mailwarden.state.revisions import RevisionStore
 from mailwarden.store.db import Database
+from mailwarden_dev.instance import Sandbox
 
 from ..agent_users import (
     API,
@@ -69,9 +69,8 @@ class Appliance:
         self.box.prepare(self.state() if applied else None)
         apply_role_modes(self.layout.path)
         Database(self.layout.database).close()  # first boot makes the store as root
-        self.operations = Operations(layout=self.layout, controller=NoController(),
-                                     host_factory=NullHost, secrets_group=SECRETS_GROUP,
-                                     agent_group=GROUP)
+        self.operations = helper_operations(self.layout, controller=NoController(),
+                                            secrets_group=SECRETS_GROUP, agent_group=GROUP)
         self.attacker = tree / "attacker"  # somewhere the attacker may write
         self.attacker.mkdir(mode=0o777)
         self.attacker.chmod(0o1777)

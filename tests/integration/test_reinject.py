@@ -7,7 +7,7 @@ import socket
 import uuid
 
 from mailwarden.mail.reinject import Reinjector
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden_dev.instance import Sandbox
 
 
 def _message(marker: str) -> bytes:

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.errors import ServiceError
-from mailwarden.layout import Layout, sandbox
-from mailwarden.render.checks import (
+from mailwarden.control.checks import (
     CHECKERS,
     check_clamav,
     check_postfix,
@@ -21,9 +19,11 @@ from mailwarden.render.checks import (
     check_unbound,
     staged,
 )
-from mailwarden.render.engine import SERVICES, render
-from mailwarden.sandbox.instance import make_runtime_dirs
+from mailwarden.errors import ServiceError
+from mailwarden.layout import Layout, sandbox
+from mailwarden.render.configs import SERVICES, render
 from mailwarden.state.load import load_state_file
+from mailwarden_dev.instance import make_runtime_dirs
 
 pytestmark = pytest.mark.integration
 

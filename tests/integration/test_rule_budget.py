@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mailwarden.sandbox.instance import Sandbox
-from mailwarden.sandbox.process import wait_until
+from mailwarden_dev.instance import Sandbox
+from mailwarden_dev.process import wait_until
 
 from .conftest import state_for
 from .test_mail_path import _tracking, build, marker, send, wait_quarantined

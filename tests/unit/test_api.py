@@ -11,14 +11,14 @@ import pytest
 from falcon import testing
 
 from mailwarden.api.app import Services, create_app
+from mailwarden.control.service import NoController
 from mailwarden.errors import StoreError
-from mailwarden.render.apply import NoController
-from mailwarden.sandbox.instance import Sandbox
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
 from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 STATE = """\
 version: 1

@@ -15,8 +15,8 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from mailwarden.api import serve
 from mailwarden.api.app import Services, create_app
+from mailwarden.control.service import NoController
 from mailwarden.layout import appliance, load_layout
-from mailwarden.render.apply import NoController
 from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
 from mailwarden.store.quarantine import Quarantine

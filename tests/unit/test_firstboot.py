@@ -13,17 +13,17 @@ import yaml
 from falcon import testing
 
 from mailwarden.api.app import Services, create_app
+from mailwarden.control.service import NoController
 from mailwarden.errors import StateError
 from mailwarden.firstboot import setupcode
 from mailwarden.firstboot.answers import load_answers, validate_answers
-from mailwarden.firstboot.engine import keep_reachable, state_from_answers
-from mailwarden.render.apply import NoController
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.firstboot.configure import keep_reachable, state_from_answers
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import CURRENT_VERSION
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users, hash_password
+from mailwarden_dev.instance import Sandbox
 
 from .test_api import STATE
 

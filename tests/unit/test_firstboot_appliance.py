@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.control.service import NoController
 from mailwarden.errors import StateError
 from mailwarden.firstboot import identity, seed
 from mailwarden.firstboot.answers import validate_answers
 from mailwarden.firstboot.boot import run_firstboot
-from mailwarden.firstboot.engine import NullHost
+from mailwarden.firstboot.configure import NullHost
 from mailwarden.firstboot.host import NETWORK_FILE, ApplianceHost
 from mailwarden.layout import sandbox as sandbox_layout
-from mailwarden.render.apply import NoController
-from mailwarden.sandbox.instance import Sandbox
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.users import Users, hash_password
+from mailwarden_dev.instance import Sandbox
 
 ANSWERS = """\
 version: 1

@@ -24,23 +24,20 @@ import pytest
 from falcon import testing
 
 from mailwarden.api.app import Services, create_app
+from mailwarden.cli import helper_operations
+from mailwarden.control.service import NoController
 from mailwarden.firstboot.answers import NetworkAnswer, validate_answers
 from mailwarden.firstboot.boot import create_admin
-from mailwarden.firstboot.engine import adopt_earlier_setup, is_set_up
+from mailwarden.firstboot.configure import adopt_earlier_setup, is_set_up
 from mailwarden.layout import Layout
-from mailwarden.render.apply import NoController
-from mailwarden.render.privileged import (
-    ApplyHelperClient,
-    Operations,
-    listening_socket,
-    serve,
-    share_with_agent,
-)
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.privileged.client import ApplyHelperClient
+from mailwarden.privileged.permissions import share_with_agent
+from mailwarden.privileged.server import listening_socket, serve
 from mailwarden.state.revisions import RevisionStore
 from mailwarden.store.credentials import CredentialStore, prepare_folder
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users, hash_password
+from mailwarden_dev.instance import Sandbox
 
 from ..agent_users import API, FILTER, GROUP, PYTHON, Account, ensure_agent_users, run_as
 from .test_api import STATE
@@ -155,8 +152,8 @@ class Helper:
         self.path = root / "run" / "apply.sock"
         self.listener = listening_socket(self.path)
         os.chown(self.path, _ids(API)[0], 0)  # the appliance: the socket is the API's
-        operations = Operations(layout=layout, controller=NoController(),
-                                host_factory=lambda: RecordingHost(root))
+        operations = helper_operations(layout, controller=NoController(),
+                                       host_factory=lambda: RecordingHost(root))
         allowed = {_ids(API)[0], 0}
         self.thread = threading.Thread(target=serve, args=(self.listener, operations, allowed),
                                        kwargs={"idle_timeout": None}, daemon=True)

@@ -18,8 +18,8 @@ from mailwarden.mail.actions import (
     modify_report,
     side_effects,
 )
-from mailwarden.mail.engine import Step, evaluate
 from mailwarden.mail.message import parse_message
+from mailwarden.mail.ruleengine import Step, evaluate
 from mailwarden.mail.types import Envelope, ScanResult, SpamResult, VirusResult
 from mailwarden.state.load import load_state_text
 from mailwarden.state.rules import Action

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.cli import helper_operations
+from mailwarden.control.apply import LocallyModified
+from mailwarden.control.service import NoController
 from mailwarden.errors import (
+    AlreadySetUp,
     CommandError,
     ConflictError,
     FieldError,
@@ -25,24 +29,15 @@ from mailwarden.errors import (
     StateError,
 )
 from mailwarden.firstboot.answers import validate_answers
-from mailwarden.firstboot.engine import AlreadySetUp, NullHost, is_set_up
-from mailwarden.render.apply import LocallyModified, NoController
-from mailwarden.render.privileged import (
-    MAX_REQUEST,
-    ApplyHelperClient,
-    HelperError,
-    Operations,
-    adopt_dkim_keys,
-    error_from_wire,
-    error_to_wire,
-    listening_socket,
-    serve,
-    share_with_agent,
-)
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.firstboot.configure import is_set_up
+from mailwarden.privileged.client import ApplyHelperClient
+from mailwarden.privileged.permissions import adopt_dkim_keys, share_with_agent
+from mailwarden.privileged.server import listening_socket, serve
+from mailwarden.privileged.wire import MAX_REQUEST, HelperError, error_from_wire, error_to_wire
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 from .test_api import STATE
 
@@ -53,8 +48,7 @@ class Helper:
     def __init__(self, sandbox: Sandbox, allowed: set[int]) -> None:
         self.path = sandbox.root / "run" / "apply.sock"
         self.listener = listening_socket(self.path)
-        operations = Operations(layout=sandbox.layout, controller=NoController(),
-                                host_factory=NullHost)
+        operations = helper_operations(sandbox.layout, controller=NoController())
         self.thread = threading.Thread(
             target=serve, args=(self.listener, operations, allowed),
             kwargs={"idle_timeout": None}, daemon=True)

@@ -12,7 +12,7 @@ import pytest
 
 from mailwarden.errors import RenderError
 from mailwarden.layout import Layout, Ports, appliance
-from mailwarden.render.engine import MANIFEST, render
+from mailwarden.render.configs import MANIFEST, render
 from mailwarden.state.load import load_state_file, load_state_text
 
 STATES = Path(__file__).parent.parent / "data" / "states"

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mailwarden.mail import engine
-from mailwarden.mail.engine import ACTION_PRIORITY, RULE_BUDGET, evaluate, group_by_outcome
+from mailwarden.mail import ruleengine as engine
 from mailwarden.mail.message import parse_message
+from mailwarden.mail.ruleengine import ACTION_PRIORITY, RULE_BUDGET, evaluate, group_by_outcome
 from mailwarden.mail.types import Envelope, ScanResult, SpamResult, VirusResult
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import State

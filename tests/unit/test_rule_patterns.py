@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from mailwarden.errors import StateError
-from mailwarden.mail.engine import RULE_BUDGET, evaluate
 from mailwarden.mail.message import parse_message
+from mailwarden.mail.ruleengine import RULE_BUDGET, evaluate
 from mailwarden.mail.types import Envelope, ScanResult, SpamResult, VirusResult
 from mailwarden.state.load import load_state_text
 from mailwarden.state.patterns import compile_pattern

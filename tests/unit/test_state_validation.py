@@ -286,7 +286,7 @@ domains:
 
 def test_domains_sharing_a_server_share_its_tls_policy() -> None:
     from mailwarden.layout import appliance
-    from mailwarden.render.engine import render
+    from mailwarden.render.configs import render
 
     state = load_state_text(SHARED_SERVER % "may")
     files = {f.target.path: f.content for f in render(state, appliance())}

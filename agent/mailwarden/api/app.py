@@ -14,12 +14,13 @@ from typing import Any
 
 import falcon
 
+from ..control.apply import ApplyResult, apply_state, rollback
+from ..control.service import Controller
 from ..errors import MailwardenError
 from ..firstboot.answers import Answers
-from ..firstboot.engine import FirstbootResult, Host, NullHost, apply_answers, is_set_up
+from ..firstboot.configure import FirstbootResult, Host, NullHost, apply_answers, is_set_up
 from ..layout import Layout
 from ..mail.reinject import reinject
-from ..render.apply import ApplyResult, Controller, apply_state, rollback
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
 from ..state.schema import Quarantine as QuarantineSettings

@@ -12,6 +12,7 @@ from typing import Any
 import falcon
 
 from ..errors import (
+    AlreadySetUp,
     ConflictError,
     MailwardenError,
     NotFound,
@@ -19,7 +20,6 @@ from ..errors import (
     StateError,
     StoreError,
 )
-from ..firstboot.engine import AlreadySetUp
 from ..store.users import AuthError, LockedOut
 
 log = logging.getLogger("mailwarden.api")

@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 import yaml
 
-from ..render.apply import ApplyResult
+from ..control.apply import ApplyResult
 from ..state.load import parse_yaml, validate_data
 from ..state.revisions import RevisionStore
 from ..state.schema import State

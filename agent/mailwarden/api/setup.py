@@ -6,7 +6,7 @@ setup applies the answers (the same engine the seed file and the console wizard 
 apply helper on the appliance, which then writes the set-up marker), deletes the code, makes
 the administrator here in the API's own credentials store and logs them in.
 
-Whether setup is needed is the marker's word alone (firstboot.engine.is_set_up), the same the
+Whether setup is needed is the marker's word alone (firstboot.configure.is_set_up), the same the
 helper goes by; no store anybody but root writes decides it.
 """
 
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import falcon
 
+from ..errors import AlreadySetUp
 from ..firstboot import setupcode
 from ..firstboot.answers import AdminAnswer, Answers, validate_answers
-from ..firstboot.engine import AlreadySetUp, FirstbootResult, keep_reachable
+from ..firstboot.configure import FirstbootResult, keep_reachable
 from ..store.users import SESSION_LIFETIME, Audit, Users, hash_password
 from .auth import set_session_cookie
 from .errors import BadInput

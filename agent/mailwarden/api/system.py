@@ -13,10 +13,10 @@ from typing import Any
 import falcon
 import psutil
 
+from ..control import health
 from ..errors import MailwardenError
 from ..layout import Layout
 from ..process import run
-from ..render import health
 from ..store.users import Audit
 from .errors import BadInput
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..control.service import controller_for
+from ..firstboot.answers import Answers
+from ..firstboot.configure import FirstbootResult
 from ..layout import load_layout
+from ..privileged.client import ApplyHelperClient, privileged_apply, privileged_rollback
 from ..store.credentials import CredentialStore
 from ..store.db import Database
 from .app import Services, create_app
@@ -23,19 +27,23 @@ def _services() -> Services:
     credentials = CredentialStore.for_layout(layout)
     webui = os.environ.get("MAILWARDEN_WEBUI")
     webui_path = Path(webui) if webui else _default_webui()
+    controller = controller_for(layout)
     if layout.name == "sandbox":
-        from ..sandbox.control import PidfileController
-
-        return Services(layout=layout, db=db, controller=PidfileController(layout),
-                        webui=webui_path, credentials=credentials)
+        # A development sandbox: the API runs the transactions itself, with the controller
+        # its layout names (the harness's, registered by the development distribution).
+        return Services(layout=layout, db=db, controller=controller, webui=webui_path,
+                        credentials=credentials)
     # The appliance: this process may not write /etc or signal daemons; the root apply
     # helper runs each transaction (and the first-run setup) for it.
-    from ..render.privileged import privileged_apply, privileged_rollback, privileged_setup
-    from ..render.systemd import SystemdController
-
-    return Services(layout=layout, db=db, controller=SystemdController(), webui=webui_path,
+    return Services(layout=layout, db=db, controller=controller, webui=webui_path,
                     credentials=credentials, applier=privileged_apply,
-                    rollbacker=privileged_rollback, setup=privileged_setup)
+                    rollbacker=privileged_rollback, setup=_privileged_setup)
+
+
+def _privileged_setup(answers: Answers) -> FirstbootResult:
+    """The web wizard's setup on the appliance, through the root helper."""
+    reply = ApplyHelperClient().setup(answers)
+    return FirstbootResult(reply.applied, reply.admin)
 
 
 def _default_webui() -> Path | None:

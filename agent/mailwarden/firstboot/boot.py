@@ -1,7 +1,7 @@
 """`mailwarden firstboot`: what the appliance does at boot until it is set up.
 
 mailwarden-firstboot.service runs it at every boot until the appliance is set up (root's
-marker, firstboot.engine.is_set_up):
+marker, firstboot.configure.is_set_up):
 
 1. machine identity, once (identity.py);
 2. Unbound's trust anchor, so that the first apply's unbound-checkconf passes;
@@ -26,19 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import MailwardenError, StateError
+from ..control import health
+from ..control.service import Controller
+from ..errors import AlreadySetUp, MailwardenError, StateError
 from ..layout import Layout
-from ..render import health
-from ..render.apply import Controller
+from ..privileged.permissions import AGENT_GROUP, share_with_agent
+from ..process import run
 from ..state.revisions import RevisionStore
-from ..store.users import hash_password
+from ..store.credentials import CredentialStore, run_as_owner
+from ..store.db import Database
+from ..store.users import Users, hash_password
 from . import identity, seed, setupcode
+from .configure import adopt_earlier_setup, apply_answers, is_set_up
 
 log = logging.getLogger("mailwarden.firstboot")
 
 COMPLETE = "/var/lib/mailwarden/firstboot/complete"
 API_USER = "mailwarden-api"
-AGENT_GROUP = "mailwarden"
 # Rspamd's first start on a new disk compiles its maps and regexps: minutes under emulation.
 SCANNER_WARMUP = 900.0
 
@@ -61,8 +65,6 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
                   root: Path = Path("/"), live: bool = True,
                   find: Callable[[], seed.Seed | None] | None = None,
                   out: TextIO | None = None, skip_identity: bool = False) -> FirstbootOutcome:
-    from ..store.db import Database
-    from .engine import AlreadySetUp, adopt_earlier_setup, apply_answers, is_set_up
 
     out = out if out is not None else _stdout()
     outcome = FirstbootOutcome()
@@ -162,13 +164,10 @@ def create_admin(layout: Layout, name: str, password_hash: str, *,
     that user (root at first boot: the store is the API's, never root's); None: here (a
     sandbox, or the API's own user)."""
     if as_user is None:
-        from ..store.credentials import CredentialStore
-        from ..store.users import Users
 
         Users(CredentialStore.for_layout(layout)).add_hashed(name, password_hash, "admin",
                                                               replace=True)
         return
-    from ..store.credentials import run_as_owner
 
     run_as_owner(layout, as_user, ["user", "add", name, "--role", "admin",
                                    "--password-hash-stdin", "--replace"],
@@ -208,7 +207,6 @@ def listen_publicly(layout: Layout) -> None:
     """After the first state: restart Postfix. Until then it listened on loopback only (the
     image's Debian default), and Postfix takes a new inet_interfaces only at a restart; a
     reload (all the apply transaction does) keeps the old sockets."""
-    from ..process import run
 
     run(["systemctl", "restart", "postfix.service"], timeout=300)
     health.wait_healthy("postfix", layout, timeout=120)
@@ -218,7 +216,6 @@ def _share_store(layout: Layout) -> None:
     """The store is written by root here and by the agent's users later."""
     if os.geteuid() != 0 or layout.name != "appliance":
         return
-    from ..render.privileged import share_with_agent
 
     try:
         grp.getgrnam(AGENT_GROUP)

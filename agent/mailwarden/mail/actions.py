@@ -31,8 +31,8 @@ from functools import lru_cache
 
 from ..state.rules import Action, Disclaimer, RemoveAttachments
 from ..state.schema import State
-from .engine import RecipientDecision, Step
 from .message import ParsedMessage, decode_header_value
+from .ruleengine import RecipientDecision, Step
 from .types import Envelope, ScanResult
 
 MAX_HEADER_VALUE = 900  # one generated header value, before folding

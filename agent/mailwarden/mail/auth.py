@@ -20,10 +20,10 @@ from ..store.db import Database
 from . import cpu
 from . import dkim as mail_dkim
 from . import dmarc as mail_dmarc
-from .engine import RecipientDecision
 from .message import ParsedMessage
 from .policy import parse_received_spf
 from .resolver import make_resolver
+from .ruleengine import RecipientDecision
 from .types import AuthResult, Envelope, ScanResult
 
 

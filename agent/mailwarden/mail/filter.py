@@ -36,7 +36,8 @@ from ..store.quarantine import Quarantine
 from ..store.tracking import Delivery, MessageRecord, Tracking
 from ..store.tracking import insert as tracking_insert
 from . import actions as mail_actions
-from . import cpu, engine, smtpdata
+from . import cpu, smtpdata
+from . import ruleengine as engine
 from .auth import Authenticator
 from .message import ParsedMessage, Part, parse_message, scan_targets
 from .reinject import Reinjector

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..state.schema import State
 from . import actions as mail_actions
-from .engine import RecipientDecision, UserList, evaluate
 from .message import parse_message
+from .ruleengine import RecipientDecision, UserList, evaluate
 from .types import Envelope, ScanResult, SpamResult, VirusResult
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import CommandError, ServiceError
 from ..layout import Layout
 from ..process import run, run_tty
-from .engine import MANIFEST
+from ..render.configs import MANIFEST
 
 Checker = Callable[[Path, Layout], None]
 

@@ -5,7 +5,7 @@ transaction as the appliance), starts Postfix, Rspamd, clamd, Redis, Unbound, a 
 server (NSD) and an SMTP sink, waits until each answers, and stops them all again. It is
 also the apply transaction's controller for that folder: it knows how to reload each daemon.
 
-Used by the pytest fixtures and by `mailwarden dev`.
+Used by the pytest fixtures, the benchmarks and `mailwarden-dev`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import secrets
-from ..errors import HarnessError
-from ..layout import LAYOUT_FILE, Layout, free_ports, sandbox
-from ..process import run
-from ..render import health
-from ..render.apply import ApplyResult, NoController, apply_state, rollback
-from ..state.load import load_state_text
-from ..state.revisions import RevisionStore
+from mailwarden import secrets
+from mailwarden.control import health
+from mailwarden.control.apply import ApplyResult, apply_state, rollback
+from mailwarden.control.service import NoController
+from mailwarden.layout import LAYOUT_FILE, Layout, free_ports, sandbox
+from mailwarden.process import run
+from mailwarden.state.load import load_state_text
+from mailwarden.state.revisions import RevisionStore
+
+from .control import SERVICE_CONTROL
+from .errors import HarnessError
 from .process import Supervised, wait_until
 from .testdns import TestDns, Zone, default_zones
 
@@ -113,8 +116,11 @@ class Sandbox:
         dns_port, sink_port = free_ports(2)
         self.dns = TestDns(self.root / "testdns", dns_port,
                            default_zones() if zones is None else zones)
+        # Other processes (the CLI, the API beside `mailwarden-dev`) reload these daemons
+        # through the pid-file controller the layout names.
         self.layout: Layout = sandbox(self.root, agent_services=agent_services,
-                                      dns_upstream=(self.dns.address,))
+                                      dns_upstream=(self.dns.address,),
+                                      service_control=SERVICE_CONTROL)
         self.sink = Sink(self.root / "sink", sink_port)
         # Start order: what a service depends on comes first; Postfix last, so mail only
         # arrives once the filter can take it.
@@ -176,9 +182,13 @@ class Sandbox:
         p, u, logs = self.layout.path, self.layout.users, self.root / "logs"
         if service == "postfix":
             config = self._postfix_dir()
+
+            def stop_postfix() -> None:
+                run(["postfix", "-c", config, "stop"], check=False)
+
             return Supervised(
                 "postfix", ["postfix", "-c", config, "start-fg"], logs / "postfix.out",
-                stop_command=lambda: run(["postfix", "-c", config, "stop"], check=False),
+                stop_command=stop_postfix,
             )
         if service == "rspamd":
             return Supervised("rspamd", [

@@ -1,7 +1,11 @@
-"""Reloading a running sandbox from another process (the CLI beside `mailwarden dev`).
+"""Reloading a running sandbox from another process (the CLI or the API beside
+`mailwarden-dev`).
 
 The process that runs the sandbox supervises its daemons and restarts any that exit; this
-controller signals them through their pid files, as an init system would.
+controller signals them through their pid files, as an init system would. The product finds
+it by the name a sandbox's layout gives (SERVICE_CONTROL) in the `mailwarden.service_control`
+entry point group, which this distribution's pyproject.toml fills; the product never imports
+this package.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import os
 import signal
 
-from ..layout import Layout
-from ..process import run
+from mailwarden.layout import Layout
+from mailwarden.process import run
+
+SERVICE_CONTROL = "pidfile"
 
 
 class PidfileController:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import HarnessError
+from .errors import HarnessError
 
 
 @dataclass

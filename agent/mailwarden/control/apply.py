@@ -20,40 +20,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from ..errors import FieldError, MailwardenError, ServiceError, StateError
 from ..files import UnsafePath, private_dir, read_regular, remove, write_atomic
 from ..layout import Layout
+from ..render.configs import SERVICES, RenderedFile, render
 from ..state.load import load_state_text
 from ..state.revisions import Revision, RevisionStore, migrate_revisions
 from ..state.schema import State
 from .checks import CHECKERS
-from .engine import SERVICES, RenderedFile, render
 from .health import wait_healthy
-
-
-class Controller(Protocol):
-    """Reloads a managed service (systemd on the appliance, the harness in a sandbox).
-
-    `restart` asks for a full stop and start where the change is one a reload cannot take
-    (Target.restart).
-    """
-
-    def reload(self, service: str, *, restart: bool = False) -> None: ...
-
-    def is_running(self, service: str) -> bool: ...
-
-
-class NoController:
-    """For a first render before any daemon runs: nothing to reload."""
-
-    def reload(self, service: str, *, restart: bool = False) -> None:
-        return None
-
-    def is_running(self, service: str) -> bool:
-        return False
-
+from .service import Controller
 
 AGENT_SERVICES = ("filter", "policy")
 

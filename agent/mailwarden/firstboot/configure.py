@@ -21,9 +21,10 @@ from typing import Any, Protocol
 
 import yaml
 
-from ..errors import MailwardenError
+from ..control.apply import ApplyResult, apply_state
+from ..control.service import Controller
+from ..errors import AlreadySetUp
 from ..layout import Layout
-from ..render.apply import ApplyResult, Controller, apply_state
 from ..state.migrate import migrate
 from ..state.revisions import RevisionStore
 from ..state.schema import CURRENT_VERSION
@@ -31,12 +32,6 @@ from ..store.credentials import admin_exists
 from .answers import Answers, NetworkAnswer
 
 ADMIN = "admin"
-
-
-class AlreadySetUp(MailwardenError):
-    """The appliance is set up: first-boot answers are not taken any more."""
-
-    code = "already_set_up"
 
 
 class Host(Protocol):

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..process import run
+from mailwarden.process import run
+
 from .process import Supervised
 
 

@@ -1,4 +1,4 @@
-"""`mailwarden dev` (and `./build.sh dev`): the whole gateway on this machine.
+"""`mailwarden-dev` (and `./build.sh dev`): the whole gateway on this machine.
 
 Runs every daemon privately under a run folder, from a given state or from a built-in
 example whose relay domain example.test delivers to a local SMTP sink that keeps each
@@ -8,6 +8,7 @@ daemons (restarting any that exits, as systemd would); Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import argparse
 import json
 import secrets
 import shutil
@@ -17,17 +18,19 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ..errors import HarnessError
-from ..firstboot import setupcode
-from ..layout import LAYOUT_FILE
-from ..store.credentials import CredentialStore
-from ..store.users import Users
+from mailwarden.errors import MailwardenError
+from mailwarden.firstboot import setupcode
+from mailwarden.layout import LAYOUT_FILE
+from mailwarden.store.credentials import CredentialStore
+from mailwarden.store.users import Users
+
+from .errors import HarnessError
 from .instance import Sandbox
 
 
 def example_state(sink_port: int) -> str:
     return f"""\
-# Built-in example state of `mailwarden dev`: example.test is relayed to the local sink.
+# Built-in example state of `mailwarden-dev`: example.test is relayed to the local sink.
 version: 1
 system:
   hostname: mx.example.test
@@ -105,3 +108,24 @@ def run_dev(state_path: Path | None, run_dir: Path | None, fresh: bool = False) 
         print("stopping ...", flush=True)
         sandbox.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mailwarden-dev",
+        description="run the whole gateway on this machine (private daemons)")
+    parser.add_argument("--state", help="state file (default: a built-in example)")
+    parser.add_argument("--run-dir", help="folder for the instance (default: ./run/dev)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="no admin yet: the web UI opens the first-run wizard (code printed)")
+    args = parser.parse_args(argv)
+    try:
+        return run_dev(Path(args.state) if args.state else None,
+                       Path(args.run_dir) if args.run_dir else None, fresh=args.fresh)
+    except MailwardenError as exc:
+        print(f"mailwarden-dev: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

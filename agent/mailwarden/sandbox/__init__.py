@@ -1,1 +1,0 @@
-"""Private instances of every daemon, for tests and `mailwarden dev`."""
