@@ -44,11 +44,13 @@ ensure_venv() {
     fi
     # Reinstall only when the dependency pins changed.
     local stamp="$VENV/.mailwarden-deps" want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    want="$(cat "$ROOT/pyproject.toml" "$ROOT/devtools/pyproject.toml" | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         log "installing the agent and its pinned dependencies into $VENV"
         "$VENV/bin/pip" install -q --upgrade "pip==26.3"
         "$VENV/bin/pip" install -q -e "${ROOT}[test]"
+        # The development harness (tests, benchmarks, `dev`): never in the image.
+        "$VENV/bin/pip" install -q -e "$ROOT/devtools"
         echo "$want" > "$stamp"
     fi
 }
@@ -65,7 +67,10 @@ timed() {
 TIERS=(lint unit integration browser e2e)
 
 tier_lint() {
-    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests" "$ROOT/bench" "$ROOT/image/lib"
+    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/devtools" "$ROOT/tests" "$ROOT/bench" \
+        "$ROOT/image/lib"
+    log "the layer order (docs/architecture.md)"
+    (cd "$ROOT" && PYTHONPATH="$ROOT/agent" "$VENV/bin/lint-imports" --no-cache)
     log "docs/state.md is generated from the schema and must be current"
     "$VENV/bin/mailwarden" docs state --check "$ROOT/docs/state.md"
     if command -v shellcheck >/dev/null; then
@@ -141,7 +146,7 @@ cmd_test() {
 cmd_dev() {
     install_host_packages
     ensure_venv
-    exec "$VENV/bin/mailwarden" dev "$@"
+    exec "$VENV/bin/mailwarden-dev" "$@"
 }
 
 cmd_build() {

@@ -60,6 +60,16 @@ cp -a "$MW_ROOT/pyproject.toml" "$MW_ROOT/README.md" "$work/src/"
 (cd "$MW_ROOT" && tar --exclude='__pycache__' --exclude='*.egg-info' -cf - agent) | tar -C "$work/src" -xf -
 mw_log "building the mailwarden wheel"
 "$venv/bin/pip" wheel -qq --no-deps -w "$work/agent" "$work/src" >&2
+# The development harness (devtools/, mailwarden-dev) must never reach the appliance: it runs
+# private daemons as root and trusts a test name server.
+"$venv/bin/python" - "$work"/agent/mailwarden-*.whl <<'PY' || mw_die "the mailwarden wheel contains the development harness"
+import sys, zipfile
+harness = [n for n in zipfile.ZipFile(sys.argv[1]).namelist()
+           if n.startswith(("mailwarden_dev/", "mailwarden/sandbox/"))]
+for name in harness:
+    print(f"harness module in {sys.argv[1]}: {name}", file=sys.stderr)
+sys.exit(1 if harness else 0)
+PY
 
 # Pass 1: resolve on this host; keep only the pure-Python wheels (some exist only as sdists).
 mw_log "building pure-Python wheels for sdist-only dependencies"

@@ -66,7 +66,7 @@ class Services:
     # The operating system's settings the first-run wizard changes; a sandbox's are not ours.
     host: Host = field(default_factory=NullHost)
     # On the appliance the API runs unprivileged: changes go through the root apply helper
-    # (render/privileged.py). Unset: in this process (a sandbox, tests).
+    # (privileged/). Unset: in this process (a sandbox, tests).
     applier: Applier | None = None
     rollbacker: RollbackFn | None = None
     setup: SetupFn | None = None

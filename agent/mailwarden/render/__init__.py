@@ -1,1 +1,1 @@
-"""State -> service configuration files, and the transaction that puts them live."""
+"""State -> service configuration files: the view the templates read, and the templates."""

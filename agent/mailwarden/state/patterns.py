@@ -8,7 +8,7 @@ backreferences and lookaround are refused when the state is validated, with a me
 says so. docs/rules.md gives the syntax and how it differs from Python's ``re``.
 
 This is the only module that imports ``re2``; the validator (state/types.py) and the rule
-engine (mail/engine.py) both come through here, so a pattern that validated is exactly the
+engine (mail/ruleengine.py) both come through here, so a pattern that validated is exactly the
 pattern that runs. Only the package's public API is used (compile, Options, error and the
 match object's group).
 """
