@@ -92,7 +92,7 @@ function updateShell() {
 }
 
 document.getElementById("logout").addEventListener("click", async () => {
-  try { await api("DELETE", "/api/session"); } catch (e) { /* logged out either way */ }
+  try { await api("DELETE", "/api/session"); } catch { /* logged out either way */ }
   state.user = null;
   sessionStorage.removeItem("mw_csrf");
   location.hash = "#/login";
@@ -787,7 +787,7 @@ async function viewUsers(arg, render) {
 }
 
 async function copyText(text) {
-  try { await navigator.clipboard.writeText(text); toast("Copied"); } catch (e) { toast("Select the text and copy it"); }
+  try { await navigator.clipboard.writeText(text); toast("Copied"); } catch { toast("Select the text and copy it"); }
 }
 
 // DKIM: make a key, publish its record, then sign with it (one revision of the dkim section).
@@ -924,7 +924,7 @@ async function route() {
     try {
       const me = await api("GET", "/api/session");
       state.user = me;
-    } catch (e) {
+    } catch {
       location.hash = "#/login";
       return;
     }

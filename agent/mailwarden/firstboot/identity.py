@@ -125,7 +125,7 @@ def dkim_keys(layout: Layout) -> list[str]:
     """DKIM keys found at first boot came with the image or a cloned VM: new key material
     under the same names (their DNS records must be published again)."""
     folder = layout.secrets_dir
-    renewed = []
+    renewed: list[str] = []
     if not folder.is_dir():
         return renewed
     skip = {f"{n}{s}" for n in CERTIFICATES for s in (".key", ".crt")}

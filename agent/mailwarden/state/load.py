@@ -43,10 +43,11 @@ MAX_DEPTH = 32
 class _Refused(yaml.YAMLError):
     """Valid YAML that this reader does not accept, with the line it is on."""
 
-    def __init__(self, message: str, mark: yaml.Mark) -> None:
+    def __init__(self, message: str, event: yaml.Event) -> None:
         super().__init__(message)
         self.message = message
-        self.line = mark.line + 1
+        mark = event.start_mark
+        self.line = mark.line + 1 if mark is not None else None
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,19 +56,20 @@ class _Loader(yaml.SafeLoader):
 
     _depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # types-PyYAML leaves Parser.peek_event unannotated; it returns the next Event.
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(f"aliases (*{event.anchor}) are not allowed: write the value out",
-                           event.start_mark)
-        if getattr(event, "anchor", None) is not None:
+                           event)
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
             raise _Refused(f"anchors (&{event.anchor}) are not allowed: write each value out",
-                           event.start_mark)
+                           event)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels", event)
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -79,7 +81,9 @@ def _walk_nodes(
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            # A key that is itself a list or mapping cannot be a state key: the constructor
+            # refuses it later; here it only needs a place in the path.
+            key: str = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
             line = key_node.start_mark.line + 1
             if key in seen:
                 errors.append(

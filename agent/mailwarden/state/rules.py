@@ -103,11 +103,15 @@ class SizeRange(_Strict):
     max_kb: Annotated[int, Field(ge=0)] | None = Field(None, description="Below this size.")
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEK: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
 class TimeFrame(_Strict):
     start: TimeOfDay = Field(description="From (HH:MM, local time).")
     end: TimeOfDay = Field(description="Until (HH:MM); before start means overnight.")
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(WEEK),
         description="Days of the week.",
     )
 

@@ -35,7 +35,7 @@ class UserLists:
             (recipient.lower(), sender, domain or sender)).fetchall()
         by_sender = {r["sender"]: r["kind"] for r in rows}
         kind = by_sender.get(sender) or (by_sender.get(domain) if domain else None)
-        return kind  # type: ignore[return-value]
+        return kind
 
     def entries(self, recipient: str) -> list[tuple[str, str]]:
         return [(r["sender"], r["kind"]) for r in self.db.connection().execute(

@@ -8,6 +8,7 @@ reinjected exactly once even if two admins click at the same moment.
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -107,7 +108,8 @@ class Quarantine:
         if column is None:
             raise StoreError(f"cannot sort by '{sort}' (time, score, size, sender)")
         order = f"{column} {'DESC' if sort.startswith('-') else 'ASC'}, q.id"
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for clause, value in (("q.time >= ?", since), ("q.time < ?", until),
                               ("q.spam_score >= ?", min_score),
                               ("q.spam_score < ?", max_score)):
@@ -152,10 +154,11 @@ class Quarantine:
         ids = [row[0] for row in self.db.connection().execute(sql, (*args, limit, offset))]
         return [self.get(i) for i in ids]
 
+    # builtins.list: in the class body below the list() method, `list` names the method.
     def release(
-        self, entry_id: str, deliver: Callable[[bytes, str, list[str]], None],
+        self, entry_id: str, deliver: Callable[[bytes, str, builtins.list[str]], None],
         recipients: Sequence[str] | None = None,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Reinject to the chosen (default: all waiting) recipients, exactly once each."""
         entry = self.get(entry_id)
         chosen = list(recipients) if recipients else [

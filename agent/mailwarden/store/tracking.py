@@ -55,7 +55,8 @@ class Tracking:
     def search(self, *, sender: str | None = None, recipient: str | None = None,
                queue_id: str | None = None, since: float | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if sender:
             where.append("m.sender = ?")
             args.append(sender)

@@ -9,6 +9,7 @@ role, expire, and die with the user.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import hmac
@@ -317,7 +318,8 @@ class Users:
             conn.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, row["id"]))
         return User(-row["id"], f"token:{row['name']}", row["role"], False)
 
-    def tokens(self) -> list[dict[str, Any]]:
+    # builtins.list: in the class body below the list() method, `list` names the method.
+    def tokens(self) -> builtins.list[dict[str, Any]]:
         return [dict(r) for r in self.db.connection().execute(
             "SELECT t.id, t.name, t.role, u.username AS owner, t.created, t.expires,"
             " t.last_used, t.revoked FROM api_tokens t JOIN users u ON u.id = t.user_id"
