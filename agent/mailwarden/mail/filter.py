@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import inspect
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
@@ -36,7 +34,7 @@ from ..store.quarantine import Quarantine
 from ..store.tracking import Delivery, MessageRecord, Tracking
 from ..store.tracking import insert as tracking_insert
 from . import actions as mail_actions
-from . import cpu, engine, smtpdata
+from . import compat, cpu, engine
 from .auth import Authenticator
 from .message import ParsedMessage, Part, parse_message, scan_targets
 from .reinject import Reinjector
@@ -49,92 +47,14 @@ TEMPFAIL = "451 4.3.0 Temporary failure in the content filter, please try again 
 RESULT_HEADERS = ("X-Mailwarden", "X-Mailwarden-Spam-Scan", "X-Mailwarden-Virus-Scan")
 
 
-class _ClassInspect:
-    """What aiosmtpd 1.4.6 asks the `inspect` module on every new connection, answered once
-    per class: `getmembers` of the server and the handler (it keeps only the auth_*
-    methods) and the signature of handle_EHLO. aiosmtpd's constructor was 15 % of the event
-    loop's CPU in before-queue mode, where Postfix opens a connection per message, half of
-    it in getmembers. Everything else is the real module."""
-
-    def __init__(self) -> None:
-        self._names: dict[type, list[str]] = {}
-        self._signatures: dict[object, inspect.Signature] = {}
-
-    def getmembers(self, obj: object) -> list[tuple[str, Any]]:
-        names = self._names.get(type(obj))
-        if names is None:
-            names = self._names[type(obj)] = [n for n, _ in inspect.getmembers(obj)
-                                              if n.startswith("auth_")]
-        return [(name, getattr(obj, name)) for name in names]
-
-    def signature(self, fn: Any) -> inspect.Signature:
-        key = getattr(fn, "__func__", fn)  # a bound method: its function, the same per class
-        found = self._signatures.get(key)
-        if found is None:
-            found = self._signatures[key] = inspect.signature(fn)
-        return found
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(inspect, name)
-
-
-aiosmtpd_smtp.inspect = _ClassInspect()  # type: ignore[attr-defined]
-
-
-class FilterSMTP(SMTP):
+class FilterSMTP(compat.FastSMTP):
     """aiosmtpd's server plus XFORWARD, so the filter sees the original client."""
 
-    async def _handle_client(self) -> None:
-        # aiosmtpd runs each connection as one task of this coroutine (pinned 1.4.6): metering
-        # it measures the session's own CPU, DATA handling included (mail/cpu.py).
+    def run_session(self, coro: Coroutine[Any, Any, None]) -> Awaitable[None]:
+        # One task per connection: metering it measures the session's own CPU, DATA
+        # handling included (mail/cpu.py).
         self.cpu_meter = cpu.CpuMeter()
-        await cpu.session(super()._handle_client(), self.cpu_meter)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA command with the message read in bulk (mail/smtpdata.py): the
-        same checks and replies, the same handler hook. The content stays bytes: the filter
-        runs with decode_data=False (service.py)."""
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content = await smtpdata.read_data(self._reader, self.data_size_limit)
-        except smtpdata.TooMuchData:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
-            return
-        except asyncio.IncompleteReadError:
-            # The client went away during DATA: nothing was accepted, nothing to answer.
-            self._writer.close()
-            return
-        except asyncio.CancelledError:  # the connection was reset (aiosmtpd does the same)
-            self._writer.close()
-            raise
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322 parser
-        # (a tenth of the filter's time for small mail, in a profile). Postfix sends
-        # plain <dot-atom@domain> addresses with plain parameters: those are split here with
-        # the same result (tests/unit/test_smtp_data.py compares); anything else, aiosmtpd.
-        match = _PLAIN_ADDRESS.fullmatch(arg)
-        if match is None or (self.local_part_limit and
-                             len(match.group(1).rpartition("@")[0]) > self.local_part_limit):
-            return super()._getaddr(arg)
-        return match.group(1), match.group(2) or ""
+        return cpu.session(coro, self.cpu_meter)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         attrs: dict[str, str] = getattr(self.session, "xforward", {})
@@ -142,14 +62,11 @@ class FilterSMTP(SMTP):
             key, sep, value = item.partition("=")
             if sep:
                 attrs[key.upper()] = _unxtext(value)
-        self.session.xforward = attrs  # type: ignore[attr-defined]
+        setattr(self.session, "xforward", attrs)  # noqa: B010 - aiosmtpd's Session has no slot
         await self.push("250 2.0.0 Ok")
 
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDRESS = re.compile(
-    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*"
-    r"([\x21-\x27\x2a-\x5b\x5d-\x7e][\x20-\x21\x23-\x27\x2a-\x5b\x5d-\x7e]*)?")
+compat.install_inspect_cache()
 
 
 def _unxtext(value: str) -> str:
