@@ -26,9 +26,9 @@ from mailwarden.mail import dkim, dmarc
 from mailwarden.mail.policy import (
     format_request,
     make_spf_check,
-    parse_received_spf,
     start_policy_server,
 )
+from mailwarden.mail.receivedspf import parse_received_spf
 from mailwarden.mail.resolver import make_resolver, resolver_at
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.sandbox.process import wait_until
