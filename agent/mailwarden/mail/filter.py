@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
@@ -263,20 +264,19 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
             body = mail_actions.modify(message, first.actions, ctx_actions)
             if direction == "out":
                 body = await loop.run_in_executor(
-                    None, cpu.in_thread(lambda b=body: ctx.auth.sign(state, b)))
+                    None, cpu.in_thread(partial(ctx.auth.sign, state, body)))
             original_id = None
             if first.quarantine_original:
                 # Attachments were removed: the untouched original waits in the attachment
                 # quarantine, written before the stripped copy goes out.
-                original_id = await loop.run_in_executor(None, cpu.in_thread(
-                    lambda r=rcpts, d=first: ctx.quarantine.put(
-                        raw, kind="attachment", sender=sender, recipients=r,
-                        lifetime_days=state.quarantine.lifetimes.attachment,
-                        subject=message.subject, message_id=message.message_id,
-                        spam_score=None if scan.spam.skipped else scan.spam.score,
-                        virus=scan.virus.virus, rule=d.rule)))
+                original_id = await loop.run_in_executor(None, cpu.in_thread(partial(
+                    ctx.quarantine.put, raw, kind="attachment", sender=sender,
+                    recipients=rcpts, lifetime_days=state.quarantine.lifetimes.attachment,
+                    subject=message.subject, message_id=message.message_id,
+                    spam_score=None if scan.spam.skipped else scan.spam.score,
+                    virus=scan.virus.virus, rule=first.rule)))
             await loop.run_in_executor(None, cpu.in_thread(
-                lambda b=body, r=rcpts: ctx.reinjector.send(b, sender, r, xforward=xf)))
+                partial(ctx.reinjector.send, body, sender, rcpts, xforward=xf)))
             deliveries += [Delivery(r, "accept", first.rule, original_id) for r in rcpts]
         elif first.final in ("quarantine", "reject"):
             # A reject that cannot be said during the SMTP dialogue (after-queue mode, or a
@@ -284,13 +284,12 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
             # backscatter, and silently dropping could lose mail someone wanted.
             body = mail_actions.modify(message, first.actions, ctx_actions)
             kind = first.quarantine_kind or _kind_of(first, scan)
-            qid = await loop.run_in_executor(None, cpu.in_thread(
-                lambda b=body, r=rcpts, k=kind, d=first: ctx.quarantine.put(
-                    b, kind=k, sender=sender, recipients=r,
-                    lifetime_days=getattr(state.quarantine.lifetimes, k),
+            qid = await loop.run_in_executor(None, cpu.in_thread(partial(
+                    ctx.quarantine.put, body, kind=kind, sender=sender, recipients=rcpts,
+                    lifetime_days=getattr(state.quarantine.lifetimes, kind),
                     subject=message.subject, message_id=message.message_id,
                     spam_score=None if scan.spam.skipped else scan.spam.score,
-                    virus=scan.virus.virus, rule=d.rule)))
+                    virus=scan.virus.virus, rule=first.rule)))
             deliveries += [Delivery(r, "quarantine", first.rule, qid) for r in rcpts]
         else:  # block: discarded on purpose, recorded
             deliveries += [Delivery(r, first.final, first.rule) for r in rcpts]
@@ -308,7 +307,7 @@ async def _side_effects(ctx: FilterContext, state: State, message: ParsedMessage
     for effect in mail_actions.side_effects(decisions, message, envelope, state, scan):
         try:
             await loop.run_in_executor(None, cpu.in_thread(
-                lambda e=effect: ctx.reinjector.send(e.raw, e.sender, list(e.recipients))))
+                partial(ctx.reinjector.send, effect.raw, effect.sender, list(effect.recipients))))
         except MailwardenError:
             log.exception("could not send %s to %s", type(effect).__name__, effect.recipients)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
-from typing import IO
+from typing import IO, cast
 
 from .compat import mime_tree as _fast_tree
 
@@ -475,7 +475,8 @@ def _list_tar(data: bytes, kind: str, filename: str, names: list[str], budget: l
               level: int) -> str | None:
     compression = kind.partition(":")[2]
     openers: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
-        "gz": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}
+        "gz": lambda f: cast(IO[bytes], gzip.GzipFile(fileobj=f)),
+        "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}
     opener = openers.get(compression)
     raw: IO[bytes] = io.BytesIO(data)
     if opener is not None:
