@@ -26,9 +26,9 @@ from mailwarden.mail import dkim, dmarc
 from mailwarden.mail.policy import (
     format_request,
     make_spf_check,
-    parse_received_spf,
     start_policy_server,
 )
+from mailwarden.mail.receivedspf import parse_received_spf
 from mailwarden.mail.resolver import make_resolver, resolver_at
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import State

@@ -16,11 +16,10 @@ from mailwarden.mail.policy import (
     RateCounter,
     format_request,
     normalise_sender,
-    parse_received_spf,
     parse_request,
-    received_spf,
     split_requests,
 )
+from mailwarden.mail.receivedspf import parse_received_spf, received_spf
 from mailwarden.state.load import load_state_text
 from mailwarden.state.schema import State
 from mailwarden.store.db import Database

@@ -1,4 +1,4 @@
-"""The filter's bulk DATA reader (mail/smtpdata.py) against aiosmtpd's line-by-line rules."""
+"""The bulk DATA reader (mail/compat.py, mail/smtpdata.py) against aiosmtpd's rules."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from collections.abc import Iterator
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailwarden.mail import filter as filter_module
-from mailwarden.mail import smtpdata
+from mailwarden.mail import compat, smtpdata
 from mailwarden.mail.filter import FilterSMTP
 
 
@@ -26,7 +25,7 @@ def _read(wire: bytes, limit: int | None = None, chunk: int | None = None) -> tu
         for start in range(0, len(wire), step):
             reader.feed_data(wire[start:start + step])
         reader.feed_eof()
-        data = await smtpdata.read_data(reader, limit)
+        data = await compat.read_data(reader, limit)
         assert reader._limit == 1001  # restored
         return data, await reader.read()
 
@@ -99,7 +98,7 @@ def test_over_the_limit_is_read_to_its_end_and_refused() -> None:
         reader.feed_data(wire)
         reader.feed_eof()
         with pytest.raises(smtpdata.TooMuchData):
-            await smtpdata.read_data(reader, 100_000)
+            await compat.read_data(reader, 100_000)
         return await reader.read()
 
     assert asyncio.run(run()) == b"NOOP\r\n"
@@ -166,7 +165,7 @@ def test_plain_addresses_are_split_as_aiosmtpd_splits_them() -> None:
         arg = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 10)))
         if rng.random() < 0.5:
             arg = "<" + arg
-        plain = bool(filter_module._PLAIN_ADDRESS.fullmatch(arg))
+        plain = bool(compat._PLAIN_ADDRESS.fullmatch(arg))
         fast += plain
         try:
             expected = SMTP._getaddr(server, arg)

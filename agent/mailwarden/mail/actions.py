@@ -368,7 +368,7 @@ def _replace_with_notice(node: Message, text: str) -> None:
     for name in ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition",
                  "Content-Description", "Content-ID"):
         del node[name]
-    node.set_payload(None)
+    node.set_payload(None)  # type: ignore[call-overload]  # typeshed omits None, which clears
     node.preamble = node.epilogue = None
     charset = Charset("utf-8")
     charset.body_encoding = QP

@@ -21,7 +21,7 @@ from . import cpu
 from . import dkim as mail_dkim
 from . import dmarc as mail_dmarc
 from .message import ParsedMessage
-from .policy import parse_received_spf
+from .receivedspf import parse_received_spf
 from .resolver import make_resolver
 from .ruleengine import RecipientDecision
 from .types import AuthResult, Envelope, ScanResult
@@ -57,7 +57,7 @@ class Authenticator:
         if received_spf:
             spf, parsed_domain = parse_received_spf(received_spf)
             spf_domain = parsed_domain or spf_domain
-        dkim_result, domains = "none", ()
+        dkim_result, domains = "none", tuple[str, ...]()
         if state.dkim.verify:
             loop = asyncio.get_running_loop()
             dkim_result, found = await loop.run_in_executor(

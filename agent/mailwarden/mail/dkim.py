@@ -210,7 +210,7 @@ def sign(raw: bytes, state: State, layout: Layout) -> bytes:
                               include_headers=include, linesep=linesep)
     except dkim.DKIMException as exc:
         raise DkimError(f"cannot sign for {key.domain} with {key.key}: {exc}") from exc
-    return signature + raw
+    return bytes(signature) + raw
 
 
 # --- verifying ---------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def verify(raw: bytes, resolver: dns.resolver.Resolver | DnsFunc) -> tuple[str, 
     resolver is our dnspython resolver, or a dkimpy dnsfunc (unit tests).
     """
     lookup = resolver if callable(resolver) and not isinstance(
-        resolver, dns.resolver.Resolver) else resolver_txt(resolver)  # type: ignore[arg-type]
+        resolver, dns.resolver.Resolver) else resolver_txt(resolver)
     timeouts: list[bytes] = []
     if b"dkim-signature" not in raw.lower():
         # No signature anywhere: "none", as below, without dkimpy splitting the whole

@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import inspect
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
@@ -36,7 +35,7 @@ from ..store.quarantine import Quarantine
 from ..store.tracking import Delivery, MessageRecord, Tracking
 from ..store.tracking import insert as tracking_insert
 from . import actions as mail_actions
-from . import cpu, smtpdata
+from . import compat, cpu
 from . import ruleengine as engine
 from .auth import Authenticator
 from .message import ParsedMessage, Part, parse_message, scan_targets
@@ -50,92 +49,14 @@ TEMPFAIL = "451 4.3.0 Temporary failure in the content filter, please try again 
 RESULT_HEADERS = ("X-Mailwarden", "X-Mailwarden-Spam-Scan", "X-Mailwarden-Virus-Scan")
 
 
-class _ClassInspect:
-    """What aiosmtpd 1.4.6 asks the `inspect` module on every new connection, answered once
-    per class: `getmembers` of the server and the handler (it keeps only the auth_*
-    methods) and the signature of handle_EHLO. aiosmtpd's constructor was 15 % of the event
-    loop's CPU in before-queue mode, where Postfix opens a connection per message, half of
-    it in getmembers. Everything else is the real module."""
-
-    def __init__(self) -> None:
-        self._names: dict[type, list[str]] = {}
-        self._signatures: dict[object, inspect.Signature] = {}
-
-    def getmembers(self, obj: object) -> list[tuple[str, Any]]:
-        names = self._names.get(type(obj))
-        if names is None:
-            names = self._names[type(obj)] = [n for n, _ in inspect.getmembers(obj)
-                                              if n.startswith("auth_")]
-        return [(name, getattr(obj, name)) for name in names]
-
-    def signature(self, fn: Any) -> inspect.Signature:
-        key = getattr(fn, "__func__", fn)  # a bound method: its function, the same per class
-        found = self._signatures.get(key)
-        if found is None:
-            found = self._signatures[key] = inspect.signature(fn)
-        return found
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(inspect, name)
-
-
-aiosmtpd_smtp.inspect = _ClassInspect()  # type: ignore[attr-defined]
-
-
-class FilterSMTP(SMTP):
+class FilterSMTP(compat.FastSMTP):
     """aiosmtpd's server plus XFORWARD, so the filter sees the original client."""
 
-    async def _handle_client(self) -> None:
-        # aiosmtpd runs each connection as one task of this coroutine (pinned 1.4.6): metering
-        # it measures the session's own CPU, DATA handling included (mail/cpu.py).
+    def run_session(self, coro: Coroutine[Any, Any, None]) -> Awaitable[None]:
+        # One task per connection: metering it measures the session's own CPU, DATA
+        # handling included (mail/cpu.py).
         self.cpu_meter = cpu.CpuMeter()
-        await cpu.session(super()._handle_client(), self.cpu_meter)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA command with the message read in bulk (mail/smtpdata.py): the
-        same checks and replies, the same handler hook. The content stays bytes: the filter
-        runs with decode_data=False (service.py)."""
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content = await smtpdata.read_data(self._reader, self.data_size_limit)
-        except smtpdata.TooMuchData:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
-            return
-        except asyncio.IncompleteReadError:
-            # The client went away during DATA: nothing was accepted, nothing to answer.
-            self._writer.close()
-            return
-        except asyncio.CancelledError:  # the connection was reset (aiosmtpd does the same)
-            self._writer.close()
-            raise
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322 parser
-        # (a tenth of the filter's time for small mail, in a profile). Postfix sends
-        # plain <dot-atom@domain> addresses with plain parameters: those are split here with
-        # the same result (tests/unit/test_smtp_data.py compares); anything else, aiosmtpd.
-        match = _PLAIN_ADDRESS.fullmatch(arg)
-        if match is None or (self.local_part_limit and
-                             len(match.group(1).rpartition("@")[0]) > self.local_part_limit):
-            return super()._getaddr(arg)
-        return match.group(1), match.group(2) or ""
+        return cpu.session(coro, self.cpu_meter)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         attrs: dict[str, str] = getattr(self.session, "xforward", {})
@@ -143,14 +64,11 @@ class FilterSMTP(SMTP):
             key, sep, value = item.partition("=")
             if sep:
                 attrs[key.upper()] = _unxtext(value)
-        self.session.xforward = attrs  # type: ignore[attr-defined]
+        setattr(self.session, "xforward", attrs)  # noqa: B010 - aiosmtpd's Session has no slot
         await self.push("250 2.0.0 Ok")
 
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDRESS = re.compile(
-    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*"
-    r"([\x21-\x27\x2a-\x5b\x5d-\x7e][\x20-\x21\x23-\x27\x2a-\x5b\x5d-\x7e]*)?")
+compat.install_inspect_cache()
 
 
 def _unxtext(value: str) -> str:
@@ -347,20 +265,19 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
             body = mail_actions.modify(message, first.actions, ctx_actions)
             if direction == "out":
                 body = await loop.run_in_executor(
-                    None, cpu.in_thread(lambda b=body: ctx.auth.sign(state, b)))
+                    None, cpu.in_thread(partial(ctx.auth.sign, state, body)))
             original_id = None
             if first.quarantine_original:
                 # Attachments were removed: the untouched original waits in the attachment
                 # quarantine, written before the stripped copy goes out.
-                original_id = await loop.run_in_executor(None, cpu.in_thread(
-                    lambda r=rcpts, d=first: ctx.quarantine.put(
-                        raw, kind="attachment", sender=sender, recipients=r,
-                        lifetime_days=state.quarantine.lifetimes.attachment,
-                        subject=message.subject, message_id=message.message_id,
-                        spam_score=None if scan.spam.skipped else scan.spam.score,
-                        virus=scan.virus.virus, rule=d.rule)))
+                original_id = await loop.run_in_executor(None, cpu.in_thread(partial(
+                    ctx.quarantine.put, raw, kind="attachment", sender=sender,
+                    recipients=rcpts, lifetime_days=state.quarantine.lifetimes.attachment,
+                    subject=message.subject, message_id=message.message_id,
+                    spam_score=None if scan.spam.skipped else scan.spam.score,
+                    virus=scan.virus.virus, rule=first.rule)))
             await loop.run_in_executor(None, cpu.in_thread(
-                lambda b=body, r=rcpts: ctx.reinjector.send(b, sender, r, xforward=xf)))
+                partial(ctx.reinjector.send, body, sender, rcpts, xforward=xf)))
             deliveries += [Delivery(r, "accept", first.rule, original_id) for r in rcpts]
         elif first.final in ("quarantine", "reject"):
             # A reject that cannot be said during the SMTP dialogue (after-queue mode, or a
@@ -368,13 +285,12 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
             # backscatter, and silently dropping could lose mail someone wanted.
             body = mail_actions.modify(message, first.actions, ctx_actions)
             kind = first.quarantine_kind or _kind_of(first, scan)
-            qid = await loop.run_in_executor(None, cpu.in_thread(
-                lambda b=body, r=rcpts, k=kind, d=first: ctx.quarantine.put(
-                    b, kind=k, sender=sender, recipients=r,
-                    lifetime_days=getattr(state.quarantine.lifetimes, k),
+            qid = await loop.run_in_executor(None, cpu.in_thread(partial(
+                    ctx.quarantine.put, body, kind=kind, sender=sender, recipients=rcpts,
+                    lifetime_days=getattr(state.quarantine.lifetimes, kind),
                     subject=message.subject, message_id=message.message_id,
                     spam_score=None if scan.spam.skipped else scan.spam.score,
-                    virus=scan.virus.virus, rule=d.rule)))
+                    virus=scan.virus.virus, rule=first.rule)))
             deliveries += [Delivery(r, "quarantine", first.rule, qid) for r in rcpts]
         else:  # block: discarded on purpose, recorded
             deliveries += [Delivery(r, first.final, first.rule) for r in rcpts]
@@ -392,7 +308,7 @@ async def _side_effects(ctx: FilterContext, state: State, message: ParsedMessage
     for effect in mail_actions.side_effects(decisions, message, envelope, state, scan):
         try:
             await loop.run_in_executor(None, cpu.in_thread(
-                lambda e=effect: ctx.reinjector.send(e.raw, e.sender, list(e.recipients))))
+                partial(ctx.reinjector.send, effect.raw, effect.sender, list(effect.recipients))))
         except MailwardenError:
             log.exception("could not send %s to %s", type(effect).__name__, effect.recipients)
 

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
-from typing import IO
+from typing import IO, cast
+
+from .compat import mime_tree as _fast_tree
 
 MAX_PARTS = 10_000
 MAX_DEPTH = 100  # MIME nesting levels walked; deeper parts are reported, not inspected
@@ -126,6 +128,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     defects: list[str] = []
     linesep = detect_linesep(raw)
     try:
+        # compat.mime_tree: the same tree without the FeedParser's per-line loop, when it can.
         msg = _fast_tree(raw) or email.message_from_bytes(raw, policy=email_policy.compat32)
     except RecursionError:
         # The stdlib parser recurses per nesting level; a few hundred levels exhaust it.
@@ -150,96 +153,6 @@ def parse_message(raw: bytes) -> ParsedMessage:
         from_address=from_address, from_domain=from_address.rpartition("@")[2].lower(),
         subject=subject, message_id=message_id, linesep=linesep, incomplete=incomplete,
     )
-
-
-# --- the structure without the stdlib's line-by-line walk ------------------------------------
-#
-# The stdlib's FeedParser handles every line of the message in Python: about 45 ms for a 2 MB
-# attachment. For the common, well-formed shape (CRLF lines only, every header
-# block ending in a blank line, multiparts whose boundaries open and close, no message/*
-# parts), the same tree is built here with bytes searches: each header block is parsed by
-# the stdlib itself, each leaf's payload is the same text the FeedParser would keep, so the
-# walk below sees exactly what it would see. Anything else returns None and the stdlib
-# parses the whole message, as before: this is a shortcut, never a second parser with its
-# own opinions.
-
-_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]*:|[\t ]")
-_FAST_NESTING = 20  # deeper than this: the stdlib's parser, which records its own defects
-
-
-def _fast_tree(raw: bytes) -> Message | None:
-    # Bare CR or LF: the FeedParser splits lines on those too. One-byte counts first (memchr
-    # fast); the pair count only when they agree.
-    lf = raw.count(b"\n")
-    if raw.count(b"\r") != lf or raw.count(b"\r\n") != lf:
-        return None
-    return _fast_node(raw, None, 0)
-
-
-def _fast_node(data: bytes, parent: Message | None, depth: int) -> Message | None:
-    if data.startswith(b"\r\n"):
-        block, body = b"\r\n", data[2:]
-    else:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        block, body = data[:end + 4], data[end + 4:]
-        for line in block[:-4].split(b"\r\n"):
-            if not _HEADER_LINE.match(line):
-                return None  # the FeedParser would end the headers here, with a defect
-    node = email.parser.BytesParser(policy=email_policy.compat32).parsebytes(
-        block, headersonly=True)
-    if node.get_unixfrom() is not None:
-        return None
-    if parent is not None and parent.get_content_type() == "multipart/digest":
-        return None  # its parts default to message/rfc822
-    maintype = node.get_content_maintype()
-    if maintype == "message":
-        return None  # nested messages: the stdlib parses them
-    if maintype != "multipart":
-        node.set_payload(body.decode("ascii", "surrogateescape"))
-        return node
-    boundary = node.get_boundary()
-    cte = str(node.get("content-transfer-encoding", "8bit")).lower()
-    if boundary is None or cte not in ("7bit", "8bit", "binary") or depth >= _FAST_NESTING:
-        return None
-    segments = _segments(body, boundary.encode("ascii", "surrogateescape"))
-    if segments is None:
-        return None
-    children: list[Message] = []
-    for segment in segments:
-        child = _fast_node(segment, node, depth + 1)
-        if child is None:
-            return None
-        payload = child._payload
-        if isinstance(payload, str) and payload.endswith("\r\n"):
-            # The line end before a boundary belongs to the boundary (RFC 2046).
-            child._payload = payload[:-2]
-        children.append(child)
-    node._payload = children
-    return node
-
-
-def _segments(body: bytes, boundary: bytes) -> list[bytes] | None:
-    """The parts between the boundary lines, or None unless there is a first boundary,
-    a closing one, and something between every two of them."""
-    pattern = re.compile(b"--" + re.escape(boundary) + rb"(--)?[ \t]*\r\n")
-    segments: list[bytes] = []
-    start: int | None = None
-    for found in pattern.finditer(body):
-        at = found.start()
-        if at and body[at - 1:at] != b"\n":
-            continue  # not at the start of a line
-        if start is not None:
-            if at == start:
-                return None  # two boundary lines in a row: the FeedParser merges them
-            segments.append(body[start:at])
-        elif found.group(1):
-            return None  # closed before it opened
-        if found.group(1):
-            return segments or None
-        start = found.end()
-    return None  # no closing boundary
 
 
 # A line that starts a uuencoded file ("begin 644 name") or a yEnc one: clamd decodes both
@@ -285,7 +198,7 @@ def _headers_only(raw: bytes) -> Message:
 
 def _raw_items(msg: Message) -> list[tuple[str, str]]:
     try:
-        return [(str(n), str(v)) for n, v in msg._headers]  # raw values, no policy decoding
+        return [(str(n), str(v)) for n, v in msg.raw_items()]  # no policy decoding
     except Exception:
         return []
 
@@ -562,7 +475,8 @@ def _list_tar(data: bytes, kind: str, filename: str, names: list[str], budget: l
               level: int) -> str | None:
     compression = kind.partition(":")[2]
     openers: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
-        "gz": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}
+        "gz": lambda f: cast(IO[bytes], gzip.GzipFile(fileobj=f)),
+        "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}
     opener = openers.get(compression)
     raw: IO[bytes] = io.BytesIO(data)
     if opener is not None:

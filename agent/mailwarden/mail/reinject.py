@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from ..errors import MailwardenError
+from . import compat
 from .smtpdata import stuff
 
 
@@ -44,7 +45,7 @@ def reinject(
 
 def _xtext(value: str) -> str:
     """XFORWARD values are xtext: '+', '=', controls and spaces hex-encoded."""
-    out = []
+    out: list[str] = []
     for ch in value:
         if ch in "+= " or not (33 <= ord(ch) <= 126):
             out.extend(f"+{b:02X}" for b in ch.encode())
@@ -117,50 +118,16 @@ class Reinjector:
                 attrs = " ".join(f"{k}={_xtext(v)}" for k, v in xforward.items() if v)
             options = []
             if _needs_smtputf8(sender, recipients):
+                if not smtp.has_extn("smtputf8"):
+                    raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
                 options.append("SMTPUTF8")
             if not raw.isascii() and smtp.has_extn("8bitmime"):
                 options.append("BODY=8BITMIME")
-            commands = self._commands(smtp, attrs, sender, recipients, options)
-            pipelined = smtp.has_extn("pipelining")
-            if pipelined:
-                # RFC 2920: the envelope and DATA in one write, their replies read in order;
-                # two round trips instead of four or more. The body goes only
-                # after a 354, so a failure before it leaves nothing behind.
-                commands.append("DATA")
-                smtp.send("".join(f"{c}\r\n" for c in commands))
+            if not compat.pipelining(smtp):
+                first = False  # smtplib's own steps: a failure is an error, never a retry
+                self._public(smtp, raw, attrs, sender, recipients, options)
             else:
-                smtp.send(f"{commands[0]}\r\n")
-            replies = [smtp.getreply()]
-            first = False  # the kept connection answered: from here on, failures are errors
-            for command in commands[1:]:
-                if not pipelined:
-                    smtp.send(f"{command}\r\n")
-                replies.append(smtp.getreply())
-            if attrs:
-                code, reply = replies.pop(0)
-                if code != 250:
-                    raise ReinjectError(f"XFORWARD refused: {code} {reply!r}")
-            code, reply = replies.pop(0)
-            if code != 250:
-                raise ReinjectError(f"reinjection failed: {code} {reply!r}")
-            refused = {}
-            for rcpt in recipients:
-                code, reply = replies.pop(0)
-                if code not in (250, 251):
-                    refused[rcpt] = (code, reply)
-            if len(refused) == len(recipients):
-                # An open DATA (pipelined) is abandoned by closing the connection below:
-                # a transaction without its final "." is never queued.
-                raise ReinjectError(f"reinjection refused every recipient: {refused}")
-            code, reply = replies.pop(0) if replies else smtp.docmd("DATA")
-            if code != 354:
-                raise ReinjectError(f"reinjection failed: {code} {reply!r}")
-            smtp.send(stuff(raw) + b".\r\n")
-            code, reply = smtp.getreply()
-            if code != 250:
-                raise ReinjectError(f"reinjection failed: {code} {reply!r}")
-            if refused:
-                raise ReinjectError(f"reinjection refused some recipients: {refused}")
+                self._pipelined(smtp, raw, attrs, sender, recipients, options)
         except ReinjectError:
             _close(smtp)
             raise
@@ -176,20 +143,73 @@ class Reinjector:
         self._local.conn = (smtp, time.monotonic())
 
     @staticmethod
-    def _commands(smtp: smtplib.SMTP, attrs: str, sender: str, recipients: Sequence[str],
-                  options: list[str]) -> list[str]:
-        if "SMTPUTF8" in options:
-            if not smtp.has_extn("smtputf8"):
-                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
-            smtp.command_encoding = "utf-8"  # as smtplib's mail() does
+    def _pipelined(smtp: smtplib.SMTP, raw: bytes, attrs: str, sender: str,
+                   recipients: Sequence[str], options: list[str]) -> None:
+        """RFC 2920: the envelope and DATA in one write, their replies read in order; two
+        round trips instead of four or more. The body goes only after a 354, so a failure
+        before it leaves nothing behind."""
         optionlist = "".join(f" {o}" for o in options)
         commands = [f"XFORWARD {attrs}"] if attrs else []
         commands.append(f"MAIL FROM:{_quote(sender)}{optionlist}")
         commands += [f"RCPT TO:{_quote(r)}" for r in recipients]
-        for command in commands:
-            if "\r" in command or "\n" in command:  # as smtplib's putcmd: no injection
-                raise ValueError(f"command contains a line break: {command!r}")
-        return commands
+        commands.append("DATA")
+        compat.send_commands(smtp, commands, utf8="SMTPUTF8" in options)
+        replies = [compat.read_reply(smtp)]
+        try:
+            # The kept connection answered: from here on, failures are errors, not stale.
+            Reinjector._after_first(smtp, raw, attrs, recipients, commands, replies)
+        except smtplib.SMTPResponseException as exc:
+            raise ReinjectError(
+                f"reinjection failed: {exc.smtp_code} {exc.smtp_error!r}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise ReinjectError(f"reinjection failed: {exc}") from None
+
+    @staticmethod
+    def _after_first(smtp: smtplib.SMTP, raw: bytes, attrs: str, recipients: Sequence[str],
+                     commands: list[str], replies: list[tuple[int, bytes]]) -> None:
+        replies += [compat.read_reply(smtp) for _ in commands[1:]]
+        if attrs:
+            code, reply = replies.pop(0)
+            if code != 250:
+                raise ReinjectError(f"XFORWARD refused: {code} {reply!r}")
+        code, reply = replies.pop(0)
+        if code != 250:
+            raise ReinjectError(f"reinjection failed: {code} {reply!r}")
+        refused = {}
+        for rcpt in recipients:
+            code, reply = replies.pop(0)
+            if code not in (250, 251):
+                refused[rcpt] = (code, reply)
+        if len(refused) == len(recipients):
+            # The open DATA is abandoned by closing the connection (the caller): a
+            # transaction without its final "." is never queued.
+            raise ReinjectError(f"reinjection refused every recipient: {refused}")
+        code, reply = replies.pop(0)
+        if code != 354:
+            raise ReinjectError(f"reinjection failed: {code} {reply!r}")
+        compat.send_data(smtp, stuff(raw) + b".\r\n")
+        code, reply = compat.read_reply(smtp)
+        if code != 250:
+            raise ReinjectError(f"reinjection failed: {code} {reply!r}")
+        if refused:
+            raise ReinjectError(f"reinjection refused some recipients: {refused}")
+
+    @staticmethod
+    def _public(smtp: smtplib.SMTP, raw: bytes, attrs: str, sender: str,
+                recipients: Sequence[str], options: list[str]) -> None:
+        """The same transaction through smtplib's public calls, a round trip per command
+        (a server without PIPELINING, or a Python outside compat's fence)."""
+        if attrs:
+            code, reply = smtp.docmd("XFORWARD", attrs)
+            if code != 250:
+                raise ReinjectError(f"XFORWARD refused: {code} {reply!r}")
+        try:
+            refused = smtp.sendmail(sender, list(recipients), raw, mail_options=options)
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise ReinjectError(
+                f"reinjection refused every recipient: {exc.recipients}") from None
+        if refused:
+            raise ReinjectError(f"reinjection refused some recipients: {refused}")
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"

@@ -326,10 +326,11 @@ class _Context:
                 result = self._group(group, "to", [recipient.lower()], spam_ok)
             else:
                 key = (id(rule), label, spam_ok if label == "what" else True)
-                result = self._cache.get(key)
-                if result is None:
-                    result = self._group(group, label, self.senders, spam_ok)
-                    self._cache[key] = result
+                cached = self._cache.get(key)
+                if cached is None:
+                    cached = self._cache[key] = self._group(group, label, self.senders,
+                                                            spam_ok)
+                result = cached
             if not result.matched:
                 return None
             reasons += [f"{label}: {r}" for r in result.reasons]

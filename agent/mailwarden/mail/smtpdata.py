@@ -1,5 +1,8 @@
 """Reading SMTP DATA in bulk: one search for the end of data, one unstuffing pass.
 
+The reader itself (compat.read_data) touches asyncio's internals and lives in mail/compat.py;
+the rules it keeps, and the stuffing both ways, are here.
+
 aiosmtpd 1.4.6 reads DATA one line at a time (`readuntil(b"\\r\\n")`, a Python step and a
 bytearray per line: about 27,000 of them for a 2 MB attachment) behind a StreamReader whose
 limit, 1001 bytes, also pauses the socket every 2 kB. Here the end of data is found by
@@ -19,63 +22,11 @@ and refusing a message Postfix has taken would only bounce it.
 
 from __future__ import annotations
 
-import asyncio
-
 END = b"\r\n.\r\n"
-_DRAIN_LIMIT = 1024 * 1024  # while dropping an oversized message: buffer this much at most
 
 
 class TooMuchData(Exception):
     """More than the size limit; the data has been read up to its end and dropped."""
-
-
-def _pending_prefix(tail: bytes) -> int:
-    """Length of the longest end of `tail` that starts the end-of-data marker."""
-    for size in range(min(len(END) - 1, len(tail)), 0, -1):
-        if END.startswith(tail[-size:]):
-            return size
-    return 0
-
-
-async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes:
-    """The message after the 354, unstuffed, ending with its last CRLF ("" when empty).
-
-    `limit` caps the bytes on the wire (dot-stuffed, without the final "." line). Raises
-    TooMuchData past it, IncompleteReadError when the client goes away.
-    """
-    # StreamReader.readuntil finds the marker only in bytes not yet consumed, so what has
-    # been consumed must never end with the start of a marker: the first three bytes are
-    # read alone (".\r\n" is an empty message, and a message is otherwise at least one
-    # line and the marker, five bytes), then while the bytes read so far end with a
-    # partial marker, exactly the bytes that would complete it are read (a well-formed
-    # stream always has that many left, so this never waits for bytes that will not come).
-    saved = reader._limit
-    reader._limit = (limit or 2**31) + len(END)
-    try:
-        head = await reader.readexactly(3)
-        if head == b".\r\n":
-            return b""
-        pieces = [head]
-        tail = head
-        while True:
-            pending = _pending_prefix(tail)
-            if not pending:
-                pieces.append(await reader.readuntil(END))
-                break
-            more = await reader.readexactly(len(END) - pending)
-            pieces.append(more)
-            if tail[-pending:] + more == END:
-                break
-            tail = (tail + more)[-(len(END) - 1):]
-    except asyncio.LimitOverrunError:
-        await _drain(reader)
-        raise TooMuchData from None
-    finally:
-        reader._limit = saved
-    wire = b"".join(pieces)
-    if limit is not None and len(wire) - 3 > limit:
-        raise TooMuchData
-    return unstuff(wire[:-3])  # the final ".\r\n"; the last line keeps its CRLF
 
 
 def unstuff(data: bytes) -> bytes:
@@ -95,16 +46,3 @@ def stuff(data: bytes) -> bytes:
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data
-
-
-async def _drain(reader: asyncio.StreamReader) -> None:
-    """Read and drop up to the end of data, buffering little (the message is refused)."""
-    reader._limit = _DRAIN_LIMIT
-    while True:
-        try:
-            await reader.readuntil(END)
-            return
-        except asyncio.LimitOverrunError as exc:
-            # Not found yet: what is consumed here leaves the last four bytes buffered, so a
-            # marker split across two reads is still found.
-            await reader.readexactly(exc.consumed)
