@@ -64,16 +64,17 @@ def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: Mailwar
 
 def error_body(exc: falcon.HTTPError) -> dict[str, Any]:
     """The error shape for an HTTP error: its own code, else one made from its title."""
-    code = getattr(exc, "code", None) or exc.title.lower().replace(" ", "_")
-    return body(str(code), exc.description or exc.title, getattr(exc, "field", None))
+    code = getattr(exc, "error_code", None) or exc.title.lower().replace(" ", "_")
+    errors = getattr(exc, "errors", None)
+    return body(str(code), exc.description or exc.title, getattr(exc, "field", None),
+                **({"errors": errors} if errors else {}))
 
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
                       params: dict[str, Any]) -> None:
     resp.status = exc.status
     resp.media = error_body(exc)
-    for name, value in (exc.headers or {}).items():
-        resp.set_header(name, value)
+    resp.set_headers(exc.headers or {})
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception,
@@ -87,9 +88,22 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
 
 
 class BadInput(falcon.HTTPBadRequest):
-    """400 naming the field, for input checked in the API layer itself."""
+    """400 naming the field, for input checked in the API layer itself; `errors` lists every
+    wrong field when there is more than one to tell (a request body's model)."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    error_code = "bad_input"
+
+    def __init__(self, message: str, field: str | None = None,
+                 errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(title="Bad Request", description=message)
-        self.code = "bad_input"
         self.field = field
+        self.errors = errors
+
+
+class TooManyRequests(falcon.HTTPTooManyRequests):
+    """429 with the API's code for what was throttled."""
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(title="Too Many Requests", description=message,
+                         retry_after=retry_after)
+        self.error_code = code
