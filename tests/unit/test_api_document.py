@@ -20,6 +20,7 @@ from mailwarden.render.apply import NoController
 from mailwarden.sandbox.instance import Sandbox
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
+from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
 
 STATE = """\
@@ -35,27 +36,27 @@ WRITES = ("post", "put", "patch")
 
 
 @pytest.fixture(scope="module")
-def app() -> Iterator[tuple[falcon.App, testing.TestClient, dict[str, str]]]:
+def app() -> Iterator[tuple[falcon.App, testing.TestClient, dict[str, str], Quarantine]]:
     root = Path(tempfile.mkdtemp(prefix="mw-doc-", dir="/tmp"))
     root.chmod(0o755)
     sandbox = Sandbox(root / "sb")
     sandbox.prepare(STATE)
     users = Users(CredentialStore.for_layout(sandbox.layout))
     users.add("admin", PASSWORD, "admin")
-    app = create_app(Services(sandbox.layout, Database(sandbox.layout.database),
-                              NoController()))
+    db = Database(sandbox.layout.database)
+    app = create_app(Services(sandbox.layout, db, NoController()))
     client = testing.TestClient(app)
     login = client.simulate_post("/api/session", json={"username": "admin",
                                                        "password": PASSWORD})
     headers = {"X-CSRF-Token": login.json["csrf_token"],
                "Cookie": f"mw_session={login.cookies['mw_session'].value}"}
-    yield app, client, headers
+    yield app, client, headers, Quarantine(db, sandbox.layout.quarantine_dir)
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def document(app) -> dict[str, Any]:
-    _, client, _ = app
+    _, client, _, _ = app
     result = client.simulate_get("/api/openapi.json")
     assert result.status_code == 200
     return result.json
@@ -155,7 +156,7 @@ def test_replies_are_described(document) -> None:
 
 
 def test_wrong_types_are_refused_not_coerced(app) -> None:
-    _, client, headers = app
+    _, client, headers, _ = app
     for revision in ("1", True, 1.0, 0):
         result = client.simulate_post("/api/state/rollback", json={"revision": revision},
                                       headers={**headers, "If-Match": '"1"'})
@@ -165,7 +166,7 @@ def test_wrong_types_are_refused_not_coerced(app) -> None:
 
 
 def test_unknown_keys_are_refused_with_a_hint(app) -> None:
-    _, client, headers = app
+    _, client, headers, _ = app
     result = client.simulate_post("/api/users", headers=headers, json={
         "username": "x", "password": PASSWORD, "role": "audit", "passwrod": "?"})
     error = result.json["error"]
@@ -174,7 +175,7 @@ def test_unknown_keys_are_refused_with_a_hint(app) -> None:
 
 
 def test_every_wrong_field_is_listed(app) -> None:
-    _, client, headers = app
+    _, client, headers, _ = app
     result = client.simulate_post("/api/tokens", headers=headers,
                                   json={"role": "root", "expires_days": 366})
     error = result.json["error"]
@@ -186,7 +187,7 @@ def test_every_wrong_field_is_listed(app) -> None:
 
 @pytest.mark.parametrize("payload", [None, [], "text", 3])
 def test_a_body_must_be_an_object(app, payload) -> None:
-    _, client, headers = app
+    _, client, headers, _ = app
     result = client.simulate_post("/api/rules/simulate", headers=headers, json=payload)
     assert result.status_code == 400
     assert result.json["error"] == {"code": "bad_input", "field": None,
@@ -194,7 +195,7 @@ def test_a_body_must_be_an_object(app, payload) -> None:
 
 
 def test_optional_bodies_may_be_left_out(app) -> None:
-    _, client, headers = app
+    _, client, headers, _ = app
     result = client.simulate_post("/api/session/totp", headers=headers)
     assert result.status_code == 200 and result.json["secret"]
     extra = client.simulate_post("/api/session/totp", headers=headers, json={"secert": "x"})
@@ -202,7 +203,7 @@ def test_optional_bodies_may_be_left_out(app) -> None:
 
 
 def test_settings_take_the_named_section_only(app) -> None:
-    _, client, headers = app
+    _, client, headers, _ = app
     current = client.simulate_get("/api/settings/spam", headers=headers).json
     match = {**headers, "If-Match": f'"{current["revision"]}"'}
     other = client.simulate_put("/api/settings/spam", headers=match,
@@ -218,3 +219,31 @@ def test_simulation_body_uses_the_wire_names() -> None:
     assert body.sender == "b@example.org" and body.score is None
     assert bodies.Simulation.model_validate(
         {"message": "x", "to": ["a@example.test"], "score": 12}).score == 12.0
+
+
+def test_a_handled_message_is_404_as_json_not_a_server_error(app) -> None:
+    _, client, headers, quarantine = app
+    entry = quarantine.put(b"Subject: x\r\n\r\nx", kind="spam", sender="s@sender.test",
+                           recipients=["user@example.test"], lifetime_days=7)
+    assert client.simulate_get(f"/api/quarantine/{entry}/raw",
+                               headers=headers).status_code == 200
+    deleted = client.simulate_post(f"/api/quarantine/{entry}/delete", headers=headers)
+    assert deleted.status_code == 200
+    for view in ("raw", "preview"):
+        result = client.simulate_get(f"/api/quarantine/{entry}/{view}", headers=headers)
+        assert result.status_code == 404, result.text
+        assert result.headers["content-type"] == "application/json"
+        assert "released or deleted" in result.json["error"]["message"]
+
+
+def test_odd_keys_and_values_get_400_not_a_server_error(app) -> None:
+    _, client, headers, _ = app
+    # A key like a pydantic location tag; a value with no UTF-8 form, echoed in the message.
+    result = client.simulate_post("/api/users", headers={
+        **headers, "Content-Type": "application/json"},
+        body=b'{"password": "correct horse battery", "a[b": 1}')
+    assert result.status_code == 400, result.text
+    assert result.json["error"]["code"] == "bad_input"
+    # Text with no UTF-8 form (a lone surrogate from a JSON escape) goes out escaped.
+    handler = app[0].resp_options.media_handlers["application/json"]
+    assert handler.serialize({"field": "\udabb"}, "application/json") == b'{"field": "\\udabb"}'

@@ -3,6 +3,8 @@ thin module gunicorn loads."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import threading
@@ -201,6 +203,10 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
     app: falcon.App[falcon.Request, falcon.Response] = falcon.App(
         middleware=(AuthMiddleware(users), portal, SecurityHeaders()), cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
+    # JSON may carry lone surrogates ("\udabb"), which have no UTF-8 form: an error that
+    # names such a key, or any reply echoing one, would fail to encode. Escaped, it goes out.
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
+        dumps=functools.partial(json.dumps, ensure_ascii=True))
     routes: dict[str, Any] = {
         "/api/health": resources.HealthResource(),
         "/api/session": resources.SessionResource(users, audit, services.clock,

@@ -29,6 +29,14 @@ def body(code: str, message: str, field: str | None = None, **extra: Any) -> dic
     return {"error": {"code": code, "message": message, "field": field, **extra}}
 
 
+def _reply(resp: falcon.Response, status: str | int, media: dict[str, Any]) -> None:
+    """The error as JSON, whatever the responder had set out to send (a download's
+    message/rfc822 has no serialiser for an error body)."""
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = media
+
+
 def _status(exc: MailwardenError) -> str:
     if isinstance(exc, StateError):
         return falcon.HTTP_400
@@ -47,19 +55,19 @@ def _status(exc: MailwardenError) -> str:
 
 def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: MailwardenError,
                         params: dict[str, Any]) -> None:
-    resp.status = _status(exc)
+    status = _status(exc)
     if isinstance(exc, StateError):
         first = exc.errors[0] if exc.errors else None
-        resp.media = body(exc.code, str(first) if first else exc.message,
-                          first.path if first else None,
-                          errors=[{"field": e.path, "message": e.message, "line": e.line}
-                                  for e in exc.errors])
+        _reply(resp, status, body(exc.code, str(first) if first else exc.message,
+                                  first.path if first else None,
+                                  errors=[{"field": e.path, "message": e.message,
+                                           "line": e.line} for e in exc.errors]))
     elif isinstance(exc, ConflictError):
-        resp.media = body(exc.code, exc.message, None, current_revision=exc.current)
+        _reply(resp, status, body(exc.code, exc.message, None, current_revision=exc.current))
     else:
-        if resp.status == falcon.HTTP_500:
+        if status == falcon.HTTP_500:
             log.error("%s on %s %s: %s", exc.code, req.method, req.path, exc.message)
-        resp.media = body(exc.code, exc.message)
+        _reply(resp, status, body(exc.code, exc.message))
 
 
 def error_body(exc: falcon.HTTPError) -> dict[str, Any]:
@@ -72,8 +80,7 @@ def error_body(exc: falcon.HTTPError) -> dict[str, Any]:
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
                       params: dict[str, Any]) -> None:
-    resp.status = exc.status
-    resp.media = error_body(exc)
+    _reply(resp, exc.status, error_body(exc))
     resp.set_headers(exc.headers or {})
 
 
@@ -83,8 +90,8 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
         handle_http_error(req, resp, exc, params)
         return
     log.exception("unexpected error on %s %s", req.method, req.path)
-    resp.status = falcon.HTTP_500
-    resp.media = body("internal", "internal error; the details are in the agent's log")
+    _reply(resp, falcon.HTTP_500,
+           body("internal", "internal error; the details are in the agent's log"))
 
 
 class BadInput(falcon.HTTPBadRequest):

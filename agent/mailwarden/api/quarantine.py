@@ -52,6 +52,17 @@ def _entry(q: Quarantine, user: User, entry_id: str) -> QuarantineEntry:
     return entry
 
 
+def _raw(q: Quarantine, entry: QuarantineEntry) -> bytes:
+    """The message itself; its file goes once every recipient's copy is released or
+    deleted, while the record stays for the history."""
+    try:
+        return q.raw(entry.id)
+    except FileNotFoundError:
+        raise falcon.HTTPNotFound(
+            title="Not Found", description=f"quarantined message '{entry.id}' was released "
+                                           "or deleted; only its record is kept") from None
+
+
 def carries_virus(entry: QuarantineEntry) -> bool:
     """Quarantined as a virus, or by a rule of another kind on a message clamd flagged."""
     return entry.kind == "virus" or entry.virus is not None
@@ -152,9 +163,9 @@ class QuarantineRawResource:
     @returns(media_types=("message/rfc822",))
     def on_get(self, req: falcon.Request, resp: falcon.Response, entry_id: str) -> None:
         entry = _entry(self.quarantine, req.context.user, entry_id)
+        resp.data = _raw(self.quarantine, entry)
         resp.content_type = "message/rfc822"
         resp.downloadable_as = f"{entry.id}.eml"
-        resp.data = self.quarantine.raw(entry_id)
 
 
 @dataclass
@@ -166,8 +177,8 @@ class QuarantinePreviewResource:
 
     @returns(media_types=("application/json", "text/html"))
     def on_get(self, req: falcon.Request, resp: falcon.Response, entry_id: str) -> None:
-        _entry(self.quarantine, req.context.user, entry_id)
-        view = preview(self.quarantine.raw(entry_id))
+        view = preview(_raw(self.quarantine, _entry(self.quarantine, req.context.user,
+                                                    entry_id)))
         if req.get_param("format") == "html":
             resp.content_type = "text/html; charset=utf-8"
             resp.set_header("Content-Security-Policy", PREVIEW_CSP)
