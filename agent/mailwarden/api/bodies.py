@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Concatenate, Literal, ParamSpe
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
+from ..firstboot.answers import MIN_PASSWORD
 from ..state.load import field_errors
 from ..state.schema import State
 from ..store.users import TOKEN_DAYS_DEFAULT, TOKEN_DAYS_MAX, Role
@@ -75,14 +76,18 @@ class Login(Body):
         None, description="The authenticator's current code, when the second factor is on.")
 
 
+# A new password: as long as the store demands (the same rule as the setup wizard's).
+NewPasswordText = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=1024)]
+
+
 class NewUser(Body):
     username: Name
-    password: Text
+    password: NewPasswordText
     role: Role
 
 
 class NewPassword(Body):
-    password: Text
+    password: NewPasswordText
 
 
 class NewToken(Body):
