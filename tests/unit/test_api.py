@@ -88,7 +88,9 @@ def test_missing_fields_name_the_field(env) -> None:
     result = client.simulate_post("/api/session", json={"username": "admin"})
     assert result.status_code == 400
     assert result.json["error"] == {"code": "bad_input", "message": "password is required",
-                                    "field": "password"}
+                                    "field": "password",
+                                    "errors": [{"field": "password",
+                                                "message": "password is required"}]}
 
 
 def test_state_needs_a_login(env) -> None:
@@ -304,7 +306,8 @@ def test_patch_replaces_several_sections_in_one_revision(env) -> None:
     unknown = client.simulate_patch(
         "/api/state", headers={**headers, "If-Match": f'"{revision + 1}"'},
         json={"sections": {"version": 2}})
-    assert unknown.status_code == 400 and unknown.json["error"]["field"] == "version"
+    assert unknown.status_code == 400
+    assert unknown.json["error"]["field"] == "sections.version"
     stale = client.simulate_patch("/api/state", headers={**headers, "If-Match": f'"{revision}"'},
                                   json={"sections": {"rules": rules}})
     assert stale.status_code == 409

@@ -5,22 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import falcon
 import pyotp
 
-from ..store.users import ROLES, TOKEN_DAYS_DEFAULT, TOKEN_DAYS_MAX, Audit, AuthError, Users
+from ..store.users import Audit, AuthError, User, Users
+from . import replies
 from .auth import Forbidden
+from .bodies import NewPassword, NewToken, NewUser, TotpChange, TotpRemoval, accepts
 from .errors import BadInput
-from .resources import ADMIN, EVERYONE, _media
-
-
-def _text(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadInput(f"{name} is required", name)
-    return value
+from .replies import returns
+from .resources import ADMIN, EVERYONE
 
 
 @dataclass
@@ -29,18 +24,17 @@ class UsersResource:
     audit: Audit
     roles = {"GET": ADMIN, "POST": ADMIN}
 
+    @returns(replies.UserList)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"items": [{"username": u.username, "role": u.role, "totp": u.totp}
                                 for u in self.users.list()]}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = _media(req)
-        role = _text(data, "role")
-        if role not in ROLES:
-            raise BadInput(f"role must be one of {', '.join(ROLES)}", "role")
-        user = self.users.add(_text(data, "username"), _text(data, "password"), role)
+    @returns(replies.UserInfo, status=201)
+    @accepts(NewUser)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: NewUser) -> None:
+        user = self.users.add(body.username, body.password, body.role)
         self.audit.record(req.context.user.username, "user.add", user.username,
-                          {"role": role}, req.remote_addr)
+                          {"role": body.role}, req.remote_addr)
         resp.status = falcon.HTTP_201
         resp.media = {"username": user.username, "role": user.role}
 
@@ -59,9 +53,11 @@ class UserResource:
                           source_ip=req.remote_addr)
         resp.status = falcon.HTTP_204
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response, username: str) -> None:
+    @accepts(NewPassword)
+    def on_put(self, req: falcon.Request, resp: falcon.Response, body: NewPassword,
+               username: str) -> None:
         """Set a new password (the user's sessions end)."""
-        self.users.set_password(username, _text(_media(req), "password"))
+        self.users.set_password(username, body.password)
         self.audit.record(req.context.user.username, "user.password", username,
                           source_ip=req.remote_addr)
         resp.media = {"username": username}
@@ -76,22 +72,16 @@ class TokensResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"items": self.users.tokens()}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    @returns(replies.TokenIssued, status=201)
+    @accepts(NewToken)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: NewToken) -> None:
         """A token acting for the caller, with a role no higher than theirs, for
         `expires_days` (default 90, at most 365)."""
-        data = _media(req)
-        role = _text(data, "role")
-        if role not in ROLES:
-            raise BadInput(f"role must be one of {', '.join(ROLES)}", "role")
-        days = data.get("expires_days", TOKEN_DAYS_DEFAULT)
-        if isinstance(days, bool) or not isinstance(days, int) \
-                or not 1 <= days <= TOKEN_DAYS_MAX:
-            raise BadInput(f"expires_days must be a whole number from 1 to {TOKEN_DAYS_MAX}",
-                           "expires_days")
         owner = req.context.user
-        token_id, secret = self.users.create_token(_text(data, "name"), role, owner, days=days)
+        days = body.expires_days
+        token_id, secret = self.users.create_token(body.name, body.role, owner, days=days)
         self.audit.record(owner.username, "token.create", str(token_id),
-                          {"role": role, "expires_days": days}, req.remote_addr)
+                          {"role": body.role, "expires_days": days}, req.remote_addr)
         resp.status = falcon.HTTP_201
         resp.media = {"id": token_id, "secret": secret, "expires_days": days,
                       "note": "shown once; store it now"}
@@ -121,39 +111,39 @@ class TotpResource:
     audit: Audit
     roles = {"POST": (*EVERYONE, "quser"), "DELETE": (*EVERYONE, "quser")}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        user, data = _second_factor_request(req)
-        if "code" not in data:
+    @returns(replies.Proposal)
+    @accepts(TotpChange, optional=True)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: TotpChange) -> None:
+        user = _person(req)
+        if body.code is None:
             secret = pyotp.random_base32()
             resp.media = {"secret": secret, "uri": pyotp.TOTP(secret).provisioning_uri(
                 name=user.username, issuer_name="Mailwarden")}
             return
-        secret, code = _text(data, "secret"), _text(data, "code")
+        if body.secret is None:
+            raise BadInput("secret is required with code", "secret")
         with _reauth():
-            self.users.enable_totp(user.username, password=_optional(data, "password"),
-                                   current_code=_optional(data, "current_code"),
-                                   secret=secret, code=code)
+            self.users.enable_totp(user.username, password=body.password,
+                                   current_code=body.current_code,
+                                   secret=body.secret, code=body.code)
         self.audit.record(user.username, "totp.enable", source_ip=req.remote_addr)
         resp.media = {"totp": True}
 
-    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        user, data = _second_factor_request(req)
+    @accepts(TotpRemoval, optional=True)
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, body: TotpRemoval) -> None:
+        user = _person(req)
         with _reauth():
-            self.users.disable_totp(user.username, password=_optional(data, "password"),
-                                    code=_optional(data, "code"))
+            self.users.disable_totp(user.username, password=body.password, code=body.code)
         self.audit.record(user.username, "totp.disable", source_ip=req.remote_addr)
         resp.status = falcon.HTTP_204
 
 
-def _second_factor_request(req: falcon.Request) -> tuple[Any, dict[str, Any]]:
-    """The signed-in person and their JSON body; a token stands for no person's device."""
-    user = req.context.user
+def _person(req: falcon.Request) -> User:
+    """The signed-in person; a token stands for no person's device."""
+    user: User = req.context.user
     if user.id < 0:
         raise BadInput("API tokens have no second factor")
-    data = req.get_media(default_when_empty={}) or {}
-    if not isinstance(data, dict):
-        raise BadInput("the request body must be a JSON object")
-    return user, data
+    return user
 
 
 @contextmanager
@@ -164,10 +154,3 @@ def _reauth() -> Iterator[None]:
         yield
     except AuthError as exc:
         raise Forbidden(exc.message, code="reauth_failed") from None
-
-
-def _optional(data: dict[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is not None and not isinstance(value, str):
-        raise BadInput(f"{name} must be text", name)
-    return value

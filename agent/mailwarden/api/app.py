@@ -3,6 +3,8 @@ thin module gunicorn loads."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import threading
@@ -44,6 +46,7 @@ from .quarantine import (
     QuarantinePreviewResource,
     QuarantineRawResource,
 )
+from .replies import returns
 from .resources import Applier, RollbackFn
 from .rules import SimulateResource
 from .settings import SettingsResource
@@ -111,13 +114,13 @@ class QuarantineSettingsFile:
         self.state_file = state_file
         self._lock = threading.Lock()
         self._key: tuple[int, int, int] | None = None
-        self._value = QuarantineSettings()
+        self._value = QuarantineSettings.model_validate({})
 
     def __call__(self) -> QuarantineSettings:
         try:
             info = os.stat(self.state_file)
         except FileNotFoundError:
-            return QuarantineSettings()
+            return QuarantineSettings.model_validate({})  # the schema's defaults
         key = (info.st_ino, info.st_mtime_ns, info.st_size)
         with self._lock:
             if key != self._key:
@@ -163,7 +166,7 @@ def no_such_api_path(req: falcon.Request, resp: falcon.Response, **params: Any) 
     raise falcon.HTTPNotFound(title="Not Found", description=f"no API path {req.path}")
 
 
-def create_app(services: Services) -> falcon.App:
+def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response]:
     layout, db = services.layout, services.db
     credentials = services.credentials or CredentialStore.for_layout(layout)
     users, audit = Users(credentials), Audit(credentials)
@@ -198,9 +201,13 @@ def create_app(services: Services) -> falcon.App:
     def users_may_release_viruses() -> bool:
         return quarantine_settings().user_release_virus
 
-    app = falcon.App(middleware=[AuthMiddleware(users), portal, SecurityHeaders()],
-                     cors_enable=False)
+    app: falcon.App[falcon.Request, falcon.Response] = falcon.App(
+        middleware=(AuthMiddleware(users), portal, SecurityHeaders()), cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
+    # JSON may carry lone surrogates ("\udabb"), which have no UTF-8 form: an error that
+    # names such a key, or any reply echoing one, would fail to encode. Escaped, it goes out.
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
+        dumps=functools.partial(json.dumps, ensure_ascii=True))
     routes: dict[str, Any] = {
         "/api/health": resources.HealthResource(),
         "/api/session": resources.SessionResource(users, audit, services.clock,
@@ -238,10 +245,12 @@ def create_app(services: Services) -> falcon.App:
             quarantine, UserLists(db), services.deliver or deliver, audit,
             users_may_release_viruses),
     }
-    app.add_route("/metrics", MetricsResource(layout, db))
+    # Prometheus' path, outside /api; documented with the rest all the same.
+    routes["/metrics"] = MetricsResource(layout, Statistics(db))
+    document = routes["/api/openapi.json"] = OpenApiResource()
     for path, resource in routes.items():
         app.add_route(path, resource)
-    app.add_route("/api/openapi.json", OpenApiResource(openapi_document(routes)))
+    document.document = openapi_document(routes)
     # Sinks are tried before static routes: an unknown /api/ path never gets the UI's page.
     app.add_sink(no_such_api_path, API_PATHS)
     if services.webui is not None and services.webui.is_dir():
@@ -253,10 +262,13 @@ def create_app(services: Services) -> falcon.App:
 
 
 class OpenApiResource:
+    """The document describes itself too: every route the app serves is in it."""
+
     public = ("GET",)
 
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
+    def __init__(self) -> None:
+        self.document: dict[str, Any] = {}
 
+    @returns(media_types=("application/json",))
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.document

@@ -23,13 +23,13 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 class Forbidden(falcon.HTTPForbidden):
     def __init__(self, message: str, code: str = "forbidden") -> None:
         super().__init__(title="Forbidden", description=message)
-        self.code = code
+        self.error_code = code
 
 
 class Unauthorized(falcon.HTTPUnauthorized):
     def __init__(self, message: str) -> None:
         super().__init__(title="Unauthorized", description=message)
-        self.code = "unauthorized"
+        self.error_code = "unauthorized"
 
 
 class AuthMiddleware:

@@ -11,7 +11,9 @@ from ..layout import Layout
 from ..mail.dkim import DkimError, generate_key, public_record
 from ..state.load import load_state_file
 from ..store.users import Audit
+from .bodies import NewDkimKey, accepts
 from .errors import BadInput
+from .replies import returns
 
 ADMIN = ("admin",)
 
@@ -39,20 +41,12 @@ class DkimKeysResource:
                               "error": exc.message})
         resp.media = {"items": items}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = req.get_media(default_when_empty=None)
-        if not isinstance(data, dict):
-            raise BadInput("the request body must be a JSON object")
-        domain, selector = data.get("domain"), data.get("selector")
-        if not isinstance(domain, str) or not domain:
-            raise BadInput("domain is required", "domain")
-        if not isinstance(selector, str) or not selector:
-            raise BadInput("selector is required", "selector")
-        bits = data.get("bits", 2048)
-        if not isinstance(bits, int) or isinstance(bits, bool):
-            raise BadInput("bits must be a number", "bits")
+    @returns(status=201)
+    @accepts(NewDkimKey)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: NewDkimKey) -> None:
+        domain, selector = body.domain, body.selector
         try:
-            info = generate_key(self.layout, domain, selector, bits=bits)
+            info = generate_key(self.layout, domain, selector, bits=body.bits)
         except DkimError as exc:
             raise BadInput(exc.message) from None
         self.audit.record(req.context.user.username, "dkim.generate",

@@ -16,8 +16,9 @@ from ..layout import Layout
 from ..process import run
 from ..render.view import management_networks
 from ..state.load import load_state_file
-from ..store.db import Database
+from ..store.statistics import Statistics
 from .auth import Unauthorized
+from .replies import returns
 
 STAFF = ("admin", "qmanager", "helpdesk", "audit")
 
@@ -35,44 +36,43 @@ def _allowed_network(layout: Layout, address: str | None) -> bool:
     return any(ip in ipaddress.ip_network(n) for n in management_networks(state))
 
 
+def _label(value: str) -> str:
+    """A label value as the exposition format quotes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 @dataclass
 class MetricsResource:
     layout: Layout
-    db: Database
+    statistics: Statistics
     public = ("GET",)  # authorised below: a token, or the source network
 
+    @returns(media_types=("text/plain",))
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = req.context.user
         if not (user and user.role in STAFF) and not _allowed_network(self.layout,
                                                                        req.remote_addr):
             raise Unauthorized("send an API token, or scrape from a management network")
-        conn = self.db.connection()
+        totals = self.statistics.totals()
         lines = [
             "# HELP mailwarden_deliveries_total Recipients by direction and outcome.",
             "# TYPE mailwarden_deliveries_total counter",
         ]
-        for row in conn.execute(
-                "SELECT m.direction, d.action, COUNT(*) n FROM deliveries d"
-                " JOIN messages m ON m.id = d.message GROUP BY m.direction, d.action"):
-            lines.append(f'mailwarden_deliveries_total{{direction="{row["direction"]}",'
-                         f'action="{row["action"]}"}} {row["n"]}')
+        lines += [f'mailwarden_deliveries_total{{direction="{_label(direction)}",'
+                  f'action="{_label(action)}"}} {n}'
+                  for (direction, action), n in totals.deliveries.items()]
         lines += ["# HELP mailwarden_messages_total Messages filtered.",
                   "# TYPE mailwarden_messages_total counter"]
-        for row in conn.execute("SELECT direction, COUNT(*) n, SUM(filter_ms) ms,"
-                                " SUM(size) bytes FROM messages GROUP BY direction"):
-            lines.append(f'mailwarden_messages_total{{direction="{row["direction"]}"}} '
-                         f'{row["n"]}')
-            lines.append(f'mailwarden_filter_seconds_total{{direction="{row["direction"]}"}} '
-                         f'{(row["ms"] or 0) / 1000:.3f}')
-            lines.append(f'mailwarden_bytes_total{{direction="{row["direction"]}"}} '
-                         f'{row["bytes"] or 0}')
-        quarantined = conn.execute(
-            "SELECT q.kind, COUNT(DISTINCT q.id) n FROM quarantine q JOIN quarantine_recipients"
-            " r ON r.quarantine_id = q.id WHERE r.status = 'new' GROUP BY q.kind").fetchall()
+        for row in totals.directions:
+            direction = _label(row.direction)
+            lines.append(f'mailwarden_messages_total{{direction="{direction}"}} {row.messages}')
+            lines.append(f'mailwarden_filter_seconds_total{{direction="{direction}"}} '
+                         f"{row.filter_seconds:.3f}")
+            lines.append(f'mailwarden_bytes_total{{direction="{direction}"}} {row.bytes}')
         lines += ["# HELP mailwarden_quarantine_waiting Quarantined messages not yet handled.",
                   "# TYPE mailwarden_quarantine_waiting gauge"]
-        lines += [f'mailwarden_quarantine_waiting{{kind="{r["kind"]}"}} {r["n"]}'
-                  for r in quarantined]
+        lines += [f'mailwarden_quarantine_waiting{{kind="{_label(kind)}"}} {n}'
+                  for kind, n in totals.waiting.items()]
         queue = run(["postqueue", "-c", self.layout.path("/etc/postfix"), "-j"],
                     check=False)
         if queue.returncode == 0:

@@ -1,28 +1,31 @@
-"""The OpenAPI 3.1 document, built from the routes and the same pydantic models the
-resources validate with, so it cannot drift from them."""
+"""The OpenAPI 3.1 document, generated from the routes: each resource's methods and roles,
+the request body model `@accepts` puts on a responder (bodies.py), the reply `@returns` names
+(replies.py), and the state schema. Nothing in it is kept by hand but the one-line
+summaries."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from .. import __version__
-from ..state.schema import State
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
-ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["code", "message", "field"],
-        "properties": {
-            "code": {"type": "string"},
-            "message": {"type": "string"},
-            "field": {"type": ["string", "null"]},
-        },
-    }},
-}
+from .. import __version__
+from ..firstboot.answers import Answers
+from ..state.schema import State
+from . import replies
+from .bodies import SECTIONS, request_body
+from .quarantine import ACTIONS
+from .replies import returned
+from .system import QUEUE_ID
+
+REF = "#/components/schemas/{model}"
 
 _DESCRIPTIONS = {
+    "/api/openapi.json": "This document.",
+    "/metrics": "Prometheus metrics: mail by direction and outcome, filter time, quarantine "
+                "and queue sizes (an API token, or a management network).",
     "/api/health": "Liveness of the API process.",
     "/api/session": "Log in (POST), who am I (GET), log out (DELETE).",
     "/api/state": "The live state (GET, with ETag), applying a new one (PUT, If-Match) or "
@@ -59,55 +62,117 @@ _DESCRIPTIONS = {
 }
 
 
+_CONVERTER = re.compile(r"\{(\w+)(?::(\w+)(?:\(([^)]*)\))?)?\}")
+# Path parameters a route accepts only some values of (anything else is a 404).
+_PATH_VALUES: dict[str, dict[str, Any]] = {
+    "section": {"type": "string", "enum": list(SECTIONS)},
+    "action": {"type": "string", "enum": list(ACTIONS)},
+    "queue_id": {"type": "string", "pattern": QUEUE_ID.pattern},
+}
+WRITES = ("POST", "PUT", "PATCH")
+
+
+def _path(template: str) -> tuple[str, list[dict[str, Any]]]:
+    """The OpenAPI path of a Falcon route template, and its parameters: the converters'
+    types (int, int(min=1)) become the parameters' schemas."""
+    params = []
+    for match in _CONVERTER.finditer(template):
+        name, converter, args = match.groups()
+        schema: dict[str, Any] = _PATH_VALUES.get(name, {"type": "string"})
+        if converter == "int":
+            schema = {"type": "integer"}
+            for arg in (args or "").split(","):
+                key, _, value = arg.partition("=")
+                if key.strip() == "min":
+                    schema["minimum"] = int(value)
+                elif key.strip() == "max":
+                    schema["maximum"] = int(value)
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return _CONVERTER.sub(r"{\1}", template), params
+
+
+def _merge(schemas: dict[str, Any], more: dict[str, Any]) -> None:
+    """Adds definitions; two different ones under one name would make a $ref ambiguous."""
+    for name, schema in more.items():
+        if schemas.get(name, schema) != schema:
+            raise ValueError(f"two schemas are called {name}")
+        schemas[name] = schema
+
+
+def _resolve(node: Any, schemas: dict[str, Any]) -> Any:
+    """The `documented_as` markers replaced by what they stand for: a $ref to a component,
+    or a state section's own schema."""
+    if isinstance(node, list):
+        return [_resolve(item, schemas) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "x-schema" in node:
+        if "x-section" not in node:
+            return {"$ref": REF.format(model=node["x-schema"])}
+        section = dict(schemas[node["x-schema"]]["properties"][node["x-section"]])
+        section.pop("default", None)  # a default here would say the key may be left out
+        return section
+    return {key: _resolve(value, schemas) for key, value in node.items()}
+
+
+def _schema_of(model: type[BaseModel], schemas: dict[str, Any], mode: JsonSchemaMode,
+               ) -> dict[str, str]:
+    schema = _resolve(model.model_json_schema(by_alias=True, ref_template=REF, mode=mode),
+                      schemas)
+    _merge(schemas, schema.pop("$defs", {}))
+    _merge(schemas, {model.__name__: schema})
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _operation(path: str, method: str, resource: Any, params: list[dict[str, Any]],
+               schemas: dict[str, Any]) -> dict[str, Any]:
+    responder = getattr(resource, f"on_{method.lower()}")
+    reply = returned(responder)
+    status = reply.status if reply else 204 if method == "DELETE" else 200
+    success: dict[str, Any] = {"description": "Done; no content" if status == 204 else "OK"}
+    if reply and reply.model is not None:
+        success["content"] = {"application/json": {
+            "schema": _schema_of(reply.model, schemas, "serialization")}}
+    elif reply:
+        success["content"] = {media: {"schema": {}} for media in reply.media_types}
+    operation: dict[str, Any] = {
+        "operationId": f"{method.lower()}{re.sub(r'[^A-Za-z0-9]+', '_', path).rstrip('_')}",
+        "summary": _DESCRIPTIONS.get(path, ""),
+        "responses": {
+            str(status): success,
+            "default": {"description": "Error", "content": {"application/json": {
+                "schema": _schema_of(replies.Error, schemas, "serialization")}}},
+        },
+    }
+    public = getattr(resource, "public", ())
+    if method not in public:
+        operation["security"] = [{"session": []}, {"token": []}]
+        operation["x-roles"] = list(getattr(resource, "roles", {}).get(method, ()))
+    if params:
+        operation["parameters"] = params
+    body = request_body(responder)
+    if body is not None:
+        operation["requestBody"] = {"required": body.required, "content": {
+            "application/json": {"schema": _schema_of(body.model, schemas, "validation")}}}
+    return operation
+
+
 def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": ERROR}
-    state_schema = State.model_json_schema(by_alias=True,
-                                           ref_template="#/components/schemas/{model}")
-    schemas.update(state_schema.pop("$defs", {}))
-    schemas["State"] = state_schema
+    """The document for `routes` (template -> resource): every method a resource serves,
+    its path parameters, request body and reply, from the resource itself."""
+    schemas: dict[str, Any] = {}
+    state = State.model_json_schema(by_alias=True, ref_template=REF)
+    _merge(schemas, state.pop("$defs", {}))
+    schemas["State"] = state
+    answers = Answers.model_json_schema(by_alias=True, ref_template=REF)
+    _merge(schemas, answers.pop("$defs", {}))
+    schemas["Answers"] = answers
     paths: dict[str, Any] = {}
     for template, resource in routes.items():
-        path = template.replace("{number:int(min=1)}", "{number}").replace(
-            "{token_id:int}", "{token_id}")
-        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        item: dict[str, Any] = {}
-        public = getattr(resource, "public", ())
-        methods = set(getattr(resource, "roles", {})) | set(public)
-        for method in sorted(methods):
-            operation: dict[str, Any] = {
-                "summary": _DESCRIPTIONS.get(path, ""),
-                "responses": {
-                    **({"204": {"description": "Done; no content"}} if method == "DELETE"
-                       else {"200": {"description": "OK"}}),
-                    "default": {"description": "Error",
-                                "content": {"application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Error"}}}},
-                },
-            }
-            if method not in public:
-                roles = getattr(resource, "roles", {}).get(method, ())
-                operation["security"] = [{"session": []}, {"token": []}]
-                operation["x-roles"] = list(roles)
-            if params:
-                operation["parameters"] = [
-                    {"name": name, "in": "path", "required": True,
-                     "schema": {"type": "integer", "minimum": 1}
-                     if name in ("number", "token_id") else {"type": "string"}}
-                    for name in params]
-            if path == "/api/state" and method == "PUT":
-                operation["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": {"type": "object", "properties": {
-                        "state": {"$ref": "#/components/schemas/State"},
-                        "yaml": {"type": "string"},
-                        "comment": {"type": "string"}}}}}}
-            if path == "/api/state" and method == "PATCH":
-                operation["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["sections"], "properties": {
-                        "sections": {"type": "object", "minProperties": 1, "description":
-                                     "Top-level sections of State to replace, by name."},
-                        "comment": {"type": "string"}}}}}}
-            item[method.lower()] = operation
-        paths[path] = item
+        path, params = _path(template)
+        methods = set(getattr(resource, "roles", {})) | set(getattr(resource, "public", ()))
+        paths[path] = {method.lower(): _operation(path, method, resource, params, schemas)
+                       for method in sorted(methods)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Mailwarden API", "version": __version__},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import falcon
 
@@ -21,8 +21,10 @@ from ..store.lists import UserLists
 from ..store.quarantine import KINDS, Quarantine, QuarantineEntry
 from ..store.users import Audit, User
 from .auth import Forbidden
+from .bodies import QuarantineBulk, QuarantineDecision, accepts
 from .errors import BadInput, error_body
 from .preview import PREVIEW_CSP, preview, preview_document
+from .replies import returns
 
 STAFF = ("admin", "qmanager", "helpdesk", "audit")
 ACTORS = ("admin", "qmanager", "helpdesk")
@@ -48,6 +50,17 @@ def _entry(q: Quarantine, user: User, entry_id: str) -> QuarantineEntry:
         raise falcon.HTTPNotFound(title="Not Found", description=f"no quarantined message "
                                                                  f"'{entry_id}'")
     return entry
+
+
+def _raw(q: Quarantine, entry: QuarantineEntry) -> bytes:
+    """The message itself; its file goes once every recipient's copy is released or
+    deleted, while the record stays for the history."""
+    try:
+        return q.raw(entry.id)
+    except FileNotFoundError:
+        raise falcon.HTTPNotFound(
+            title="Not Found", description=f"quarantined message '{entry.id}' was released "
+                                           "or deleted; only its record is kept") from None
 
 
 def carries_virus(entry: QuarantineEntry) -> bool:
@@ -89,12 +102,9 @@ def _public(entry: QuarantineEntry, user: User, viruses_allowed: bool) -> dict[s
     return data
 
 
-def _recipients(req_data: dict[str, Any], allowed: list[str]) -> list[str]:
-    chosen = req_data.get("recipients")
+def _recipients(chosen: list[str] | None, allowed: list[str]) -> list[str]:
     if chosen is None:
         return allowed
-    if not isinstance(chosen, list) or not all(isinstance(r, str) for r in chosen):
-        raise BadInput("recipients must be a list of addresses", "recipients")
     stranger = [r for r in chosen if r not in allowed]
     if stranger:
         raise BadInput(f"not a recipient you may act for: {', '.join(stranger)}",
@@ -150,11 +160,12 @@ class QuarantineRawResource:
     quarantine: Quarantine
     roles = {"GET": (*STAFF, "quser")}
 
+    @returns(media_types=("message/rfc822",))
     def on_get(self, req: falcon.Request, resp: falcon.Response, entry_id: str) -> None:
         entry = _entry(self.quarantine, req.context.user, entry_id)
+        resp.data = _raw(self.quarantine, entry)
         resp.content_type = "message/rfc822"
         resp.downloadable_as = f"{entry.id}.eml"
-        resp.data = self.quarantine.raw(entry_id)
 
 
 @dataclass
@@ -164,9 +175,10 @@ class QuarantinePreviewResource:
     quarantine: Quarantine
     roles = {"GET": (*STAFF, "quser")}
 
+    @returns(media_types=("application/json", "text/html"))
     def on_get(self, req: falcon.Request, resp: falcon.Response, entry_id: str) -> None:
-        _entry(self.quarantine, req.context.user, entry_id)
-        view = preview(self.quarantine.raw(entry_id))
+        view = preview(_raw(self.quarantine, _entry(self.quarantine, req.context.user,
+                                                    entry_id)))
         if req.get_param("format") == "html":
             resp.content_type = "text/html; charset=utf-8"
             resp.set_header("Content-Security-Policy", PREVIEW_CSP)
@@ -187,17 +199,9 @@ class QuarantineBulkResource:
     users_may_release_viruses: UsersMayReleaseViruses
     roles = {"POST": ACTORS}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = req.get_media(default_when_empty=None)
-        if not isinstance(data, dict):
-            raise BadInput("the request body must be a JSON object")
-        ids, action = data.get("ids"), data.get("action")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or not ids:
-            raise BadInput("ids must be a non-empty list of quarantine ids", "ids")
-        if len(ids) > 1000:
-            raise BadInput("at most 1000 ids per call", "ids")
-        if action not in ("release", "delete"):
-            raise BadInput("action must be release or delete", "action")
+    @accepts(QuarantineBulk)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: QuarantineBulk) -> None:
+        ids, action = body.ids, body.action
         user: User = req.context.user
         viruses_allowed = _viruses_allowed(user, self.users_may_release_viruses)
         results: dict[str, Any] = {}
@@ -232,17 +236,15 @@ class QuarantineActionResource:
     users_may_release_viruses: UsersMayReleaseViruses
     roles = {"POST": (*ACTORS, "quser")}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, entry_id: str,
-                action: str) -> None:
+    @accepts(QuarantineDecision, optional=True)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: QuarantineDecision,
+                entry_id: str, action: str) -> None:
         user: User = req.context.user
         entry = _entry(self.quarantine, user, entry_id)
-        data = req.get_media(default_when_empty={}) or {}
-        if not isinstance(data, dict):
-            raise BadInput("the request body must be a JSON object")
         if action not in ACTIONS:
             raise falcon.HTTPNotFound(title="Not Found",
                                       description=f"no quarantine action '{action}'")
-        recipients = _recipients(data, _visible(user, entry))
+        recipients = _recipients(body.recipients, _visible(user, entry))
         # Before anything is written: a refused allow leaves no list entry behind either.
         _check_action(user, entry, action,
                       _viruses_allowed(user, self.users_may_release_viruses))
@@ -253,8 +255,9 @@ class QuarantineActionResource:
             self.quarantine.delete(entry_id, recipients)
             result = {"deleted": recipients}
         else:  # allow or block
+            listed: Literal["allow", "block"] = "allow" if action == "allow" else "block"
             for recipient in recipients:
-                self.lists.set(recipient, entry.sender, action)
+                self.lists.set(recipient, entry.sender, listed)
             if action == "allow":
                 result = {"allowed": entry.sender,
                           "released": self.quarantine.release(entry_id, self.deliver,

@@ -19,8 +19,11 @@ from ..state.load import parse_yaml, validate_data
 from ..state.revisions import RevisionStore
 from ..state.schema import State
 from ..store.users import LOCKOUT_AFTER, SESSION_LIFETIME, Audit, User, Users
+from . import replies
 from .auth import clear_session_cookie, set_session_cookie
-from .errors import BadInput
+from .bodies import Login, Rollback, StateChange, StatePatch, accepts
+from .errors import BadInput, TooManyRequests
+from .replies import returns
 
 EVERYONE = ("admin", "qmanager", "audit", "helpdesk")
 READERS = ("admin", "audit")
@@ -30,13 +33,6 @@ ADMIN = ("admin",)
 # privileged helper, since the API itself runs unprivileged.
 Applier = Callable[[str, str, str, int | None], ApplyResult]
 RollbackFn = Callable[[int, str, int | None], ApplyResult]
-
-
-def _media(req: falcon.Request) -> dict[str, Any]:
-    data = req.get_media(default_when_empty=None)
-    if not isinstance(data, dict):
-        raise BadInput("the request body must be a JSON object")
-    return data
 
 
 def _base_revision(req: falcon.Request) -> int:
@@ -65,12 +61,8 @@ def throttle_guessing(audit: Audit, action: str, source_ip: str, now: float,
     account alone: a guesser elsewhere must not lock the account's owner out."""
     recent = audit.count(action, source_ip=source_ip, since=now - LOGIN_WINDOW, actor=actor)
     if recent >= limit:
-        error = falcon.HTTPTooManyRequests(
-            title="Too Many Requests",
-            description=f"too many {what} from your address; wait 15 minutes",
-            retry_after=LOGIN_WINDOW)
-        error.code = code  # type: ignore[attr-defined]
-        raise error
+        raise TooManyRequests(f"too many {what} from your address; wait 15 minutes", code,
+                              LOGIN_WINDOW)
 
 
 @dataclass
@@ -83,13 +75,10 @@ class SessionResource:
     public = ("POST",)
     roles = {"GET": (*EVERYONE, "quser"), "DELETE": (*EVERYONE, "quser")}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = _media(req)
-        username, password = data.get("username"), data.get("password")
-        if not isinstance(username, str) or not username:
-            raise BadInput("username is required", "username")
-        if not isinstance(password, str) or not password:
-            raise BadInput("password is required", "password")
+    @returns(replies.LoggedIn)
+    @accepts(Login)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: Login) -> None:
+        username, password = body.username, body.password
         now = self.clock()
         # Per source address too: guessing across many accounts from one host is throttled,
         # whatever the accounts' own lockouts say.
@@ -98,7 +87,7 @@ class SessionResource:
                           f"failed logins as {username}", actor=username,
                           limit=LOCKOUT_AFTER, code="locked_out")
         try:
-            user = self.users.authenticate(username, password, data.get("totp"), now=now)
+            user = self.users.authenticate(username, password, body.totp, now=now)
         except Exception:
             self.audit.record(username, "login.failed", source_ip=req.remote_addr, now=now)
             raise
@@ -109,6 +98,7 @@ class SessionResource:
         resp.media = {"username": user.username, "role": user.role,
                       "csrf_token": session.csrf_token, "expires": session.expires}
 
+    @returns(replies.Me)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = req.context.user
         resp.media = {"username": user.username, "role": user.role, "totp": user.totp}
@@ -128,6 +118,7 @@ class StateResource:
     state_file: Any
     roles = {"GET": READERS, "PUT": ADMIN, "PATCH": ADMIN}
 
+    @returns(replies.StateView)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         current = self.store.current()
         if current is None:
@@ -138,47 +129,42 @@ class StateResource:
         resp.media = {"revision": current,
                       "state": state.model_dump(mode="json", by_alias=True)}
 
-    def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
+    @returns(replies.Applied)
+    @accepts(StatePatch)
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, body: StatePatch) -> None:
         """Replace some sections in one revision: a rule and the object it names belong
         together (one apply, one entry in the history, one rollback)."""
         base = _base_revision(req)
-        data = _media(req)
-        sections = data.get("sections")
-        if not isinstance(sections, dict) or not sections:
+        sections = body.sections.sent()
+        if not sections:
             raise BadInput("send {\"sections\": {\"rules\": [...], ...}}", "sections")
-        unknown = [name for name in sections if name not in State.model_fields
-                   or name == "version"]
-        if unknown:
-            raise BadInput(f"no section '{unknown[0]}'", unknown[0])
         current = self.store.current()
         if current is None:
             raise falcon.HTTPNotFound(title="Not Found", description="no state applied yet")
         live = parse_yaml(self.store.text(current), "live state")[0]
         live.update(sections)
         validate_data(live, source="state")  # errors name e.g. rules[3].from.objects[0]
-        data["yaml"] = yaml.safe_dump(live, sort_keys=False, allow_unicode=True)
-        data.setdefault("comment", f"{', '.join(sections)} changed")
-        self._apply(req, resp, data, base)
+        text = yaml.safe_dump(live, sort_keys=False, allow_unicode=True)
+        comment = body.comment if body.comment is not None else f"{', '.join(sections)} changed"
+        self._apply(req, resp, text, comment, base)
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._apply(req, resp, _media(req), _base_revision(req))
-
-    def _apply(self, req: falcon.Request, resp: falcon.Response, data: dict[str, Any],
-               base: int) -> None:
-        comment = data.get("comment", "")
-        if not isinstance(comment, str):
-            raise BadInput("comment must be text", "comment")
-        if "yaml" in data:
-            if not isinstance(data["yaml"], str):
-                raise BadInput("yaml must be the text of a state file", "yaml")
-            text = data["yaml"]
-        elif isinstance(data.get("state"), dict):
+    @returns(replies.Applied)
+    @accepts(StateChange)
+    def on_put(self, req: falcon.Request, resp: falcon.Response, body: StateChange) -> None:
+        base = _base_revision(req)
+        if body.yaml is not None and body.state is None:
+            text = body.yaml
+        elif body.state is not None and body.yaml is None:
             # Validate before converting, so errors name the JSON paths the client sent.
-            validate_data(data["state"], source="state")
-            text = yaml.safe_dump(data["state"], sort_keys=False, allow_unicode=True)
+            validate_data(body.state, source="state")
+            text = yaml.safe_dump(body.state, sort_keys=False, allow_unicode=True)
         else:
-            raise BadInput("send the new state as 'state' (an object) or 'yaml' (text)",
-                           "state")
+            raise BadInput("send the new state as 'state' (an object) or 'yaml' (text), "
+                           "one of them", "state")
+        self._apply(req, resp, text, body.comment, base)
+
+    def _apply(self, req: falcon.Request, resp: falcon.Response, text: str, comment: str,
+               base: int) -> None:
         user = req.context.user
         result = self.apply(text, user.username, comment, base)
         self.audit.record(user.username, "state.apply", f"revision {result.revision.number}",
@@ -194,6 +180,7 @@ class RevisionsResource:
     store: RevisionStore
     roles = {"GET": READERS}
 
+    @returns(replies.Revisions)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         current = self.store.current()
         resp.media = {"current": current, "items": [
@@ -206,6 +193,7 @@ class RevisionResource:
     store: RevisionStore
     roles = {"GET": READERS}
 
+    @returns(replies.RevisionText)
     def on_get(self, req: falcon.Request, resp: falcon.Response, number: int) -> None:
         revision = self.store.get(number)
         resp.media = {"number": revision.number, "time": revision.time,
@@ -218,6 +206,7 @@ class DiffResource:
     store: RevisionStore
     roles = {"GET": READERS}
 
+    @returns(replies.Diff)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         a = req.get_param_as_int("from", required=True, min_value=1)
         b = req.get_param_as_int("to", required=True, min_value=1)
@@ -230,12 +219,11 @@ class RollbackResource:
     audit: Audit
     roles = {"POST": ADMIN}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    @returns(replies.Applied)
+    @accepts(Rollback)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: Rollback) -> None:
         base = _base_revision(req)
-        data = _media(req)
-        number = data.get("revision")
-        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-            raise BadInput("revision must be a revision number", "revision")
+        number = body.revision
         user = req.context.user
         result = self.rollback(number, user.username, base)
         self.audit.record(user.username, "state.rollback", f"revision {number}",
@@ -261,6 +249,7 @@ class HealthResource:
     public = ("GET",)
     started: float = time.time()
 
+    @returns(replies.Health)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok", "uptime": round(time.time() - self.started, 1)}
 

@@ -30,7 +30,7 @@ import errno
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from gunicorn import util
 from gunicorn.workers import gthread
@@ -79,8 +79,10 @@ class _SilenceEndsRequests:
         return getattr(self._parser, name)
 
 
-class ApiConnection(gthread.TConn):
+# gunicorn ships no type information: its classes are Any to mypy, and so are these bases.
+class ApiConnection(gthread.TConn):  # type: ignore[misc]
     closed = False
+    parser: Any
 
     def init(self) -> None:
         # ThreadWorker.handle made the socket blocking (no timeout at all) just before this.
@@ -100,7 +102,7 @@ class ApiConnection(gthread.TConn):
             util.close(self.sock)
 
 
-class ApiWorker(gthread.ThreadWorker):
+class ApiWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker, bounded reads, no thread spent waiting for a client."""
 
     def accept(self, listener: Any) -> None:
@@ -172,11 +174,10 @@ def gunicorn_argv(layout: Layout, workers: int = DEFAULT_WORKERS,
 
 
 def run_api(layout: Layout, workers: int = DEFAULT_WORKERS,
-            threads: int = DEFAULT_THREADS) -> int:
+            threads: int = DEFAULT_THREADS) -> NoReturn:
     secrets.ensure_self_signed(layout.secrets_dir, "api", _hostname(layout))
     env = {**os.environ}
     if layout.name == "sandbox":
         env["MAILWARDEN_ROOT"] = str(layout.root)
     # Replace this process with gunicorn.
     os.execve(sys.executable, gunicorn_argv(layout, workers, threads), env)  # noqa: S606
-    return 0  # not reached

@@ -16,12 +16,12 @@ import yaml
 from ..state.load import parse_yaml, validate_data
 from ..state.migrate import migrate
 from ..state.revisions import RevisionStore
-from ..state.schema import State
 from ..store.users import Audit
+from . import replies
+from .bodies import SECTIONS, SettingsChange, accepts
 from .errors import BadInput
+from .replies import returns
 from .resources import ADMIN, READERS, Applier, _base_revision
-
-SECTIONS = tuple(name for name in State.model_fields if name != "version")
 
 
 @dataclass
@@ -48,20 +48,24 @@ class SettingsResource:
         resp.media = {"revision": current,
                       section: state.model_dump(mode="json", by_alias=True)[section]}
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response, section: str) -> None:
+    @returns(replies.Applied)
+    @accepts(SettingsChange)
+    def on_put(self, req: falcon.Request, resp: falcon.Response, body: SettingsChange,
+               section: str) -> None:
         if section not in SECTIONS:
             raise falcon.HTTPNotFound(title="Not Found", description=f"no section '{section}'")
         base = _base_revision(req)
-        body = req.get_media(default_when_empty=None)
-        if not isinstance(body, dict) or section not in body:
+        sent = body.sent()
+        comment = sent.pop("comment", None) or f"{section} changed"
+        if section not in sent:
             raise BadInput(f"send {{\"{section}\": ...}}", section)
+        others = [name for name in sent if name != section]
+        if others:
+            raise BadInput(f"only the section '{section}' belongs here", others[0])
         _, data = self._live()
-        data[section] = body[section]
+        data[section] = sent[section]
         validate_data(data, source="state")  # errors name e.g. domains[0].transport.port
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-        comment = body.get("comment") or f"{section} changed"
-        if not isinstance(comment, str):
-            raise BadInput("comment must be text", "comment")
         user = req.context.user
         result = self.apply(text, user.username, comment, base)
         self.audit.record(user.username, f"settings.{section}",

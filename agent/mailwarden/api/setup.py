@@ -24,8 +24,10 @@ from ..firstboot import setupcode
 from ..firstboot.answers import AdminAnswer, Answers, validate_answers
 from ..firstboot.configure import FirstbootResult, keep_reachable
 from ..store.users import SESSION_LIFETIME, Audit, Users, hash_password
+from . import replies
 from .auth import set_session_cookie
-from .errors import BadInput
+from .bodies import Setup, accepts
+from .replies import returns
 from .resources import throttle_guessing
 
 # answers -> result; in-process on a sandbox, the privileged helper on the
@@ -38,7 +40,7 @@ class WrongSetupCode(falcon.HTTPForbidden):
         super().__init__(title="Forbidden", description=(
             "that is not the setup code; it is shown on the appliance's console "
             "(or run `mailwarden setup-code` there for a new one)"))
-        self.code = "setup_code"
+        self.error_code = "setup_code"
         self.field = "setup_code"
 
 
@@ -53,31 +55,28 @@ class SetupResource:
     clock: Callable[[], float] = time.time
     public = ("GET", "POST")
 
+    @returns(replies.SetupStatus)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         needed = not self.set_up()
         resp.media = {"needed": needed,
                       "code_issued": needed and setupcode.current(self.code_file) is not None}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    @returns(replies.SetUp, status=201)
+    @accepts(Setup)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: Setup) -> None:
         if self.set_up():
             raise AlreadySetUp("this appliance is set up already; sign in as an administrator")
-        data = req.get_media(default_when_empty=None)
-        if not isinstance(data, dict):
-            raise BadInput("the request body must be a JSON object")
         now = self.clock()
         throttle_guessing(self.audit, "setup.failed", req.remote_addr, now, "wrong setup codes")
-        code = data.get("setup_code")
-        if not isinstance(code, str) or not code.strip():
-            raise BadInput("the setup code is required", "setup_code")
-        if not setupcode.matches(self.code_file, code):
+        if not setupcode.matches(self.code_file, body.setup_code):
             self.audit.record("-", "setup.failed", source_ip=req.remote_addr, now=now)
             raise WrongSetupCode()
-        answers = keep_reachable(validate_answers(data.get("answers"), "answers"),
-                                 req.remote_addr)
+        answers = keep_reachable(validate_answers(body.answers, "answers"), req.remote_addr)
         # The password goes no further than this process: the helper sees its hash, which it
         # does not use either (credentials are this process's to keep).
         password_hash = answers.admin.password_hash or hash_password(answers.admin.password or "")
-        answers = answers.model_copy(update={"admin": AdminAnswer(password_hash=password_hash)})
+        answers = answers.model_copy(update={"admin": AdminAnswer(password_hash=password_hash,
+                                                                   password=None)})
         result = self.setup(answers)
         setupcode.discard(self.code_file)
         user = self.users.add_hashed(result.admin, password_hash, "admin", replace=True)

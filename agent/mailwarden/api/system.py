@@ -18,6 +18,7 @@ from ..errors import MailwardenError
 from ..layout import Layout
 from ..process import run
 from ..store.users import Audit
+from .bodies import QueueFlush, accepts
 from .errors import BadInput
 
 STAFF = ("admin", "qmanager", "helpdesk", "audit")
@@ -104,7 +105,8 @@ class QueueResource:
         items = [json.loads(line) for line in out.splitlines() if line.strip()]
         resp.media = {"items": items, "count": len(items)}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    @accepts(QueueFlush, optional=True)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: QueueFlush) -> None:
         """Flush: try every deferred message now."""
         _postfix(["postqueue", "-c", str(self.layout.path("/etc/postfix")), "-f"])
         self.audit.record(req.context.user.username, "queue.flush", source_ip=req.remote_addr)

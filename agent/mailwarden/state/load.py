@@ -202,7 +202,8 @@ def _message(error: ErrorDetails, loc: Loc, root: type[BaseModel]) -> str:
         return "required"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], root)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        # A key that looks like one of pydantic's location tags was dropped from loc.
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
         hint = f"; did you mean '{close[0]}'?" if close else ""
         listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
         return f"unknown key{hint}{listing}"

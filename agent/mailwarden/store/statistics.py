@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .db import Database
+
+
+@dataclass(frozen=True)
+class DirectionTotals:
+    direction: str
+    messages: int
+    filter_seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts since the store began, for /metrics (Prometheus counters and gauges)."""
+
+    # (direction, action) -> recipients
+    deliveries: dict[tuple[str, str], int]
+    directions: list[DirectionTotals]
+    # quarantine kind -> messages with a recipient still to decide on
+    waiting: dict[str, int]
 
 
 class Statistics:
@@ -56,3 +76,20 @@ class Statistics:
         return {"since": since, "until": until, "totals": totals, "hourly": hourly,
                 "daily": daily, "domains": domains, "users": users, "top_senders": top_senders,
                 "top_recipients": top_recipients, "top_viruses": top_viruses}
+
+    def totals(self) -> Totals:
+        conn = self.db.connection()
+        deliveries = {
+            (r["direction"], r["action"]): r["n"] for r in conn.execute(
+                "SELECT m.direction, d.action, COUNT(*) n FROM deliveries d"
+                " JOIN messages m ON m.id = d.message GROUP BY m.direction, d.action")}
+        directions = [
+            DirectionTotals(r["direction"], r["n"], (r["ms"] or 0) / 1000, r["bytes"] or 0)
+            for r in conn.execute(
+                "SELECT direction, COUNT(*) n, SUM(filter_ms) ms, SUM(size) bytes"
+                " FROM messages GROUP BY direction")]
+        waiting = {r["kind"]: r["n"] for r in conn.execute(
+            "SELECT q.kind, COUNT(DISTINCT q.id) n FROM quarantine q"
+            " JOIN quarantine_recipients r ON r.quarantine_id = q.id"
+            " WHERE r.status = ? GROUP BY q.kind", ("new",))}
+        return Totals(deliveries, directions, waiting)
