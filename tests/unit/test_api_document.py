@@ -16,12 +16,12 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from mailwarden.api import bodies
 from mailwarden.api.app import Services, create_app
-from mailwarden.render.apply import NoController
-from mailwarden.sandbox.instance import Sandbox
+from mailwarden.control.service import NoController
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
+from mailwarden_dev.instance import Sandbox
 
 STATE = """\
 version: 2
