@@ -65,9 +65,10 @@ timed() {
 TIERS=(lint unit integration browser e2e)
 
 tier_lint() {
-    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests" "$ROOT/bench" "$ROOT/image/lib"
+    "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/tests" "$ROOT/bench" "$ROOT/image/lib" "$ROOT/firstboot"
     log "docs/state.md is generated from the schema and must be current"
     "$VENV/bin/mailwarden" docs state --check "$ROOT/docs/state.md"
+    "$VENV/bin/python" "$ROOT/firstboot/schema.py" --check "$ROOT/firstboot/answers.schema.json"
     if command -v shellcheck >/dev/null; then
         log "shellcheck"
         local scripts=("$ROOT/build.sh" "$ROOT/.ci/run" "$ROOT"/image/*.sh "$ROOT"/image/lib/*.sh
