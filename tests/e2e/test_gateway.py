@@ -132,10 +132,6 @@ def gateway(image: Image, figure: Figure) -> Iterator[Gateway]:
     sink = work / "sink"
     sink.mkdir()
     shutil.chown(sink, "postfix")
-    with (logdir / "sink.log").open("wb") as log:
-        sinker = subprocess.Popen(["smtp-sink", "-u", "postfix", "-d",
-                                   f"{sink}/%Y%m%d%H%M%S.", f"127.0.0.1:{sink_port}", "100"],
-                                  stdout=log, stderr=subprocess.STDOUT)
     iso, password, key = _seed(work, sink_port)
     lynis = _lynis(image.path) if LYNIS else None
     qga = work / "qga.sock"
@@ -160,6 +156,10 @@ def gateway(image: Image, figure: Figure) -> Iterator[Gateway]:
                         + " | ".join(re.findall(r"MWFIRSTBOOT.*", m.console())))
         return mail.smtp_greets(smtp_port)
 
+    with (logdir / "sink.log").open("wb") as log:
+        sinker = subprocess.Popen(["smtp-sink", "-u", "postfix", "-d",
+                                   f"{sink}/%Y%m%d%H%M%S.", f"127.0.0.1:{sink_port}", "100"],
+                                  stdout=log, stderr=subprocess.STDOUT)
     try:
         at = boot(machine, greets, SMTP_TIMEOUT)
         figure(f"gateway ({FIRMWARE}, {image.accel}): power-on to port 25 answering",
