@@ -473,6 +473,10 @@ def _run_lynis(gateway: Gateway) -> str:
                        "--profile", "/run/lynis-e2e/mailwarden-e2e.prf"])
     last_size, last_growth = "", time.monotonic()
     while True:
+        # A guest kernel panic (the TCG one in tests/e2e/README.md) ends Lynis for good:
+        # say so now rather than after the stall guard.
+        if "Kernel panic" in gateway.machine.console():
+            pytest.fail(f"guest kernel panic during Lynis ({gateway.machine.serial})")
         try:
             result = guest.status(pid)
         except (OSError, ConnectionError, ValueError, RuntimeError):
