@@ -115,11 +115,12 @@ TIERS=(lint unit integration browser e2e)
 
 tier_lint() {
     "$VENV/bin/ruff" check "$ROOT/agent" "$ROOT/devtools" "$ROOT/tests" "$ROOT/bench" \
-        "$ROOT/image/lib"
+        "$ROOT/image/lib" "$ROOT/firstboot"
     log "the layer order (docs/architecture.md)"
     (cd "$ROOT" && PYTHONPATH="$ROOT/agent" "$VENV/bin/lint-imports" --no-cache)
     log "docs/state.md is generated from the schema and must be current"
     "$VENV/bin/mailwarden" docs state --check "$ROOT/docs/state.md"
+    "$VENV/bin/python" "$ROOT/firstboot/schema.py" --check "$ROOT/firstboot/answers.schema.json"
     if command -v shellcheck >/dev/null; then
         log "shellcheck"
         local scripts=("$ROOT/build.sh" "$ROOT/.ci/run" "$ROOT"/image/*.sh "$ROOT"/image/lib/*.sh
@@ -160,7 +161,7 @@ tier_e2e() {
     # Builds the image (or reuses one built from the same inputs), boots it in QEMU and sends
     # mail through it; says SKIP and why when this machine cannot build or boot images.
     log "the image built, booted in QEMU and used as a gateway"
-    "$ROOT/image/test-image.sh"
+    "$VENV/bin/pytest" -q -rs --durations=0 "$ROOT/tests/e2e"
 }
 
 # ESLint and its plugins, exactly as tools/eslint/package-lock.json pins them (npm ci checks

@@ -146,3 +146,15 @@ def validate_answers(data: object, source: str = "answers",
 def load_answers(text: str, source: str) -> Answers:
     data, lines = parse_yaml(text, source)
     return validate_answers(data, source, lines)
+
+
+def answers_schema() -> str:
+    """The answer file's JSON Schema, generated from the model above: for editors and for
+    tools that write answer files (firstboot/answers.schema.json keeps it, checked current by
+    the lint tier). Validators written in Python (argon2 hash, SSH key line, address with a
+    prefix) are not expressed in it: the appliance's own validation stays the authority."""
+    import json
+
+    schema = Answers.model_json_schema()
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

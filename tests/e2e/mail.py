@@ -1,0 +1,178 @@
+"""Host side of the end-to-end tier's mail and API checks: messages for the guest's port 25,
+the smtp-sink's folder, and the guest's API (forwarded to a loopback port over HTTPS).
+
+The guest's API has its own self-signed certificate: it is not verified here.
+"""
+
+# Every URL opened here is the booted guest's API, forwarded to a loopback port over HTTPS
+# (never file: or another scheme taken from input).
+# ruff: noqa: S310
+
+from __future__ import annotations
+
+import datetime as dt
+import email.message
+import email.utils
+import json
+import re
+import smtplib
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+# The EICAR test file, assembled so that this file is not itself a "virus".
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+SENDER = "alice@outside.example.net"
+RECIPIENT = "bob@e2e.example.org"
+
+
+def subject(kind: str, run_id: str) -> str:
+    return f"mailwarden e2e {kind} {run_id}"
+
+
+def message(kind: str, run_id: str, recipient: str = RECIPIENT) -> email.message.EmailMessage:
+    msg = email.message.EmailMessage()
+    msg["From"] = SENDER
+    msg["To"] = recipient
+    msg["Subject"] = subject(kind, run_id)
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = email.utils.make_msgid(domain="outside.example.net")
+    if kind == "gtube":
+        msg.set_content(f"This is spam by definition.\n\n{GTUBE}\n")
+    else:
+        msg.set_content("Hello Bob,\n\nthe minutes of Tuesday's meeting are attached.\n")
+    if kind == "eicar":
+        msg.add_attachment(EICAR.encode(), maintype="application", subtype="octet-stream",
+                           filename="eicar.com")
+    return msg
+
+
+def send(port: int, kind: str, run_id: str, recipient: str = RECIPIENT) -> None:
+    """Send one message through the guest's port 25; raises unless every recipient and the
+    transaction were accepted."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.outside.example.net",
+                      timeout=600) as smtp:
+        smtp.ehlo()
+        refused = smtp.send_message(message(kind, run_id, recipient), SENDER, [recipient])
+        code, _ = smtp.noop()
+    assert not refused, f"recipients refused: {refused}"
+    assert code == 250
+
+
+def smtp_greets(port: int) -> bool:
+    """QEMU's port forward accepts even when nothing listens in the guest: only a 220 counts."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as sock:
+            sock.settimeout(6)
+            return sock.recv(512).startswith(b"220")
+    except OSError:
+        return False
+
+
+def sink_has(folder: Path, wanted: str) -> bool:
+    needle = f"Subject: {wanted}".encode()
+    for path in folder.iterdir() if folder.is_dir() else []:
+        try:
+            if needle in path.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Api:
+    """The guest's API as an admin uses it: a session cookie and its CSRF token."""
+
+    def __init__(self, url: str, user: str, password: str) -> None:
+        self.url, self.user, self.password = url, user, password
+
+    def health(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/health", timeout=10,
+                                        context=_context()) as response:
+                return bool(json.load(response).get("status") == "ok")
+        except (OSError, ValueError):
+            return False
+
+    def _login(self) -> dict[str, str]:
+        login = urllib.request.Request(
+            f"{self.url}/api/session", method="POST",
+            data=json.dumps({"username": self.user, "password": self.password}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(login, timeout=120, context=_context()) as response:
+            cookies = [c.split(";", 1)[0] for c in response.headers.get_all("Set-Cookie") or []]
+            token = str(json.load(response).get("csrf_token", ""))
+        return {"Cookie": "; ".join(cookies), "X-CSRF-Token": token}
+
+    def get(self, path: str) -> dict[str, Any]:
+        request = urllib.request.Request(f"{self.url}{path}", headers=self._login())
+        with urllib.request.urlopen(request, timeout=120, context=_context()) as response:
+            return dict(json.load(response))
+
+    def services(self) -> dict[str, str]:
+        """Every service the API probes: name -> "healthy" or its error."""
+        items = self.get("/api/system/services")["items"]
+        return {item["name"]: "healthy" if item["healthy"] else str(item["error"])
+                for item in items}
+
+    def quarantined(self) -> set[tuple[str, str]]:
+        """(kind, subject) of every quarantined message."""
+        items = self.get("/api/quarantine?limit=100")["items"]
+        return {(str(item.get("kind")), str(item.get("subject"))) for item in items}
+
+    def change_section(self, section: str, change: Any, comment: str) -> dict[str, Any]:
+        """GET a settings section, let change() edit it, PUT it back with its ETag: the
+        unprivileged API asks the root apply helper (render, validate, reload). The answer
+        of the apply (revision, reloaded services)."""
+        headers = self._login()
+        request = urllib.request.Request(f"{self.url}/api/settings/{section}", headers=headers)
+        with urllib.request.urlopen(request, timeout=120, context=_context()) as response:
+            etag = response.headers["ETag"]
+            body = dict(json.load(response))
+        new = change(body[section])
+        put = urllib.request.Request(
+            f"{self.url}/api/settings/{section}", method="PUT",
+            data=json.dumps({section: new, "comment": comment}).encode(),
+            headers=dict(headers, **{"Content-Type": "application/json", "If-Match": etag}))
+        try:
+            with urllib.request.urlopen(put, timeout=900, context=_context()) as response:
+                return dict(json.load(response))
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"PUT /api/settings/{section}: {exc.code} "
+                                 f"{exc.read().decode(errors='replace')}") from exc
+
+
+_LYNIS_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (.*)$")
+_LYNIS_TEST = re.compile(r"Performing test ID (\S+)")
+
+
+def lynis_slowest(log: str, count: int = 8) -> list[tuple[str, float]]:
+    """Where Lynis's time goes: each test runs from its "Performing test ID" line to the
+    next one. For choosing what the test profile skips."""
+    tests: list[tuple[str, dt.datetime]] = []
+    last: dt.datetime | None = None
+    for line in log.splitlines():
+        match = _LYNIS_LINE.match(line)
+        if not match:
+            continue
+        last = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+        test = _LYNIS_TEST.search(match.group(2))
+        if test:
+            tests.append((test.group(1), last))
+    if not tests or last is None:
+        return []
+    ends = [when for _, when in tests[1:]] + [last]
+    spans = sorted(((end - when).total_seconds(), name)
+                   for (name, when), end in zip(tests, ends, strict=True))
+    return [(name, seconds) for seconds, name in reversed(spans[-count:])]
