@@ -74,8 +74,11 @@ mw_qemu_args() {
                   -serial "$serial" -monitor none -no-reboot)
     case "$accel" in
         kvm) MW_QEMU_ARGS+=(-accel kvm -cpu host) ;;
-        # MW_TCG_THREAD=single runs every vCPU in one host thread (see mw_tcg_note).
-        tcg) MW_QEMU_ARGS+=(-accel "tcg,thread=${MW_TCG_THREAD:-multi}" -cpu "${MW_TCG_CPU:-max}") ;;
+        # One host thread runs every vCPU: multi-threaded TCG lets a vCPU execute a stale
+        # int3 after the guest kernel finished live-patching a static key, which panics the
+        # guest; the patching follows the clocksource watchdog, so a busy host made it likely
+        # (tests/e2e/README.md). MW_TCG_THREAD=multi trades that for speed.
+        tcg) MW_QEMU_ARGS+=(-accel "tcg,thread=${MW_TCG_THREAD:-single}" -cpu "${MW_TCG_CPU:-max}") ;;
         *) mw_die "unknown accelerator $accel" ;;
     esac
     case "$firmware" in
