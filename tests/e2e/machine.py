@@ -79,6 +79,8 @@ class Machine:
     size: str = ""
     hostfwd: str = ""
     extra: list[str] = field(default_factory=list)
+    # TCG's threading for this boot (image/lib/common.sh); empty: the environment's default.
+    tcg_thread: str = ""
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
@@ -95,7 +97,8 @@ class Machine:
                         *([self.size] if self.size else [])], check=True)
         args = bridge_list("qemu-args", self.firmware, self.accel, str(overlay),
                            str(self.work / f"{self.name}.vars"), f"file:{self.serial}",
-                           env={**os.environ, "MW_HOSTFWD": self.hostfwd})
+                           env={**os.environ, "MW_HOSTFWD": self.hostfwd,
+                                **({"MW_TCG_THREAD": self.tcg_thread} if self.tcg_thread else {})})
         self.started = time.monotonic()
         with (self.logdir / f"{self.name}.qemu.log").open("wb") as log:
             self.process = subprocess.Popen(["qemu-system-x86_64", *args, *self.extra],
