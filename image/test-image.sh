@@ -6,6 +6,7 @@
 #
 #   image/test-image.sh [PYTEST ARGS...]        pytest tests/e2e (with .venv's pytest)
 #   image/test-image.sh inputs-hash             hash of the image's build inputs
+#   image/test-image.sh image-path EXT          the image's path under out/ (qcow2, inputs...)
 #   image/test-image.sh probe-accel IMAGE       kvm or tcg (a probe boot decides)
 #   image/test-image.sh qemu-args FW ACCEL IMAGE VARS SERIAL
 #                                               QEMU's arguments for one boot, NUL-separated
@@ -21,6 +22,7 @@ set -euo pipefail
 
 case "${1:-}" in
     inputs-hash) mw_inputs_hash ;;
+    image-path) mw_image_path "$2" ;;
     probe-accel) mw_probe_accel "$2" ;;
     qemu-args)
         mw_qemu_args "$2" "$3" "$4" "$5" "$6"
@@ -31,7 +33,7 @@ case "${1:-}" in
         printf '%s\0' "${MW_SEED_ARGS[@]}" ;;
     trixie-deb) mw_trixie_deb "$2" ;;
     need-packages) shift; mw_need_packages "$@" ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" ;;
     *)
         venv="${MAILWARDEN_VENV:-$MW_ROOT/.venv}"
         exec "$venv/bin/pytest" --durations=0 "$MW_ROOT/tests/e2e" "$@" ;;

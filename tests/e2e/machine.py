@@ -1,8 +1,8 @@
 """The built image and its boots in QEMU, for the end-to-end tier.
 
-The QEMU command line, the accelerator probe, the seed volume and the build-input hash come
-from image/lib/common.sh (through image/test-image.sh), which the build and run scripts
-share.
+The QEMU command line, the accelerator probe, the seed volume, the image's path and the
+build-input hash come from image/lib/common.sh (through image/test-image.sh), which the build
+and run scripts share.
 """
 
 from __future__ import annotations
@@ -51,15 +51,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def version() -> str:
-    text = (ROOT / "pyproject.toml").read_text()
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    assert match
-    return match.group(1)
-
-
 def image_path(ext: str) -> Path:
-    return OUT / f"mailwarden-{version()}-amd64.{ext}"
+    return Path(bridge("image-path", ext).strip())
 
 
 class Panic(Exception):
