@@ -23,15 +23,8 @@ from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
 from mailwarden_dev.instance import Sandbox
 
-STATE = """\
-version: 2
-system:
-  hostname: mx.example.test
-domains:
-  - name: example.test
-    transport: {host: 192.0.2.10, port: 25}
-"""
-PASSWORD = "correct horse battery"
+from .test_api import PASSWORD, STATE, login
+
 WRITES = ("post", "put", "patch")
 
 
@@ -46,11 +39,7 @@ def app() -> Iterator[tuple[falcon.App, testing.TestClient, dict[str, str], Quar
     db = Database(sandbox.layout.database)
     app = create_app(Services(sandbox.layout, db, NoController()))
     client = testing.TestClient(app)
-    login = client.simulate_post("/api/session", json={"username": "admin",
-                                                       "password": PASSWORD})
-    headers = {"X-CSRF-Token": login.json["csrf_token"],
-               "Cookie": f"mw_session={login.cookies['mw_session'].value}"}
-    yield app, client, headers, Quarantine(db, sandbox.layout.quarantine_dir)
+    yield app, client, login(client), Quarantine(db, sandbox.layout.quarantine_dir)
     shutil.rmtree(root, ignore_errors=True)
 
 
