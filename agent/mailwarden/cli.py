@@ -22,7 +22,7 @@ from .control.service import Controller, controller_for
 from .errors import AlreadySetUp, ConflictError, MailwardenError, StateError
 from .firstboot import setupcode
 from .firstboot.answers import validate_answers
-from .firstboot.boot import api_owner, listen_publicly, run_firstboot
+from .firstboot.boot import API_USER, api_owner, listen_publicly, run_firstboot
 from .firstboot.configure import Host, NullHost, adopt_earlier_setup, apply_answers, is_set_up
 from .firstboot.host import ApplianceHost
 from .firstboot.seed import Seed
@@ -49,10 +49,6 @@ EXIT_CONFLICT = 3
 
 def _layout(args: argparse.Namespace) -> Layout:
     return load_layout(Path(args.root) if getattr(args, "root", None) else None)
-
-
-def _controller(layout: Layout) -> Controller:
-    return controller_for(layout)
 
 
 def _author(args: argparse.Namespace) -> str:
@@ -122,7 +118,7 @@ def cmd_state_rollback(args: argparse.Namespace) -> int:
     layout = _layout(args)
     store = RevisionStore(layout.revisions_dir)
     base = args.base if args.base is not None else store.current()
-    result = rollback(args.number, layout=layout, controller=_controller(layout),
+    result = rollback(args.number, layout=layout, controller=controller_for(layout),
                       author=_author(args), base=base)
     print(f"revision {result.revision.number} applied: {result.revision.comment}; "
           f"{len(result.changed)} files changed, reloaded: {', '.join(result.reloaded) or '-'}")
@@ -157,7 +153,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         text = layout.state_file.read_text(encoding="utf-8")
     # Without --base the change is taken as based on what is live now.
     base = args.base if args.base is not None else store.current()
-    result = apply_state(text, layout=layout, controller=_controller(layout),
+    result = apply_state(text, layout=layout, controller=controller_for(layout),
                          author=_author(args), comment=args.comment, base=base,
                          force=args.force)
     print(f"revision {result.revision.number} applied; {len(result.changed)} files changed"
@@ -169,7 +165,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_docs_state(args: argparse.Namespace) -> int:
-
     text = state_reference()
     if args.check:
         current = Path(args.check).read_text(encoding="utf-8") if Path(args.check).exists() else ""
@@ -188,7 +183,6 @@ def cmd_docs_state(args: argparse.Namespace) -> int:
 
 
 def _quarantine(layout: Layout) -> Any:
-
     db = Database(layout.database)
     return Quarantine(db, layout.quarantine_dir)
 
@@ -245,11 +239,7 @@ def cmd_quarantine_delete(args: argparse.Namespace) -> int:
 # --- users ------------------------------------------------------------------------------
 
 
-API_USER = "mailwarden-api"
-
-
 def _users(layout: Layout) -> Any:
-
     return Users(CredentialStore.for_layout(layout))
 
 
@@ -258,21 +248,16 @@ def _as_store_owner(args: argparse.Namespace, argv: Sequence[str]) -> int | None
     owns the credentials store and the secrets folder (root writing there would leave files
     the API cannot open, and a DKIM key of root's is refused when a state names it). None: go
     on here."""
-    import pwd
-
     layout = _layout(args)
-    if os.geteuid() != 0 or layout.name != "appliance":
-        return None
-    try:
-        entry = pwd.getpwnam(API_USER)
-    except KeyError:
+    owner = api_owner() if layout.name == "appliance" else None
+    if owner is None:
         return None
     import subprocess
 
-
     prepare_folder(layout.auth_database, API_USER)
+    uid, gid = owner
     return subprocess.run([sys.executable, "-m", "mailwarden.cli", *argv], check=False,
-                          user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
+                          user=uid, group=gid, extra_groups=[],
                           cwd="/").returncode
 
 
@@ -312,14 +297,12 @@ def cmd_user_del(args: argparse.Namespace) -> int:
 
 
 def cmd_user_hash_password(args: argparse.Namespace) -> int:
-
     # For seed files: the answer file carries this hash, never the password itself.
     print(hash_password(_new_password(args)))
     return 0
 
 
 def cmd_setup_code(args: argparse.Namespace) -> int:
-
     layout = _layout(args)
     if is_set_up(layout):
         raise AlreadySetUp("the appliance is set up; the web wizard is closed "
@@ -331,7 +314,6 @@ def cmd_setup_code(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt_setup(args: argparse.Namespace) -> int:
-
     layout = _layout(args)
     if layout.name == "appliance" and os.geteuid() != 0:
         raise MailwardenError("only root writes the set-up marker")
@@ -382,7 +364,6 @@ def cmd_rules_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_firstboot(args: argparse.Namespace) -> int:
-
     layout = _layout(args)
     find = None
     if args.seed:
@@ -393,7 +374,7 @@ def cmd_firstboot(args: argparse.Namespace) -> int:
             return Seed(str(path), text)
 
     host = ApplianceHost(layout=layout) if layout.name == "appliance" else NullHost()
-    outcome = run_firstboot(layout, controller=_controller(layout), host=host, find=find,
+    outcome = run_firstboot(layout, controller=controller_for(layout), host=host, find=find,
                             live=layout.name == "appliance",
                             skip_identity=args.skip_identity or layout.name != "appliance")
     return EXIT_ERROR if outcome.errors else 0
@@ -407,7 +388,7 @@ def helper_operations(layout: Layout, *, controller: Controller | None = None,
     belongs to firstboot (a layer above the helper, so it is put together here). The
     appliance binds them to systemd, the real host and the agent's groups; tests to a
     sandbox."""
-    controller = controller if controller is not None else _controller(layout)
+    controller = controller if controller is not None else controller_for(layout)
     if layout.name == "appliance":
         host_factory = host_factory or (lambda: ApplianceHost(layout=layout))
         secrets_group = secrets_group or group_or_none(SECRETS_GROUP)

@@ -65,7 +65,6 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
                   root: Path = Path("/"), live: bool = True,
                   find: Callable[[], seed.Seed | None] | None = None,
                   out: TextIO | None = None, skip_identity: bool = False) -> FirstbootOutcome:
-
     out = out if out is not None else _stdout()
     outcome = FirstbootOutcome()
     Database(layout.database)
@@ -164,7 +163,6 @@ def create_admin(layout: Layout, name: str, password_hash: str, *,
     that user (root at first boot: the store is the API's, never root's); None: here (a
     sandbox, or the API's own user)."""
     if as_user is None:
-
         Users(CredentialStore.for_layout(layout)).add_hashed(name, password_hash, "admin",
                                                               replace=True)
         return
@@ -207,7 +205,6 @@ def listen_publicly(layout: Layout) -> None:
     """After the first state: restart Postfix. Until then it listened on loopback only (the
     image's Debian default), and Postfix takes a new inet_interfaces only at a restart; a
     reload (all the apply transaction does) keeps the old sockets."""
-
     run(["systemctl", "restart", "postfix.service"], timeout=300)
     health.wait_healthy("postfix", layout, timeout=120)
 
@@ -216,7 +213,6 @@ def _share_store(layout: Layout) -> None:
     """The store is written by root here and by the agent's users later."""
     if os.geteuid() != 0 or layout.name != "appliance":
         return
-
     try:
         grp.getgrnam(AGENT_GROUP)
     except KeyError:
