@@ -187,6 +187,13 @@ class _Record:
         return "250 2.0.0 Ok: kept"
 
 
+def _local_part_limited(server: SMTP) -> SMTP:
+    # A class attribute in aiosmtpd, not a constructor argument: set so that the long local
+    # part in _ADDRESS goes through FastSMTP._getaddr's limit check, not past it.
+    server.local_part_limit = 64
+    return server
+
+
 class _Servers:
     """aiosmtpd's SMTP and compat.FastSMTP side by side, on one event loop thread."""
 
@@ -201,9 +208,9 @@ class _Servers:
             self.ports[name] = sock.getsockname()[1]
             handler = self.handlers[name]
             self._servers.append(self.loop.run_until_complete(self.loop.create_server(
-                lambda c=cls, h=handler: c(h, hostname="mx.test", decode_data=False,
-                                           enable_SMTPUTF8=True, loop=self.loop,
-                                           data_size_limit=data_size_limit),
+                lambda c=cls, h=handler: _local_part_limited(c(
+                    h, hostname="mx.test", decode_data=False, enable_SMTPUTF8=True,
+                    loop=self.loop, data_size_limit=data_size_limit)),
                 sock=sock)))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
