@@ -1,7 +1,8 @@
 """The Received-SPF header (RFC 7208 §9.1): written by the policy service, read by the filter.
 
 Both sides live here so that the filter's authentication (mail/auth.py) reads the header
-without importing the policy daemon.
+without importing the policy daemon. The policy service prepends one to every message from
+an untrusted client (mail/policy.py), so a Received-SPF a sender forged is never the topmost.
 """
 
 from __future__ import annotations
