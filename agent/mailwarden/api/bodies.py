@@ -145,8 +145,6 @@ class StatePatch(Body):
     comment: Comment | None = None
 
 
-
-
 class Rollback(Body):
     revision: int = Field(ge=1, description="The revision to apply again.")
 

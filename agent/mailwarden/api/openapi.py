@@ -69,7 +69,6 @@ _PATH_VALUES: dict[str, dict[str, Any]] = {
     "action": {"type": "string", "enum": list(ACTIONS)},
     "queue_id": {"type": "string", "pattern": QUEUE_ID.pattern},
 }
-WRITES = ("POST", "PUT", "PATCH")
 
 
 def _path(template: str) -> tuple[str, list[dict[str, Any]]]:
@@ -161,12 +160,8 @@ def openapi_document(routes: dict[str, Any]) -> dict[str, Any]:
     """The document for `routes` (template -> resource): every method a resource serves,
     its path parameters, request body and reply, from the resource itself."""
     schemas: dict[str, Any] = {}
-    state = State.model_json_schema(by_alias=True, ref_template=REF)
-    _merge(schemas, state.pop("$defs", {}))
-    schemas["State"] = state
-    answers = Answers.model_json_schema(by_alias=True, ref_template=REF)
-    _merge(schemas, answers.pop("$defs", {}))
-    schemas["Answers"] = answers
+    for model in (State, Answers):  # what documented_as() markers point at
+        _schema_of(model, schemas, "validation")
     paths: dict[str, Any] = {}
     for template, resource in routes.items():
         path, params = _path(template)
