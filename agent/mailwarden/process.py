@@ -7,12 +7,25 @@ become a command.
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import CommandError
+
+
+def service_user(name: str) -> tuple[int, int] | None:
+    """(uid, gid) of a service's user for a child to drop to; None when this process is not
+    root (nothing to drop from) or the user does not exist (a sandbox runs as one user)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def run(

@@ -8,7 +8,6 @@ errors: a Postfix "unused parameter" today is a silently ignored setting tomorro
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 
 from ..errors import CommandError, ServiceError
 from ..layout import Layout
-from ..process import run, run_tty
+from ..process import run, run_tty, service_user
 from ..render.configs import MANIFEST
 
 Checker = Callable[[Path, Layout], None]
@@ -89,7 +88,7 @@ def check_redis(stage: Path, layout: Layout) -> None:
     """Redis has no config checker: start it on a private socket and stop it again, as
     Redis's own user when we are root (as the service runs)."""
     conf = staged(stage, layout, "/etc/redis/redis.conf")
-    owner = _service_user(layout.users.redis)
+    owner = service_user(layout.users.redis)
     with tempfile.TemporaryDirectory(prefix="mw-redis-check-") as tmp:
         if owner is not None:
             os.chown(tmp, *owner)
@@ -133,17 +132,6 @@ def check_nftables(stage: Path, layout: Layout) -> None:
     except CommandError as exc:
         raise ServiceError("nftables",
                            f"nft -c refused the ruleset: {exc.output.strip()}") from None
-
-
-def _service_user(name: str) -> tuple[int, int] | None:
-    """(uid, gid) of a service's user to drop to, if we are root and it exists."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
 
 
 def check_freshclam(stage: Path, layout: Layout) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import grp
 import logging
 import os
-import pwd
 import socket
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from ..control.service import Controller
 from ..errors import AlreadySetUp, MailwardenError, StateError
 from ..layout import Layout
 from ..privileged.permissions import AGENT_GROUP, share_with_agent
-from ..process import run
+from ..process import run, service_user
 from ..state.revisions import RevisionStore
 from ..store.credentials import CredentialStore, run_as_owner
 from ..store.db import Database
@@ -223,13 +222,7 @@ def _share_store(layout: Layout) -> None:
 def api_owner() -> tuple[int, int] | None:
     """The web wizard (the API's user) reads and deletes the setup code; None when this is not
     root or there is no such user (a sandbox)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(API_USER)
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
+    return service_user(API_USER)
 
 
 def _address() -> str | None:
