@@ -160,8 +160,11 @@ tier_browser() {
 tier_e2e() {
     # Builds the image (or reuses one built from the same inputs), boots it in QEMU and sends
     # mail through it; says SKIP and why when this machine cannot build or boot images.
+    # Two workers: the gateway on one host core, the other boots on the other
+    # (tests/e2e/conftest.py); MAILWARDEN_E2E_WORKERS=0 runs everything in one process.
     log "the image built, booted in QEMU and used as a gateway"
-    "$VENV/bin/pytest" -q -rs --durations=0 "$ROOT/tests/e2e"
+    "$VENV/bin/pytest" -q -rs --durations=0 -n "${MAILWARDEN_E2E_WORKERS:-2}" \
+        --dist loadgroup "$ROOT/tests/e2e"
 }
 
 # ESLint and its plugins, exactly as tools/eslint/package-lock.json pins them (npm ci checks

@@ -1,5 +1,10 @@
 """The end-to-end tier: the image built (or reused), booted in QEMU, used as a gateway.
 
+Two guests run at once (pytest-xdist, `-n 2 --dist loadgroup`, as ./build.sh runs it): the
+gateway module on one worker, every other boot on the other. A guest under single-threaded
+TCG keeps one host core busy, and the gateway's Lynis audit alone keeps it busy for most of
+half an hour: the other core boots the other guests meanwhile.
+
 Skips, saying why, when this machine cannot build or boot images. Knobs (environment):
 MAILWARDEN_E2E_REBUILD=1 forces a build; MAILWARDEN_E2E_GATEWAY (bios, uefi, secureboot;
 default bios) is the gateway boot's firmware; MAILWARDEN_E2E_FIRMWARES (default
@@ -9,6 +14,8 @@ out. The timeouts in machine.py are stall guards only. See tests/e2e/README.md.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 import tempfile
@@ -21,8 +28,28 @@ import pytest
 
 from tests.e2e.machine import OUT, ROOT, Machine, Panic, bridge, image_path
 
-# Figures worth more than a pass (times to a state, scores), printed after the run.
-FIGURES: list[tuple[str, str]] = []
+# Figures worth more than a pass (times to a state, scores), printed after the run. Each
+# worker appends them to this file; the controller prints them.
+FIGURES = OUT / "e2e" / "figures.jsonl"
+GATEWAY_GROUP, OTHER_GROUP = "gateway", "other-boots"
+
+
+def _record(name: str, value: object) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with FIGURES.open("a", encoding="utf-8") as file:
+        file.write(json.dumps([name, str(value)]) + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without workers)
+        FIGURES.unlink(missing_ok=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The gateway on one worker; every other boot on the other (see the docstring)."""
+    for item in items:
+        group = GATEWAY_GROUP if item.path.name == "test_gateway.py" else OTHER_GROUP
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass(frozen=True)
@@ -45,9 +72,7 @@ def _why_not() -> str | None:
 
 @pytest.fixture(scope="session")
 def figure() -> Callable[[str, object], None]:
-    def record(name: str, value: object) -> None:
-        FIGURES.append((name, str(value)))
-    return record
+    return _record
 
 
 @pytest.fixture(scope="session")
@@ -55,29 +80,60 @@ def image(figure: Callable[[str, object], None]) -> Iterator[Image]:
     why = _why_not()
     if why:
         pytest.skip(f"end-to-end tier: {why}")
-    path, inputs = image_path("qcow2"), image_path("inputs")
-    want = bridge("inputs-hash").strip()
-    have = inputs.read_text().strip() if inputs.exists() else ""
-    started = time.monotonic()
-    if os.environ.get("MAILWARDEN_E2E_REBUILD") == "1" or not path.exists() or have != want:
-        # Its output goes to out/build.log and the terminal; only the result matters here.
-        subprocess.run([str(ROOT / "image" / "build-image.sh")], check=True,
-                       stdout=subprocess.DEVNULL)
-        figure("image build", f"{time.monotonic() - started:.0f} s")
-    else:
-        figure("image build", "reused (inputs unchanged)")
-    assert path.exists(), f"no image at {path}"
-    bridge("need-packages", "qemu-system-x86", "qemu-utils", "ovmf", "xorriso", "postfix",
-           "clamav", "openssh-client")
-    started = time.monotonic()
-    accel = bridge("probe-accel", str(path)).strip()
-    figure(f"accelerator probe -> {accel}", f"{time.monotonic() - started:.0f} s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    # Both workers come here; the lock makes the second wait for the first one's build,
+    # package installs (apt takes one at a time) and accelerator probe, and then reuse them.
+    with (OUT / ".e2e-prepare.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        first = not _rebuilt_in_this_run()
+        # The figures once per run, from whichever worker came first.
+        figure = figure if first else (lambda _name, _value: None)
+        path = _build_once(figure)
+        (OUT / ".e2e-built-by").write_text(_run_id())
+        assert path.exists(), f"no image at {path}"
+        bridge("need-packages", "qemu-system-x86", "qemu-utils", "ovmf", "xorriso", "postfix",
+               "clamav", "openssh-client")
+        started = time.monotonic()
+        accel = bridge("probe-accel", str(path)).strip()
+        figure(f"accelerator probe -> {accel}", f"{time.monotonic() - started:.0f} s")
     logdir = OUT / "e2e"
     logdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mw-e2e-") as work:
         # smtp-sink drops privileges to postfix and writes under here.
         Path(work).chmod(0o755)
         yield Image(path, accel, logdir, Path(work))
+
+
+def _build_once(figure: Callable[[str, object], None]) -> Path:
+    """Build the image unless out/ has one of the same inputs (called under the lock)."""
+    path, inputs = image_path("qcow2"), image_path("inputs")
+    want = bridge("inputs-hash").strip()
+    have = inputs.read_text().strip() if inputs.exists() else ""
+    started = time.monotonic()
+    rebuild = os.environ.get("MAILWARDEN_E2E_REBUILD") == "1" and not _rebuilt_in_this_run()
+    if rebuild or not path.exists() or have != want:
+        # Its output goes to out/build.log and the terminal; only the result matters here.
+        subprocess.run([str(ROOT / "image" / "build-image.sh")], check=True,
+                       stdout=subprocess.DEVNULL)
+        figure("image build", f"{time.monotonic() - started:.0f} s")
+    else:
+        figure("image build", "reused (inputs unchanged)")
+    return path
+
+
+def _run_id() -> str:
+    """The same in the controller and its workers: the run's test-run uid from xdist, else
+    this process."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+
+
+def _rebuilt_in_this_run() -> bool:
+    """Whether a worker of this run prepared the image already: MAILWARDEN_E2E_REBUILD=1
+    asks for one build per run, not one per worker."""
+    try:
+        return (OUT / ".e2e-built-by").read_text() == _run_id()
+    except FileNotFoundError:
+        return False
 
 
 def boot(machine: Machine, ready: Callable[[Machine], bool], limit: float) -> float:
@@ -98,14 +154,16 @@ def boot(machine: Machine, ready: Callable[[Machine], bool], limit: float) -> fl
         except Panic:
             kept = machine.keep_panic_log()
             machine.stop()
-            FIGURES.append((f"{machine.name}: guest kernel panic, retried", str(kept)))
+            _record(f"{machine.name}: guest kernel panic, retried", kept)
             if attempt == 2:
                 pytest.fail(f"{machine.name}: guest kernel panic again ({kept})")
     raise AssertionError("unreachable")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
-        terminalreporter.section("end-to-end figures")
-        for name, value in FIGURES:
-            terminalreporter.write_line(f"{name:<60} {value}")
+    if hasattr(terminalreporter.config, "workerinput") or not FIGURES.exists():
+        return
+    terminalreporter.section("end-to-end figures")
+    for line in FIGURES.read_text(encoding="utf-8").splitlines():
+        name, value = json.loads(line)
+        terminalreporter.write_line(f"{name:<60} {value}")

@@ -27,11 +27,13 @@ def plain(request: pytest.FixtureRequest, image: Image,
           figure: Callable[[str, object], None]) -> Iterator[tuple[str, str]]:
     """(firmware, console) of a boot that reached the login prompt."""
     firmware = str(request.param)
-    # These boots only have to reach the login prompt: multi-threaded TCG halves their time,
-    # and a kernel panic there is retried by boot() (tests/e2e/README.md). The gateway, which
-    # runs for most of an hour, stays single-threaded.
+    # These boots only have to reach the login prompt: run alone, multi-threaded TCG halves
+    # their time, and a kernel panic there is retried by boot() (tests/e2e/README.md). Beside
+    # the gateway (two workers) each guest gets one host core: a second thread here would
+    # only take time from the gateway.
+    alone = "PYTEST_XDIST_WORKER" not in os.environ
     machine = Machine(firmware, firmware, image.path, image.accel, image.work, image.logdir,
-                      tcg_thread=os.environ.get("MW_TCG_THREAD", "multi"))
+                      tcg_thread=os.environ.get("MW_TCG_THREAD", "multi" if alone else "single"))
     try:
         report = boot(machine, lambda m: "MWREPORT end" in m.console(), BOOT_TIMEOUT)
         login = boot_to_login(machine)
