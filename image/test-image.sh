@@ -36,5 +36,6 @@ case "${1:-}" in
     -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" ;;
     *)
         venv="${MAILWARDEN_VENV:-$MW_ROOT/.venv}"
-        exec "$venv/bin/pytest" --durations=0 "$MW_ROOT/tests/e2e" "$@" ;;
+        exec "$venv/bin/pytest" --durations=0 -n "${MAILWARDEN_E2E_WORKERS:-2}" \
+            --dist loadgroup "$MW_ROOT/tests/e2e" "$@" ;;
 esac

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,27 +75,41 @@ class Machine:
     extra: list[str] = field(default_factory=list)
     # TCG's threading for this boot (image/lib/common.sh); empty: the environment's default.
     tcg_thread: str = ""
+    # The serial console as a socket the test can type into (send()); it is still logged
+    # to `serial` in full.
+    interactive: bool = False
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
+    _typist: socket.socket | None = None
 
     @property
     def serial(self) -> Path:
         return self.logdir / f"{self.name}.serial.log"
 
+    @property
+    def serial_socket(self) -> Path:
+        return self.work / f"{self.name}.serial.sock"
+
     def start(self) -> None:
         overlay = self.work / f"{self.name}.qcow2"
-        for path in (self.serial, overlay, self.work / f"{self.name}.vars"):
+        for path in (self.serial, overlay, self.work / f"{self.name}.vars", self.serial_socket):
             path.unlink(missing_ok=True)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
                         str(self.image.resolve()), "-F", "qcow2", str(overlay),
                         *([self.size] if self.size else [])], check=True)
+        serial, extra = f"file:{self.serial}", list(self.extra)
+        if self.interactive:
+            # QEMU logs what the guest writes whether or not a client is connected.
+            serial = "chardev:console0"
+            extra += ["-chardev", f"socket,id=console0,path={self.serial_socket},server=on,"
+                                  f"wait=off,logfile={self.serial},logappend=off"]
         args = bridge_list("qemu-args", self.firmware, self.accel, str(overlay),
-                           str(self.work / f"{self.name}.vars"), f"file:{self.serial}",
+                           str(self.work / f"{self.name}.vars"), serial,
                            env={**os.environ, "MW_HOSTFWD": self.hostfwd,
                                 **({"MW_TCG_THREAD": self.tcg_thread} if self.tcg_thread else {})})
         self.started = time.monotonic()
         with (self.logdir / f"{self.name}.qemu.log").open("wb") as log:
-            self.process = subprocess.Popen(["qemu-system-x86_64", *args, *self.extra],
+            self.process = subprocess.Popen(["qemu-system-x86_64", *args, *extra],
                                             stdout=log, stderr=subprocess.STDOUT)
 
     def elapsed(self) -> float:
@@ -125,12 +140,50 @@ class Machine:
                 return None
             time.sleep(1)
 
+    def send(self, text: str) -> None:
+        """Type text on the serial console (interactive machines)."""
+        assert self.interactive, f"{self.name}: not started with an interactive console"
+        if self._typist is None:
+            typist = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            typist.connect(str(self.serial_socket))
+            # The log has the output; what comes down the socket is read only so that the
+            # guest's console never waits for this side.
+            threading.Thread(target=_drain, args=(typist,), daemon=True).start()
+            self._typist = typist
+        # A 16550 without flow control: the guest's tty reads keys as a person types them.
+        for char in text.encode():
+            self._typist.sendall(bytes([char]))
+            time.sleep(0.01)
+
+    def expect(self, pattern: str, limit: float, after: int = 0) -> re.Match[str]:
+        """Wait for pattern in the console output from offset `after` on (see mark()); fails
+        the test with the console's tail when QEMU ends or the stall guard passes first."""
+        regex = re.compile(pattern)
+        started = time.monotonic()
+        while True:
+            text = self.console()
+            if match := regex.search(text, after):
+                return match
+            self.check_panic()
+            if not self.alive() or time.monotonic() - started > limit:
+                tail = text[max(after, len(text) - 1500):]
+                raise AssertionError(f"{self.name}: no {pattern!r} on the console after "
+                                     f"{time.monotonic() - started:.0f} s; it ends:\n{tail}")
+            time.sleep(0.5)
+
+    def mark(self) -> int:
+        """The console's length now: expect(after=mark()) sees only what comes next."""
+        return len(self.console())
+
     def keep_panic_log(self) -> Path:
         kept = self.logdir / f"{self.name}.panic-{int(time.time())}.serial.log"
         shutil.copyfile(self.serial, kept)
         return kept
 
     def stop(self) -> None:
+        if self._typist is not None:
+            self._typist.close()
+            self._typist = None
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
@@ -140,3 +193,11 @@ class Machine:
                     self.process.kill()
                     self.process.wait()
             self.process = None
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
