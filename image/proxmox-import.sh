@@ -170,7 +170,7 @@ run() {
 
 if [ -n "$snippet" ]; then
     if [ "$dry_run" = 0 ]; then
-        pvesm status --content snippets | awk 'NR > 1 {print $1}' | grep -qx "$snippet_storage" \
+        pvesm status --content snippets | awk 'NR > 1 && $3 == "active" {print $1}' | grep -qx "$snippet_storage" \
             || die "storage '$snippet_storage' does not hold snippets (pvesm set $snippet_storage --content ...,snippets) or is not active"
         path="$(pvesm path "$snippet_storage:snippets/$snippet")"
         [ -n "$path" ] || die "pvesm path gave no path for $snippet_storage:snippets/$snippet"

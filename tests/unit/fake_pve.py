@@ -281,7 +281,9 @@ def pvesm(state: Path, args: list[str]) -> str:
     snippets = [s for s in os.environ.get("FAKE_PVE_SNIPPETS", "local").split(",") if s]
     if args == ["status", "--content", "snippets"]:
         lines = ["Name             Type     Status           Total            Used"]
-        lines += [f"{s:<16} dir      active        1000000          1000" for s in snippets]
+        inactive = os.environ.get("FAKE_PVE_INACTIVE", "").split(",")
+        lines += [f"{s:<16} dir      {'inactive' if s in inactive else 'active':<8}      "
+                  "1000000          1000" for s in snippets]
         return "\n".join(lines) + "\n"
     if len(args) == 2 and args[0] == "path":
         match = re.fullmatch(rf"({STORAGE_ID.pattern}):snippets/([\w.-]+)", args[1])

@@ -33,9 +33,11 @@ class Host:
     work: Path
     image: Path
 
-    def run(self, *args: str, snippets: str = "local") -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, snippets: str = "local",
+            inactive: str = "") -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}",
-               "FAKE_PVE_DIR": str(self.state), "FAKE_PVE_SNIPPETS": snippets}
+               "FAKE_PVE_DIR": str(self.state), "FAKE_PVE_SNIPPETS": snippets,
+               "FAKE_PVE_INACTIVE": inactive}
         return subprocess.run(["bash", str(SCRIPT), *args], cwd=self.work, env=env,
                               capture_output=True, text=True, timeout=60)
 
@@ -137,11 +139,13 @@ def test_dry_run_calls_nothing(host: Host) -> None:
     assert "+ qm create 9000 --name mailwarden" in result.stderr
 
 
-def test_snippet_storage_without_snippets_stops_before_qm(host: Host) -> None:
+@pytest.mark.parametrize(("snippets", "inactive"), [("other", ""), ("local", "local")])
+def test_snippet_storage_without_snippets_stops_before_qm(host: Host, snippets: str,
+                                                         inactive: str) -> None:
     answers = host.work / "answers.yaml"
     answers.write_text(ANSWERS)
     result = host.run("--vmid", "9000", "--answers", str(answers), str(host.image),
-                      snippets="other")
+                      snippets=snippets, inactive=inactive)
     assert result.returncode != 0
     assert "storage 'local' does not hold snippets" in result.stderr
     assert [c[0] for c in host.calls()] == ["pvesm"]
