@@ -1,7 +1,7 @@
 """The cloud-init drive as Proxmox VE builds it, for tests that boot the appliance.
 
-Proxmox VE (qemu-server, PVE/QemuServer/Cloudinit.pm, the `nocloud` type it picks for Linux
-guests) writes four files to an ISO labelled `cidata`:
+Proxmox VE (qemu-server's src/PVE/QemuServer/Cloudinit.pm, read at e6352be67f70; the
+`nocloud` type it picks for Linux guests) writes four files to an ISO labelled `cidata`:
 
 - `user-data`: the `cicustom user=` snippet as it is, else a #cloud-config it writes itself:
   hostname and fqdn from the VM name (and the search domain), `user:`/`password:` from ciuser

@@ -8,8 +8,9 @@ makes the fake exit 2 with the reason on stderr, as qm does with a parameter ver
 The table is transcribed from qemu-server (src/PVE/QemuServer.pm $confdesc and its formats,
 src/PVE/QemuServer/Drive.pm for the drive keys, src/PVE/QemuServer/Network.pm for net and
 ipconfig, src/PVE/API2/Qemu.pm for the `import-from` rules, src/PVE/CLI/qm.pm for the
-`sshkeys` file mapping) and from the pvesm(1) synopsis. It covers the options the import
-script uses and a few neighbours, not the whole of qm.
+`sshkeys` file mapping; qemu-server at e6352be67f70) and from the qm(1) and pvesm(1) synopses
+(pve-docs generated/qm.1-synopsis.adoc and pvesm.1-synopsis.adoc at e5010dcea566). It covers
+the options the import script uses and a few neighbours, not the whole of qm.
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ QM_OPTIONS: dict[str, Callable[[str], object]] = {
     "sockets": _int_range(1, 4),
     "memory": _match(r"(current=)?\d+"),
     "net0": _net,
-    "agent": _match(r"(enabled=)?[01](,fstrim_cloned_disks=[01])?(,type=(virtio|isa))?"),
+    "agent": _match(r"(enabled=)?[01](,freeze-fs=[01])?(,fstrim_cloned_disks=[01])?"
+                    r"(,type=(virtio|isa))?"),
     "serial0": _match(r"/dev/[^,]+|socket"),
     "vga": _match(r"(type=)?(cirrus|qxl|qxl2|qxl3|qxl4|none|serial[0-3]|std|virtio|virtio-gl|"
                   r"vmware)(,memory=\d+)?"),
