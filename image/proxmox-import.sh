@@ -168,6 +168,10 @@ run() {
     [ "$dry_run" = 1 ] || "$@"
 }
 
+if [ "$dry_run" = 0 ]; then
+    command -v qm >/dev/null && command -v pvesm >/dev/null \
+        || die "qm and pvesm not found: run this on a Proxmox VE node"
+fi
 if [ -n "$snippet" ]; then
     if [ "$dry_run" = 0 ]; then
         pvesm status --content snippets | awk 'NR > 1 && $3 == "active" {print $1}' | grep -qx "$snippet_storage" \

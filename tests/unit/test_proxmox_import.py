@@ -252,3 +252,12 @@ def test_the_fake_accepts_the_documented_forms(host: Host) -> None:
     assert host.fake("qm", "disk", "resize", "9000", "scsi0", "+24G").returncode == 0
     assert host.fake("qm", "disk", "resize", "9000", "scsi1", "+24G").returncode == 2
     assert host.fake("pvesm", "path", "nosnip:snippets/a.yaml").returncode == 2
+
+
+def test_off_a_proxmox_node_it_says_so(host: Host) -> None:
+    env = {"PATH": "/usr/bin:/bin", "FAKE_PVE_DIR": str(host.state)}
+    result = subprocess.run(["bash", str(SCRIPT), "--vmid", "9000", str(host.image)],
+                            cwd=host.work, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "run this on a Proxmox VE node" in result.stderr
+    assert host.calls() == []
