@@ -6,7 +6,8 @@ marker, firstboot.configure.is_set_up):
 1. machine identity, once (identity.py);
 2. Unbound's trust anchor, so that the first apply's unbound-checkconf passes;
 3. the seed, once (seed.py): its answers through the same engine the wizards use (a refused
-   seed leaves the appliance fresh and says why on the console), the administrator made by
+   seed leaves the appliance fresh and says why on the console, as does a cloud-init drive
+   without Mailwarden answers, with the keys it lacks), the administrator made by
    the agent running as the API's user in the API's own store, then its ClamAV signatures;
 4. still not set up: a new one-time code for the web wizard, shown on the console.
 
@@ -81,7 +82,14 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
             outcome.seed_source = found.source
             _say(out, f"MWFIRSTBOOT seed found {found.source}")
             try:
-                answers = seed.answers_from_text(found.text, found.source)
+                answers = seed.answers_from_seed(found)
+            except seed.NoAnswers as exc:
+                # A plain cloud-init drive (host name, address, keys): not enough to set up
+                # a gateway unattended; the web wizard below does it.
+                outcome.errors.append(exc.message)
+                _say(out, f"MWFIRSTBOOT seed incomplete: missing {','.join(exc.missing)}"
+                          f" (cloud-init gave {','.join(exc.found) or 'nothing usable'});"
+                          " add a 'mailwarden:' section, or set up in the web wizard")
             except MailwardenError as exc:
                 _refused(out, outcome, exc)
 

@@ -6,7 +6,10 @@ Where it is looked for, first found wins:
    drive is, an ISO made with `xorriso -as mkisofs -V cidata`, or a FAT image `mkfs.vfat -n
    CIDATA`. Its `mailwarden.yaml`, else its `user-data`: either the answers themselves, or a
    `#cloud-config` document with the answers under a `mailwarden:` key (Proxmox:
-   `qm set VMID --cicustom user=local:snippets/mailwarden.yaml`);
+   `qm set VMID --cicustom user=local:snippets/mailwarden.yaml`). The volume's cloud-init
+   files (meta-data, network-config, a #cloud-config user-data) fill the host name, network
+   and SSH keys the answers leave out (cloudinit.py); a drive with only those (a plain
+   Proxmox VE cloud-init drive) sets nothing up and first boot says what is missing;
 2. the boot partition (the FAT EFI system partition, label `MW-ESP`, writable from any
    operating system after `dd` to a disk): `mailwarden.yaml` at its top;
 3. `/boot/mailwarden.yaml` (an installer writes it there).
@@ -33,6 +36,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import FieldError, MailwardenError, StateError
 from ..files import write_atomic
@@ -40,6 +44,7 @@ from ..layout import Layout
 from ..process import run
 from ..state.load import parse_yaml
 from .answers import Answers, validate_answers
+from .cloudinit import CLOUD_FILES, CLOUD_KEYS, cloud_config, cloud_values
 
 log = logging.getLogger("mailwarden.firstboot")
 
@@ -62,12 +67,21 @@ class NoAnswers(MailwardenError):
 
     code = "seed_without_answers"
 
+    def __init__(self, message: str, missing: list[str] | None = None,
+                 found: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing or []  # answer keys an unattended set-up still needs
+        self.found = found or []  # those cloud-init gave
+
 
 @dataclass(frozen=True)
 class Seed:
     source: str  # where it was found, for the log and the stamp
     text: str
     signatures: dict[str, bytes] = field(default_factory=dict)
+    # The volume's other cloud-init files (meta-data, network-config, and user-data when the
+    # answers are in mailwarden.yaml): name -> text.
+    cloud: dict[str, str] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
@@ -77,16 +91,43 @@ class Seed:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def answers_from_text(text: str, source: str) -> Answers:
-    """The answers in a seed file: the file itself, or its `mailwarden:` section."""
+def answers_from_text(text: str, source: str,
+                      cloud: dict[str, str] | None = None) -> Answers:
+    """The answers in a seed file: the file itself, or its `mailwarden:` section; what they
+    leave out of hostname, network and ssh_authorized_keys filled from the cloud-init files
+    beside it (`cloud`: name -> text) and from the cloud-config around the section."""
+    cloud = cloud or {}
+    base = source.rsplit("/", 1)[0]
     # The same reader as state files (no aliases, bounded size and depth): root reads this.
     data, lines = parse_yaml(text, source)
+    answers: object
+    user: dict[str, Any] | None
     if isinstance(data, dict) and "mailwarden" in data:
-        section = data["mailwarden"]
-        return validate_answers(section, f"{source} (mailwarden:)")
-    if text.lstrip().startswith("#cloud-config"):
-        raise NoAnswers(f"{source} is a cloud-config without a 'mailwarden:' section")
-    return validate_answers(data, source, lines)
+        answers, user = data["mailwarden"], data
+        lines = {path[1:]: line for path, line in lines.items() if path[:1] == ("mailwarden",)}
+        where = f"{source} (mailwarden:)"
+    elif text.lstrip().startswith("#cloud-config"):
+        answers, user, where = None, data if isinstance(data, dict) else None, source
+    else:
+        answers, where = data, source
+        user = cloud_config(cloud.get("user-data", ""), f"{base}/user-data")
+    have = answers.keys() if isinstance(answers, dict) else ()
+    wanted = tuple(key for key in CLOUD_KEYS if key not in have)
+    filled = cloud_values(cloud, user, base, wanted)
+    if answers is None:
+        required = [name for name, spec in Answers.model_fields.items() if spec.is_required()]
+        missing = [name for name in required if name not in filled]
+        raise NoAnswers(f"{source} is a cloud-config without a 'mailwarden:' section: "
+                        f"{', '.join(missing)} missing for an unattended set-up",
+                        missing, sorted(filled))
+    if isinstance(answers, dict):
+        # The answers' own values win; cloud-init only fills what they leave out.
+        answers = {**filled, **answers}
+    return validate_answers(answers, where, lines)
+
+
+def answers_from_seed(found: Seed) -> Answers:
+    return answers_from_text(found.text, found.source, found.cloud)
 
 
 def read_seed_dir(folder: Path, source: str) -> Seed | None:
@@ -94,12 +135,18 @@ def read_seed_dir(folder: Path, source: str) -> Seed | None:
     for name in SEED_FILES:
         path = folder / name
         if path.is_file():
-            if path.stat().st_size > MAX_SEED:
-                raise StateError([FieldError("", f"larger than {MAX_SEED} bytes")],
-                                 f"{source}/{name}")
-            text = path.read_text(encoding="utf-8", errors="replace")
-            return Seed(f"{source}/{name}", text, _signatures(folder / "clamav"))
+            return Seed(f"{source}/{name}", _read(path, f"{source}/{name}"),
+                        _signatures(folder / "clamav"),
+                        {other: _read(folder / other, f"{source}/{other}")
+                         for other in CLOUD_FILES
+                         if other != name and (folder / other).is_file()})
     return None
+
+
+def _read(path: Path, source: str) -> str:
+    if path.stat().st_size > MAX_SEED:
+        raise StateError([FieldError("", f"larger than {MAX_SEED} bytes")], source)
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def _signatures(folder: Path) -> dict[str, bytes]:
