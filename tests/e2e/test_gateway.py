@@ -1,4 +1,4 @@
-"""The gateway boot: one boot with a NoCloud seed, then every check against that guest, in
+"""The gateway boot: one boot with a Proxmox VE cloud-init drive, then every check against that guest, in
 the order an admin would meet them: first boot, mail, the API, SSH, the inside views, and
 last the change of management networks that shuts this host out of 8006, then Lynis."""
 
@@ -33,6 +33,7 @@ from tests.e2e.machine import (
     bridge_list,
     free_port,
 )
+from tests.e2e.pvecloudinit import build_pve_cidata
 from tests.e2e.qga import Guest
 
 sys.path.insert(0, str(ROOT / "image" / "lib"))
@@ -61,10 +62,11 @@ class Gateway:
 
 
 def _seed(work: Path, sink_port: int) -> tuple[Path, str, Path]:
-    """The NoCloud volume: answer file (admin hash, relay domain to the sink, SSH key) and an
-    EICAR signature made with sigtool (freshclam has no internet here)."""
-    seed = work / "seed"
-    (seed / "clamav").mkdir(parents=True)
+    """Proxmox VE's cloud-init drive, built as `qm set --cicustom user=...` builds it: the
+    snippet is a #cloud-config whose `mailwarden:` section holds the answers (admin hash,
+    relay domain to the sink) while the host name and the SSH key come from cloud-init's own
+    `fqdn` and `ssh_authorized_keys`, which the appliance maps onto the answers. Beside
+    Proxmox's files, an EICAR signature made with sigtool (freshclam has no internet here)."""
     password = "e2e-" + secrets.token_urlsafe(12)
     agent = Path(sys.executable).parent / "mailwarden"
     hashed = subprocess.run([str(agent), "user", "hash-password", "--password-stdin"],
@@ -74,24 +76,26 @@ def _seed(work: Path, sink_port: int) -> tuple[Path, str, Path]:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailwarden-e2e",
                     "-f", str(key)], check=True)
     pub = key.with_suffix(".pub").read_text().strip()
-    (seed / "mailwarden.yaml").write_text(f"""\
+    snippet = f"""\
+#cloud-config
 # Mailwarden end-to-end test seed (tests/e2e)
-version: 1
-hostname: mx.e2e.example.org
-admin: {{password_hash: "{hashed}"}}
-domains:
-  - {{name: e2e.example.org, server: 10.0.2.2, port: {sink_port}}}
-ssh_authorized_keys: ["{pub}"]
-""")
-    (seed / "meta-data").write_text("instance-id: mailwarden-e2e\nlocal-hostname: mx\n")
+fqdn: mx.e2e.example.org
+ssh_authorized_keys:
+  - "{pub}"
+mailwarden:
+  version: 1
+  admin: {{password_hash: "{hashed}"}}
+  domains:
+    - {{name: e2e.example.org, server: 10.0.2.2, port: {sink_port}}}
+"""
     (work / "eicar.com").write_text(mail.EICAR)
     made = subprocess.run(["sigtool", "--md5", "eicar.com"], cwd=work, capture_output=True,
                           text=True, check=True).stdout.strip()
     assert made.endswith(":68:eicar.com"), f"sigtool made no EICAR signature: {made!r}"
-    (seed / "clamav" / "e2e-eicar.hdb").write_text(
-        made.removesuffix("eicar.com") + "Mailwarden-E2E-EICAR\n")
-    bridge("seed-iso", str(seed), str(work / "seed.iso"))
-    return work / "seed.iso", password, key
+    signature = made.removesuffix("eicar.com") + "Mailwarden-E2E-EICAR\n"
+    built = build_pve_cidata(work / "seed.iso", name="mx", user_data=snippet,
+                             extra_files={"clamav/e2e-eicar.hdb": signature.encode()})
+    return built.iso, password, key
 
 
 def _lynis(image: Path) -> tuple[Path, Path]:
@@ -200,8 +204,10 @@ def _wait(what: Callable[[], bool], limit: float = MAIL_TIMEOUT, every: float = 
 
 # --- first boot ---------------------------------------------------------------------------
 
-def test_seed_found_on_cidata_volume(gateway: Gateway) -> None:
-    assert "MWFIRSTBOOT seed found cidata:" in gateway.machine.console()
+def test_seed_found_on_proxmox_cloud_init_drive(gateway: Gateway) -> None:
+    """Proxmox writes the snippet as user-data, beside its meta-data and network-config."""
+    assert re.search(r"MWFIRSTBOOT seed found cidata:\S*/user-data",
+                     gateway.machine.console())
 
 
 def test_seed_applied_as_revision_1(gateway: Gateway, figure: Figure) -> None:
