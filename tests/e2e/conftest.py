@@ -45,6 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
         FIGURES.unlink(missing_ok=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The gateway on one worker; every other boot on the other (see the docstring)."""
     for item in items:
