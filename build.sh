@@ -164,7 +164,7 @@ tier_e2e() {
     # (tests/e2e/conftest.py); MAILWARDEN_E2E_WORKERS=0 runs everything in one process.
     log "the image built, booted in QEMU and used as a gateway"
     "$VENV/bin/pytest" -q -rs --durations=0 -n "${MAILWARDEN_E2E_WORKERS:-2}" \
-        --dist loadgroup "$ROOT/tests/e2e"
+        --dist loadscope "$ROOT/tests/e2e"
 }
 
 # ESLint and its plugins, exactly as tools/eslint/package-lock.json pins them (npm ci checks

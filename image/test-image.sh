@@ -37,5 +37,5 @@ case "${1:-}" in
     *)
         venv="${MAILWARDEN_VENV:-$MW_ROOT/.venv}"
         exec "$venv/bin/pytest" --durations=0 -n "${MAILWARDEN_E2E_WORKERS:-2}" \
-            --dist loadgroup "$MW_ROOT/tests/e2e" "$@" ;;
+            --dist loadscope "$MW_ROOT/tests/e2e" "$@" ;;
 esac

@@ -1,6 +1,6 @@
 """The end-to-end tier: the image built (or reused), booted in QEMU, used as a gateway.
 
-Two guests run at once (pytest-xdist, `-n 2 --dist loadgroup`, as ./build.sh runs it): the
+Two guests run at once (pytest-xdist, `-n 2`, as ./build.sh runs it; workers.py): the
 gateway module on one worker, every other boot on the other. A guest under single-threaded
 TCG keeps one host core busy, and the gateway's Lynis audit alone keeps it busy for most of
 half an hour: the other core boots the other guests meanwhile.
@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.machine import OUT, ROOT, Machine, Panic, bridge, image_path
+from tests.e2e.workers import pytest_xdist_make_scheduler  # noqa: F401  (a pytest hook)
 
 # Figures worth more than a pass (times to a state, scores), printed after the run. Each
 # worker appends them to this file; the controller prints them.
 FIGURES = OUT / "e2e" / "figures.jsonl"
-GATEWAY_GROUP, OTHER_GROUP = "gateway", "other-boots"
 
 
 def _record(name: str, value: object) -> None:
@@ -43,14 +43,6 @@ def _record(name: str, value: object) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without workers)
         FIGURES.unlink(missing_ok=True)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The gateway on one worker; every other boot on the other (see the docstring)."""
-    for item in items:
-        group = GATEWAY_GROUP if item.path.name == "test_gateway.py" else OTHER_GROUP
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass(frozen=True)

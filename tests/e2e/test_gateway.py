@@ -1,6 +1,7 @@
-"""The gateway boot: one boot with a Proxmox VE cloud-init drive, then every check against that guest, in
-the order an admin would meet them: first boot, mail, the API, SSH, the inside views, and
-last the change of management networks that shuts this host out of 8006, then Lynis."""
+"""The gateway boot: one boot with a Proxmox VE cloud-init drive, then every check against
+that guest, in the order an admin would meet them: first boot, mail, the API, SSH, the
+inside views, and last the change of management networks that shuts this host out of 8006,
+then Lynis."""
 
 from __future__ import annotations
 
