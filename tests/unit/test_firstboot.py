@@ -4,8 +4,8 @@ and the web wizard's endpoint (falcon.testing on a real store and a real sandbox
 from __future__ import annotations
 
 import shutil
-import time
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -62,6 +62,9 @@ class NullHost:
     def set_timezone(self, timezone: str) -> None:
         pass
 
+    def ssh_keys(self) -> list[str]:
+        return []
+
 
 @dataclass(frozen=True)
 class FirstbootResult:
