@@ -222,6 +222,10 @@ class Wizard:
         self.term.say("Mailwarden is not set up yet.")
         self.term.mark("wizard")
         while True:
+            if is_set_up(self.layout):
+                # The web wizard finished while this one waited for an answer.
+                self.term.mark("set up by the web wizard")
+                return None
             how = self.term.choose("how", "Set it up here on the console, or in a web browser",
                                    ["console", "web"], "console")
             if how == "web":
