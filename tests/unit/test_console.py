@@ -22,7 +22,7 @@ from mailwarden.console.wizard import Wizard, checker
 from mailwarden.control.service import NoController
 from mailwarden.firstboot import setupcode
 from mailwarden.firstboot.configure import is_set_up
-from mailwarden.firstboot.host import ApplianceHost
+from mailwarden.firstboot.host import NETWORK_FILE, ApplianceHost
 from mailwarden.state.revisions import RevisionStore
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
@@ -208,3 +208,21 @@ def test_factory_reset_keeps_the_identity_and_returns_to_the_wizard(fresh: Sandb
         run_console(layout, controller=NoController(), host=_host(fresh), term=term,
                     live=False)
     assert "MWCONSOLE wizard" in out.getvalue()
+
+
+def test_menu_network_change_is_written_and_recorded(fresh: Sandbox) -> None:
+    _set_up(fresh)
+    term, out = _console(fresh, ["3", "static", "198.51.100.7/24", "198.51.100.1", "off",
+                                 "198.51.100.53", "yes"])
+    Menu(term, fresh.layout, NoController(), _host(fresh), live=False,
+         sys_net=fresh.root / "no-sys").run_once()
+    assert "MWCONSOLE network changed revision=2" in out.getvalue()
+    lines = (fresh.root / NETWORK_FILE).read_text().splitlines()
+    assert {"Address=198.51.100.7/24", "DNS=198.51.100.53", "IPv6AcceptRA=no"} <= set(lines)
+    revision = RevisionStore(fresh.layout.revisions_dir).get(2)
+    assert revision.author == "console"
+    assert revision.comment == ("network: IPv4 static 198.51.100.7/24, IPv6 off on the first "
+                                "Ethernet (console)")
+    # The state is the live one again: nothing rendered changed.
+    store = RevisionStore(fresh.layout.revisions_dir)
+    assert store.text(2) == store.text(1) and revision.files == store.get(1).files

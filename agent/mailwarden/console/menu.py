@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from ..control.service import Controller
 from ..errors import MailwardenError, StateError
-from ..firstboot.answers import validate_answers
+from ..firstboot.answers import NetworkAnswer, validate_answers
 from ..firstboot.boot import default_address
 from ..firstboot.configure import adopt_earlier_setup
 from ..layout import Layout
@@ -33,7 +35,7 @@ from .system import (
     ssh_enabled,
     web_url,
 )
-from .terminal import Terminal
+from .terminal import Terminal, uninterrupted
 from .wizard import Wizard, checker
 
 
@@ -76,6 +78,7 @@ class Menu:
                                lambda a: None if a.isdigit() and 1 <= int(a) <= len(entries)
                                else f"answer a number from 1 to {len(entries)}")
         title, action = entries[int(answer) - 1]
+        self.term.say(f"-- {title}")
         try:
             action()
         except StateError as exc:
@@ -88,8 +91,12 @@ class Menu:
 
     def header(self) -> None:
         store = RevisionStore(self.layout.revisions_dir)
+        try:
+            name = self._hostname(current_state(self.layout)[1])
+        except MailwardenError:
+            name = socket.getfqdn()
         self.term.say()
-        self.term.say(f"Mailwarden {socket.getfqdn()}   revision {store.current() or '-'}")
+        self.term.say(f"Mailwarden {name}   revision {store.current() or '-'}")
         self.term.say(f"  Web interface {web_url(self.layout, default_address())}")
         self.term.say(f"  Certificate   SHA-256 {fingerprint(self.layout) or 'not made yet'}")
         self.term.say()
@@ -121,33 +128,36 @@ class Menu:
                                    "console")
         if answers.network is None or not self.term.confirm("apply", "Apply this network"):
             return
-        self.host.set_network(answers.network)
-        summary = (f"static {answers.network.address}" if answers.network.mode == "static"
-                   else "DHCP")
+        with uninterrupted():
+            self._set_network(answers.network)
+
+    def _set_network(self, network: NetworkAnswer) -> None:
+        self.host.set_network(network)
+        summary = f"static {network.address}" if network.mode == "static" else "DHCP"
         result = record_event(self.layout, self.controller,
-                              f"network: IPv4 {summary}, IPv6 {answers.network.ipv6} "
-                              f"on {answers.network.interface or 'the first Ethernet'} "
-                              "(console)")
+                              f"network: IPv4 {summary}, IPv6 {network.ipv6} "
+                              f"on {network.interface or 'the first Ethernet'} (console)")
         self.term.mark(f"network changed revision={result.revision.number}")
 
     @staticmethod
     def _hostname(text: str) -> str:
-        import yaml
-
         data = yaml.safe_load(text) or {}
         return str((data.get("system") or {}).get("hostname") or "mx1.example.org")
 
     def password(self) -> None:
         wizard = Wizard(self.term, self.layout, self.controller, self.host, self.live)
         password = wizard.ask_password()
-        result = reset_admin_password(self.layout, self.controller, password, live=self.live)
+        with uninterrupted():
+            result = reset_admin_password(self.layout, self.controller, password,
+                                          live=self.live)
         self.term.mark(f"admin password reset revision={result.revision.number}")
 
     def ssh(self) -> None:
         if self._ssh():
             if not self.term.confirm("ssh-off", "Turn SSH off"):
                 return
-            result = set_ssh(self.layout, self.controller, self.host, [])
+            with uninterrupted():
+                result = set_ssh(self.layout, self.controller, self.host, [])
             self.term.mark(f"ssh off revision={result.revision.number}")
             return
         keys = self.host.ssh_keys()
@@ -158,7 +168,8 @@ class Menu:
                             "" if keys else None,
                             lambda a: None if not a and keys else check(a))
         keys = [key] if key else keys
-        result = set_ssh(self.layout, self.controller, self.host, keys)
+        with uninterrupted():
+            result = set_ssh(self.layout, self.controller, self.host, keys)
         self.term.mark(f"ssh on revision={result.revision.number}")
 
     def reset(self) -> None:
@@ -171,7 +182,8 @@ class Menu:
         if answer != name:
             self.term.mark("reset cancelled")
             return
-        removed = factory_reset(self.layout, self.host, live=self.live)
+        with uninterrupted():
+            removed = factory_reset(self.layout, self.host, live=self.live)
         self.term.mark(f"factory reset done removed={len(removed)}")
         if self.live:
             # A clean start: first boot runs again and the services start without the old

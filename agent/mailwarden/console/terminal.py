@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import select
+import signal
 import termios
+import threading
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
@@ -19,6 +21,19 @@ PREFIX = "MWCONSOLE"
 
 # A check: None for a good answer, else the message to show.
 Check = Callable[[str], str | None]
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C is ignored while a change is made: half an apply is worse than a wait."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Hangup(Exception):
@@ -110,4 +125,4 @@ class Terminal:
             termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
-__all__ = ["PREFIX", "Check", "Hangup", "Terminal"]
+__all__ = ["PREFIX", "Check", "Hangup", "Terminal", "uninterrupted"]

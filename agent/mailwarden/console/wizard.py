@@ -35,7 +35,7 @@ from ..layout import Layout
 from ..state.revisions import RevisionStore
 from ..store.users import hash_password
 from .system import ConsoleHost, Interface, fingerprint, interfaces, web_url
-from .terminal import Terminal
+from .terminal import Terminal, uninterrupted
 
 # What the other fields hold while one is checked: valid, so that only the field asked
 # about can be refused.
@@ -237,7 +237,8 @@ class Wizard:
             if not self.term.confirm("apply", "Apply these settings"):
                 continue
             try:
-                return self.apply(validate_answers(answers, "console"))
+                with uninterrupted():
+                    return self.apply(validate_answers(answers, "console"))
             except MailwardenError as exc:
                 # Nothing is set up: the engine touches the host only after the state applied.
                 self.term.mark(f"failed: [{exc.code}] {exc.message.splitlines()[0]}")
