@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import socket
 import time
 from collections.abc import Callable, Iterable
 
@@ -37,6 +38,20 @@ class ConsoleDriver:
             return bool(select.select([fd], [], [], timeout)[0])
 
         return cls(read, write, wait)
+
+    @classmethod
+    def over_socket(cls, sock: socket.socket) -> ConsoleDriver:
+        """A serial console QEMU serves on a socket (-serial unix:PATH,server,nowait)."""
+        def read() -> bytes:
+            try:
+                return sock.recv(65536)
+            except OSError:
+                return b""
+
+        def wait(timeout: float) -> bool:
+            return bool(select.select([sock], [], [], timeout)[0])
+
+        return cls(read, sock.sendall, wait)
 
     def _more(self, deadline: float) -> None:
         left = deadline - time.monotonic()
