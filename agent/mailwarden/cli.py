@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     root_option(p)
     p.set_defaults(func=cmd_firstboot)
     p = sub.add_parser("console", help="root: the first-boot wizard, then the menu, on a "
-                       "terminal (mailwarden-console@tty1, @ttyS0)")
+                       "terminal (tty1 and ttyS0, in place of their getty)")
     root_option(p)
     p.set_defaults(func=cmd_console)
     p = sub.add_parser("apply-helper", help="the root service that applies states for the API "
