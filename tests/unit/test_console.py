@@ -226,3 +226,12 @@ def test_menu_network_change_is_written_and_recorded(fresh: Sandbox) -> None:
     # The state is the live one again: nothing rendered changed.
     store = RevisionStore(fresh.layout.revisions_dir)
     assert store.text(2) == store.text(1) and revision.files == store.get(1).files
+
+
+def test_a_check_on_the_holding_object_refuses_the_field() -> None:
+    def known() -> dict[str, object]:
+        return {"network": {"mode": "dhcp", "ipv6": "static", "ipv6_address": "2001:db8::5/64"}}
+
+    check = checker("network.ipv6_gateway", known=known)
+    assert check("192.0.2.1") == "ipv6_gateway '192.0.2.1' is not an IPv6 address"
+    assert check("2001:db8::1") is None

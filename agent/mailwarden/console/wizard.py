@@ -49,11 +49,16 @@ WEB_POLL = 5.0
 def field_problem(answers: dict[str, Any], path: str) -> str | None:
     """The answer model's message for `path` (or anything below it) in `answers`, exactly as
     the web wizard reports it; None when that field is fine."""
+    # A check written on the object holding the field (network: "a static IPv6 network
+    # needs ...") reports the object's path: with every other field valid, it is this one's.
+    parts = path.replace("[", ".[").split(".")
+    holders = {".".join(parts[:n]).replace(".[", "[") for n in range(1, len(parts))}
     try:
         validate_answers(answers, "answers")
     except StateError as exc:
         for error in exc.errors:
-            if error.path == path or error.path.startswith((path + ".", path + "[")):
+            if error.path == path or error.path.startswith((path + ".", path + "[")) \
+                    or error.path in holders:
                 return error.message
     return None
 
