@@ -235,3 +235,13 @@ def test_a_check_on_the_holding_object_refuses_the_field() -> None:
     check = checker("network.ipv6_gateway", known=known)
     assert check("192.0.2.1") == "ipv6_gateway '192.0.2.1' is not an IPv6 address"
     assert check("2001:db8::1") is None
+
+
+def test_ssh_without_openssh_is_refused_and_no_revision_claims_it(fresh: Sandbox) -> None:
+    _set_up(fresh)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5 admin@laptop"
+    term, out = _console(fresh, ["5", key])
+    Menu(term, fresh.layout, NoController(), _host(fresh), live=False).run_once()
+    assert "MWCONSOLE failed: [error] SSH keys were given, but OpenSSH is not " \
+           "installed here" in out.getvalue()
+    assert RevisionStore(fresh.layout.revisions_dir).current() == 1

@@ -168,11 +168,18 @@ def set_ssh(layout: Layout, controller: Controller, host: ConsoleHost, keys: lis
     closes the firewall, the host's sshd follows."""
     _, text = current_state(layout)
     data = yaml.safe_load(text) or {}
+    was_on = bool((data.get("networks") or {}).get("ssh"))
+    before = host.ssh_keys() if was_on else []
     data.setdefault("networks", {})["ssh"] = bool(keys)
     new = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-    result = record_event(layout, controller, f"SSH {'on' if keys else 'off'} (console)", new)
+    # The host first: it may refuse (no OpenSSH), and then no revision claims SSH is on.
     host.set_ssh_keys(keys)
-    return result
+    try:
+        return record_event(layout, controller, f"SSH {'on' if keys else 'off'} (console)",
+                            new)
+    except MailwardenError:
+        host.set_ssh_keys(before)
+        raise
 
 
 def reset_admin_password(layout: Layout, controller: Controller, password: str, *,
