@@ -245,3 +245,18 @@ def test_ssh_without_openssh_is_refused_and_no_revision_claims_it(fresh: Sandbox
     assert "MWCONSOLE failed: [error] SSH keys were given, but OpenSSH is not " \
            "installed here" in out.getvalue()
     assert RevisionStore(fresh.layout.revisions_dir).current() == 1
+
+
+def test_a_no_at_the_summary_asks_again_with_the_answers_as_defaults(fresh: Sandbox) -> None:
+    again = ["console", "", "", "", "", "", "", "mx2.console.test", "", PASSWORD, PASSWORD,
+             "", "", "", "yes"]
+    term, out = _console(fresh, [*WIZARD[:-1], "no", *again])
+    result = Wizard(term, fresh.layout, NoController(), _host(fresh), live=False,
+                    sys_net=fresh.root / "no-sys").run()
+    assert result is not None
+    text = out.getvalue()
+    assert "Host name (fully qualified, mx1.example.org) [mx.console.test]: " in text
+    assert "IPv4 address with prefix (192.0.2.10/24) [192.0.2.10/24]: " in text
+    store = RevisionStore(fresh.layout.revisions_dir)
+    assert store.current() == 1 and "hostname: mx2.console.test" in store.text(1)
+    assert "host: 10.0.0.5" in store.text(1)

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..control.service import Controller
@@ -35,7 +35,7 @@ from ..layout import Layout
 from ..state.revisions import RevisionStore
 from ..store.users import hash_password
 from .system import ConsoleHost, Interface, fingerprint, interfaces, web_url
-from .terminal import Terminal, uninterrupted
+from .terminal import Check, Terminal, uninterrupted
 
 # What the other fields hold while one is checked: valid, so that only the field asked
 # about can be refused.
@@ -110,11 +110,26 @@ class Wizard:
     host: ConsoleHost
     live: bool
     sys_net: Any = None  # where the interfaces are listed (tests: a fake /sys/class/net)
+    # The answers given so far, by prompt: the defaults when the questions are asked again
+    # (a "no" at the summary, or answers the engine refused), so a typo costs one answer.
+    last: dict[str, str] = field(default_factory=dict)
+
+    def _ask(self, prompt_id: str, question: str, default: str | None,
+             check: Check | None) -> str:
+        answer = self.term.ask(prompt_id, question, self.last.get(prompt_id, default), check)
+        self.last[prompt_id] = answer
+        return answer
+
+    def _choose(self, prompt_id: str, question: str, options: list[str], default: str) -> str:
+        answer = self.term.choose(prompt_id, question, options,
+                                  self.last.get(prompt_id, default))
+        self.last[prompt_id] = answer
+        return answer
 
     # --- the questions ------------------------------------------------------------------
 
     def ask_keyboard(self) -> str:
-        keyboard = self.term.ask("keyboard", "Keyboard layout (us, de, fr, fr:bepo ...)", "us",
+        keyboard = self._ask("keyboard", "Keyboard layout (us, de, fr, fr:bepo ...)", "us",
                                  checker("keyboard"))
         # At once, so that the password is typed with the layout it will be typed with.
         try:
@@ -129,19 +144,19 @@ class Wizard:
         interface = self._ask_interface(found)
         if interface:
             network["interface"] = interface
-        mode = self.term.choose("ipv4", "IPv4", ["dhcp", "static"], "dhcp")
+        mode = self._choose("ipv4", "IPv4", ["dhcp", "static"], "dhcp")
         network["mode"] = mode
         if mode == "static":
             def known() -> dict[str, Any]:
                 return {"network": {**network, "address": network.get("address", "192.0.2.10/24"),
                                     "gateway": network.get("gateway", "192.0.2.1")}}
 
-            network["address"] = self.term.ask(
+            network["address"] = self._ask(
                 "ipv4-address", "IPv4 address with prefix (192.0.2.10/24)", None,
                 checker("network.address", known=known))
-            network["gateway"] = self.term.ask("ipv4-gateway", "IPv4 gateway", None,
+            network["gateway"] = self._ask("ipv4-gateway", "IPv4 gateway", None,
                                                checker("network.gateway", known=known))
-        ipv6 = self.term.choose("ipv6", "IPv6: router advertisements/DHCPv6, static, or off",
+        ipv6 = self._choose("ipv6", "IPv6: router advertisements/DHCPv6, static, or off",
                                 ["auto", "static", "off"], "auto")
         network["ipv6"] = ipv6
         if ipv6 == "static":
@@ -150,16 +165,16 @@ class Wizard:
                                     "ipv6_address": network.get("ipv6_address",
                                                                 "2001:db8::10/64")}}
 
-            network["ipv6_address"] = self.term.ask(
+            network["ipv6_address"] = self._ask(
                 "ipv6-address", "IPv6 address with prefix (2001:db8::10/64)", None,
                 checker("network.ipv6_address", known=known6))
-            gateway = self.term.ask(
+            gateway = self._ask(
                 "ipv6-gateway", "IPv6 gateway (empty: from router advertisements)", "",
                 lambda a: None if not a else checker("network.ipv6_gateway", known=known6)(a))
             if gateway:
                 network["ipv6_gateway"] = gateway
         if mode == "static":
-            dns = self.term.ask("dns", "DNS servers (space separated)", None,
+            dns = self._ask("dns", "DNS servers (space separated)", None,
                                 checker("network.dns", _list, known=lambda: {"network": {
                                     **network}}))
             network["dns"] = _list(dns)
@@ -184,7 +199,7 @@ class Wizard:
                 return None
             return f"answer a number from 1 to {len(found)} or an interface name"
 
-        answer = self.term.ask("interface", "Management interface", "1", check)
+        answer = self._ask("interface", "Management interface", "1", check)
         return found[int(answer) - 1].name if answer.isdigit() else answer
 
     def ask_password(self) -> str:
@@ -202,18 +217,18 @@ class Wizard:
         answers["keyboard"] = self.ask_keyboard()
         answers["network"] = self.ask_network()
         current = socket.getfqdn()
-        answers["hostname"] = self.term.ask(
+        answers["hostname"] = self._ask(
             "hostname", "Host name (fully qualified, mx1.example.org)",
             current if current and field_problem(_with("hostname", current), "hostname") is None
             else None, checker("hostname"))
-        answers["timezone"] = self.term.ask("timezone", "Time zone (Europe/Berlin, UTC ...)",
+        answers["timezone"] = self._ask("timezone", "Time zone (Europe/Berlin, UTC ...)",
                                             "UTC", checker("timezone"))
         answers["admin"] = {"password": self.ask_password()}
-        domain = self.term.ask("domain", "First mail domain (example.org)", None,
+        domain = self._ask("domain", "First mail domain (example.org)", None,
                                checker("domains[0].name"))
-        server = self.term.ask("server", f"Internal mail server for {domain} (name or address)",
+        server = self._ask("server", f"Internal mail server for {domain} (name or address)",
                                None, checker("domains[0].server"))
-        port = self.term.ask("port", "Its SMTP port", "25",
+        port = self._ask("port", "Its SMTP port", "25",
                              checker("domains[0].port", lambda s: int(s) if s.isdigit() else s))
         answers["domains"] = [{"name": domain, "server": server, "port": int(port)}]
         return answers
