@@ -94,6 +94,7 @@ def test_the_wizard_sets_a_fresh_appliance_up(fresh: Sandbox, console: Console) 
                          timeout=300)
     assert done.group(1) == b"1" and done.group(2) == b"mx.console.test"
     driver.expect("MWCONSOLE menu")
+    assert PASSWORD.encode() not in driver.transcript  # the terminal did not echo it
 
     layout = fresh.layout
     revision = RevisionStore(layout.revisions_dir).get(1)
