@@ -7,8 +7,8 @@ applied again with a comment saying what changed, so that the history shows them
 
 from __future__ import annotations
 
+import os
 import socket
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from ..firstboot.answers import NetworkAnswer, validate_answers
 from ..firstboot.boot import default_address
 from ..firstboot.configure import adopt_earlier_setup
 from ..layout import Layout
+from ..process import run
 from ..state.revisions import RevisionStore
 from .system import (
     ConsoleHost,
@@ -193,8 +194,12 @@ class Menu:
     def shell(self) -> None:
         if not self.live:
             raise MailwardenError("no shell from a development sandbox's console")
-        # login asks for root's password: the console itself never opens a shell.
-        subprocess.run(["/bin/login", "--", "root"], check=False)
+        # login asks for root's password: the console itself never opens a shell. It takes
+        # this process's place, as it takes agetty's: login hangs the terminal up (vhangup)
+        # before it asks, which would end a console waiting for it; when the shell ends, the
+        # unit starts the console again.
+        self.term.mark("login")
+        os.execv("/bin/login", ["login", "root"])  # noqa: S606 - argv, no shell string
 
     def reboot(self) -> None:
         if self.term.confirm("reboot", "Reboot now", default=False):
@@ -208,7 +213,7 @@ class Menu:
         if not self.live:
             raise MailwardenError(f"a development sandbox does not {verb}")
         self.term.mark(verb)
-        subprocess.run(["systemctl", verb], check=False)
+        run(["systemctl", verb], check=False, timeout=60)
 
 
 def run_console(layout: Layout, *, controller: Controller, host: ConsoleHost, term: Terminal,
