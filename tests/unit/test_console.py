@@ -191,6 +191,8 @@ def test_factory_reset_keeps_the_identity_and_returns_to_the_wizard(fresh: Sandb
     layout = fresh.layout
     (layout.secrets_dir / "example.test.dkim.key").write_text("-----BEGIN RSA PRIVATE KEY-----")
     certificate = (layout.secrets_dir / "smtp.crt").read_bytes()
+    (layout.quarantine_dir / "ab").mkdir(parents=True)
+    (layout.quarantine_dir / "ab" / "message.eml").write_text("quarantined")
     term, out = _console(fresh, ["6", "wrong.name", "6", "mx.console.test"])
     menu = Menu(term, layout, NoController(), _host(fresh), live=False)
     assert menu.run_once() is True
@@ -202,6 +204,7 @@ def test_factory_reset_keeps_the_identity_and_returns_to_the_wizard(fresh: Sandb
     assert not layout.auth_database.exists() and not layout.database.exists()
     assert not (layout.secrets_dir / "example.test.dkim.key").exists()
     assert (layout.secrets_dir / "smtp.crt").read_bytes() == certificate
+    assert layout.quarantine_dir.is_dir() and not any(layout.quarantine_dir.iterdir())
     # Back to the wizard: the next round asks how to set up.
     term, out = _console(fresh, [])
     with pytest.raises(Hangup):

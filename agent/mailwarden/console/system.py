@@ -216,10 +216,19 @@ def factory_reset(layout: Layout, host: ConsoleHost, *, live: bool) -> list[str]
         run(["postconf", "-e", "inet_interfaces=loopback-only"], check=False)
         run(["systemctl", "restart", "postfix.service"], check=False, timeout=300)
 
-    for folder in (layout.revisions_dir, layout.legacy_revisions_dir, layout.quarantine_dir):
+    for folder in (layout.revisions_dir, layout.legacy_revisions_dir):
         if folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder)
+            shutil.rmtree(folder)  # made again, root's, by the next apply
             removed.append(str(folder))
+    # The quarantine's folder itself is the role's (owner, group, mode): only its contents go.
+    quarantine = layout.quarantine_dir
+    if quarantine.is_dir() and not quarantine.is_symlink():
+        for entry in sorted(quarantine.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)  # by descriptor: a link inside is removed, not followed
+            else:
+                remove(entry)
+            removed.append(str(entry))
     files = [layout.state_file, layout.setup_marker, layout.setup_code,
              layout.path(COMPLETE), layout.path(SEED_STAMP)]
     for database in (layout.database, layout.auth_database):
