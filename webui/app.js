@@ -156,6 +156,8 @@ async function viewSetup(arg, render) {
     ["domains[0].name", "Your mail domain (e.g. example.org)", { autocomplete: "off" }],
     ["domains[0].server", "Its internal mail server (name or IP address)", { autocomplete: "off" }],
     ["domains[0].port", "Its SMTP port", { type: "number", min: "1", max: "65535", value: "25" }],
+    ["timezone", "Time zone (e.g. Europe/Berlin; empty: leave as it is)",
+      { autocomplete: "off", required: false, value: Intl.DateTimeFormat().resolvedOptions().timeZone || "" }],
   ];
   const inputs = {};
   const rows = fields.map(([name, label, attrs]) => {
@@ -180,6 +182,7 @@ async function viewSetup(arg, render) {
       admin: { password: inputs["admin.password"].value },
       domains: [{ name: inputs["domains[0].name"].value.trim(), server: inputs["domains[0].server"].value.trim(),
                   port: Number(inputs["domains[0].port"].value || 25) }] } };
+    if (inputs.timezone.value.trim()) body.answers.timezone = inputs.timezone.value.trim();
     submit.disabled = true;
     submit.textContent = "Applying… (checking and reloading the mail services)";
     try {

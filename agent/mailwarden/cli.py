@@ -380,6 +380,25 @@ def cmd_firstboot(args: argparse.Namespace) -> int:
     return EXIT_ERROR if outcome.errors else 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from .console.menu import run_console
+    from .console.terminal import Hangup, Terminal
+
+    layout = _layout(args)
+    if layout.name == "appliance" and os.geteuid() != 0:
+        raise MailwardenError("the console applies settings: run it as root")
+    # A sandbox's console writes the host's files under the sandbox's root, touching nothing
+    # live: what it would do to a real machine can be looked at there.
+    host = ApplianceHost(layout=layout) if layout.name == "appliance" else \
+        ApplianceHost(layout.root, live=False, layout=layout)
+    try:
+        run_console(layout, controller=controller_for(layout), host=host,
+                    term=Terminal(sys.stdin, sys.stdout), live=layout.name == "appliance")
+    except Hangup:
+        return 0
+    return 0
+
+
 def helper_operations(layout: Layout, *, controller: Controller | None = None,
                       host_factory: Callable[[], Host] | None = None,
                       secrets_group: str | None = None, agent_group: str | None = None,
@@ -614,6 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep machine-id, host keys and certificates")
     root_option(p)
     p.set_defaults(func=cmd_firstboot)
+    p = sub.add_parser("console", help="root: the first-boot wizard, then the menu, on a "
+                       "terminal (tty1 and ttyS0, in place of their getty)")
+    root_option(p)
+    p.set_defaults(func=cmd_console)
     p = sub.add_parser("apply-helper", help="the root service that applies states for the API "
                        "(mailwarden-apply.socket)")
     p.add_argument("--socket", help="listen here instead of the socket systemd passes")

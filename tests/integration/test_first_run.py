@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -46,11 +47,17 @@ def test_fresh_appliance_is_set_up_by_the_wizard_then_relays(sandbox_root: Path,
         assert not sandbox.layout.state_file.exists()
         base = f"https://127.0.0.1:{sandbox.layout.ports.api}"
         assert _call(base, "GET", "/api/setup")[1] == {"needed": True, "code_issued": False}
-        code = setupcode.issue(sandbox.layout.setup_code)
         answers = {"version": 1, "hostname": "mx.example.test",
                    "admin": {"password": "a long admin password"},
                    "domains": [{"name": "example.test", "server": "127.0.0.1",
                                 "port": sandbox.sink.port}]}
+        expired = setupcode.issue(sandbox.layout.setup_code,
+                                  now=time.time() - setupcode.LIFETIME - 1)
+        assert _call(base, "GET", "/api/setup")[1] == {"needed": True, "code_issued": False}
+        status, body = _call(base, "POST", "/api/setup",
+                             {"setup_code": expired, "answers": answers})
+        assert status == 403 and body["error"]["code"] == "setup_code_expired", body
+        code = setupcode.issue(sandbox.layout.setup_code)
         status, body = _call(base, "POST", "/api/setup",
                              {"setup_code": code, "answers": answers})
         assert status == 201, body

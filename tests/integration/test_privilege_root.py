@@ -335,6 +335,8 @@ def test_the_setup_code_is_the_api_users_without_a_chown_by_path(
     assert not os.path.islink(box.layout.setup_code)
     assert (info.st_uid, info.st_mode & 0o777) == (account.uid, 0o600)
     _unchanged(victim, 0o600)
+    # The code, then its expiry: the API's user reads both.
     read = run_as(account, "import sys; print(open(sys.argv[1]).read().strip())",
                   str(box.layout.setup_code))
-    assert read.stdout.strip() == code
+    assert read.stdout.split()[0] == code
+    assert float(read.stdout.split()[1]) > time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,3 +257,36 @@ def test_wizard_names_the_fields_it_refuses_and_stays_open(fresh) -> None:
     assert client.simulate_get("/api/setup").json["needed"] is True
     assert yaml.safe_load(sandbox.layout.state_file.read_text())["system"]["hostname"] == \
         "mx.example.test"
+
+
+def test_wizard_refuses_an_expired_code_then_takes_a_fresh_one(fresh) -> None:
+    client, sandbox, _code = fresh
+    old = setupcode.issue(sandbox.layout.setup_code, now=time.time() - setupcode.LIFETIME - 1)
+    assert client.simulate_get("/api/setup").json == {"needed": True, "code_issued": False}
+    result = client.simulate_post("/api/setup", json=_wizard(old))
+    assert result.status_code == 403
+    assert result.json["error"]["code"] == "setup_code_expired"
+    assert result.json["error"]["field"] == "setup_code"
+    assert "expired" in result.json["error"]["message"]
+    assert Users(CredentialStore.for_layout(sandbox.layout)).count() == 0
+    new = setupcode.issue(sandbox.layout.setup_code)
+    result = client.simulate_post("/api/setup", json=_wizard(
+        new, keyboard="de", timezone="Europe/Berlin",
+        network={"mode": "dhcp", "ipv6": "static", "ipv6_address": "2001:db8::10/64"}))
+    assert result.status_code == 201, result.text
+    # Used: the appliance is set up, and the code is gone with the wizard.
+    again = client.simulate_post("/api/setup", json=_wizard(new))
+    assert again.status_code == 409 and again.json["error"]["code"] == "already_set_up"
+
+
+def test_setup_code_lifetime(tmp_path: Path) -> None:
+    path = tmp_path / "setup-code"
+    code = setupcode.issue(path, now=1000.0, lifetime=60.0)
+    assert setupcode.current(path) == code and setupcode.expires(path) == 1060.0
+    assert setupcode.valid(path, now=1059.0) == code
+    assert setupcode.valid(path, now=1060.0) is None and setupcode.expired(path, now=1060.0)
+    assert setupcode.matches(path, code.lower().replace("-", " "))
+    path.write_text(code + "\n")  # an earlier version's file: no expiry, so expired
+    assert setupcode.expired(path, now=0.0)
+    setupcode.discard(path)
+    assert setupcode.current(path) is None and setupcode.expired(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -244,3 +245,39 @@ def test_a_refused_seed_leaves_the_appliance_fresh_with_a_setup_code(fresh: Sand
     assert outcome.setup_code and f"MWFIRSTBOOT setup-code {outcome.setup_code}" in text
     assert fresh.layout.setup_code.exists() and not fresh.layout.state_file.exists()
     assert seed.applied(fresh.layout) is None  # fix the seed, reboot: it is tried again
+
+
+def test_ipv6_static_or_off_in_the_network_file(tmp_path: Path) -> None:
+    host = ApplianceHost(tmp_path, live=False)
+    host.set_network(_network(mode="dhcp", ipv6="static", ipv6_address="2001:db8::10/64",
+                              ipv6_gateway="2001:db8::1", interface="ens18"))
+    lines = (tmp_path / NETWORK_FILE).read_text().splitlines()
+    for line in ("Address=2001:db8::10/64", "Gateway=2001:db8::1", "DHCP=ipv4",
+                 "IPv6AcceptRA=no"):
+        assert line in lines
+    host.set_network(_network(mode="static", address="192.0.2.10/24", gateway="192.0.2.1",
+                              ipv6="off", interface="ens18"))
+    lines = (tmp_path / NETWORK_FILE).read_text().splitlines()
+    assert {"DHCP=no", "IPv6AcceptRA=no", "LinkLocalAddressing=ipv4"} <= set(lines)
+    with pytest.raises(StateError, match="needs ipv6_address"):
+        _network(mode="dhcp", ipv6="static")
+    with pytest.raises(StateError, match="not an IPv6 address"):
+        _network(mode="dhcp", ipv6="static", ipv6_address="192.0.2.10/24")
+
+
+def test_keyboard_and_time_zone_files(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    host = ApplianceHost(tmp_path, live=False)
+    host.set_keyboard("de:nodeadkeys")
+    keyboard = (tmp_path / "etc/default/keyboard").read_text().splitlines()
+    assert 'XKBLAYOUT="de"' in keyboard and 'XKBVARIANT="nodeadkeys"' in keyboard
+    host.set_timezone("Europe/Berlin")
+    assert (tmp_path / "etc/timezone").read_text() == "Europe/Berlin\n"
+    assert os.readlink(tmp_path / "etc/localtime") == "../usr/share/zoneinfo/Europe/Berlin"
+    data = {"version": 1, "hostname": "mx.example.org", "admin": {"password": "long enough pw"},
+            "domains": [{"name": "example.org", "server": "10.0.0.5"}]}
+    for field, value, message in (("timezone", "Mars/Olympus", "not a known time zone"),
+                                  ("timezone", "../etc/passwd", "not a time zone name"),
+                                  ("keyboard", "DE;rm", "has the wrong form")):
+        with pytest.raises(StateError, match=message):
+            validate_answers({**data, field: value})

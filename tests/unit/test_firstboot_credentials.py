@@ -94,6 +94,12 @@ class RecordingHost:
         self.keys.parent.mkdir(parents=True, exist_ok=True)
         self.keys.write_text("".join(k + "\n" for k in keys))
 
+    def set_keyboard(self, keyboard: str) -> None:
+        pass
+
+    def set_timezone(self, timezone: str) -> None:
+        pass
+
 
 def _agent_folders(layout: Layout) -> None:
     """As the appliance's image lays them out: the shared store's folder is the agent group's,

@@ -1,7 +1,9 @@
 """The first-run web wizard's endpoint: public until the appliance is set up, then closed.
 
 Whoever reaches a fresh appliance first must not own it, so the wizard needs the one-time
-code shown on the console; wrong codes are throttled per address like logins. A successful
+code shown on the console; wrong codes are throttled per address like logins, an expired
+one is refused with its own code (setup_code_expired), and a used one finds the appliance
+set up (already_set_up). A successful
 setup applies the answers (the same engine the seed file and the console wizard use; root's
 apply helper on the appliance, which then writes the set-up marker), deletes the code, makes
 the administrator here in the API's own credentials store and logs them in.
@@ -44,6 +46,15 @@ class WrongSetupCode(falcon.HTTPForbidden):
         self.field = "setup_code"
 
 
+class ExpiredSetupCode(falcon.HTTPForbidden):
+    def __init__(self) -> None:
+        super().__init__(title="Forbidden", description=(
+            "that setup code has expired; the appliance's console shows a new one "
+            "(or run `mailwarden setup-code` there)"))
+        self.error_code = "setup_code_expired"
+        self.field = "setup_code"
+
+
 @dataclass
 class SetupResource:
     users: Users
@@ -59,7 +70,8 @@ class SetupResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         needed = not self.set_up()
         resp.media = {"needed": needed,
-                      "code_issued": needed and setupcode.current(self.code_file) is not None}
+                      "code_issued": needed and setupcode.valid(self.code_file,
+                                                                self.clock()) is not None}
 
     @returns(replies.SetUp, status=201)
     @accepts(Setup)
@@ -71,6 +83,9 @@ class SetupResource:
         if not setupcode.matches(self.code_file, body.setup_code):
             self.audit.record("-", "setup.failed", source_ip=req.remote_addr, now=now)
             raise WrongSetupCode()
+        if setupcode.expired(self.code_file, now):
+            # The right code, only too old: no guess, so not counted as one.
+            raise ExpiredSetupCode()
         answers = keep_reachable(validate_answers(body.answers, "answers"), req.remote_addr)
         # The password goes no further than this process: the helper sees its hash, which it
         # does not use either (credentials are this process's to keep).

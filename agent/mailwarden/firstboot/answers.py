@@ -13,12 +13,14 @@ like the state file's: path, line, and what was expected.
     trusted_networks: [10.0.0.0/8]
     management_networks: [10.0.9.0/24]   # web UI and SSH; default: the trusted ones
     ssh_authorized_keys: ["ssh-ed25519 AAAA... admin@laptop"]
+    keyboard: de                         # console keymap; timezone: Europe/Berlin
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import zoneinfo
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
@@ -62,7 +64,31 @@ def _argon2_hash(value: str) -> str:
     return value
 
 
+def _ipv6_interface_address(value: str) -> str:
+    value = _interface_address(value)
+    if ipaddress.ip_interface(value).version != 6:
+        raise ValueError(f"'{value}' is not an IPv6 address (e.g. 2001:db8::10/64)")
+    return value
+
+
+def _timezone(value: str) -> str:
+    # The name becomes a path under /usr/share/zoneinfo: no '..', no leading '/'.
+    if not re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}", value):
+        raise ValueError(f"'{value}' is not a time zone name (e.g. Europe/Berlin or UTC)")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"'{value}' is not a known time zone (e.g. Europe/Berlin or UTC)"
+                         ) from None
+    return value
+
+
 InterfaceAddress = Annotated[str, AfterValidator(_interface_address)]
+IPv6InterfaceAddress = Annotated[str, AfterValidator(_ipv6_interface_address)]
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+# A console keymap name as Debian's keyboard-configuration knows it (XKBLAYOUT), with an
+# optional variant after a colon: "de", "us", "fr:bepo", "de:nodeadkeys".
+Keyboard = Annotated[str, Field(pattern=r"^[a-z]{2,8}(:[a-z0-9_-]{1,32})?$")]
 SshKey = Annotated[str, AfterValidator(_ssh_key)]
 Argon2Hash = Annotated[str, AfterValidator(_argon2_hash)]
 
@@ -74,6 +100,12 @@ class NetworkAnswer(Section):
     dns: list[IPAddress] = Field(default_factory=list, description="Static: name servers.")
     interface: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.:-]{1,15}$")] | None = Field(
         None, description="The interface to configure; the first Ethernet one if not set.")
+    ipv6: Literal["auto", "static", "off"] = Field(
+        "auto", description="IPv6: router advertisements (SLAAC) and DHCPv6 when they offer "
+        "it, a static address, or off.")
+    ipv6_address: IPv6InterfaceAddress | None = Field(
+        None, description="IPv6 static: address/prefix.")
+    ipv6_gateway: IPAddress | None = Field(None, description="IPv6 static: default gateway.")
 
     @model_validator(mode="after")
     def _static_complete(self) -> NetworkAnswer:
@@ -82,6 +114,12 @@ class NetworkAnswer(Section):
             raise ValueError(f"a static network needs {' and '.join(missing)}")
         if self.mode == "dhcp" and (self.address or self.gateway or self.dns):
             raise ValueError("address, gateway and dns are for mode: static only")
+        if self.ipv6 == "static" and self.ipv6_address is None:
+            raise ValueError("a static IPv6 network needs ipv6_address")
+        if self.ipv6 != "static" and (self.ipv6_address or self.ipv6_gateway):
+            raise ValueError("ipv6_address and ipv6_gateway are for ipv6: static only")
+        if self.ipv6_gateway and ipaddress.ip_address(self.ipv6_gateway).version != 6:
+            raise ValueError(f"ipv6_gateway '{self.ipv6_gateway}' is not an IPv6 address")
         return self
 
 
@@ -123,6 +161,12 @@ class Answers(Section):
     ssh_authorized_keys: list[SshKey] = Field(
         default_factory=list,
         description="Public keys for SSH; SSH (key-only) is on only if this is not empty.")
+    keyboard: Keyboard | None = Field(
+        None, description="Console keyboard layout (Debian's XKBLAYOUT, ':variant' optional: "
+        "'de', 'fr:bepo'); left as it is if absent.")
+    timezone: TimeZone | None = Field(
+        None, description="Time zone (IANA name: 'Europe/Berlin', 'UTC'); left as it is if "
+        "absent.")
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Answers:

@@ -158,7 +158,7 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
         outcome.setup_code = code
         _say(out, f"MWFIRSTBOOT setup-code {code}")
         _say(out, "Mailwarden is not set up yet. Open https://"
-                  f"{_address() or 'THIS-ADDRESS'}:{layout.ports.api}/ and enter the code "
+                  f"{default_address() or 'THIS-ADDRESS'}:{layout.ports.api}/ and enter the code "
                   f"{code}, or attach a seed volume and reboot.")
     _say(out, "MWFIRSTBOOT end")
     return outcome
@@ -233,7 +233,7 @@ def api_owner() -> tuple[int, int] | None:
     return service_user(API_USER)
 
 
-def _address() -> str | None:
+def default_address() -> str | None:
     """This machine's address on its default route (no packet is sent)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

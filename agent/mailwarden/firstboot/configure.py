@@ -40,6 +40,8 @@ class Host(Protocol):
     def set_hostname(self, name: str) -> None: ...
     def set_network(self, network: NetworkAnswer) -> None: ...
     def set_ssh_keys(self, keys: list[str]) -> None: ...
+    def set_keyboard(self, keyboard: str) -> None: ...
+    def set_timezone(self, timezone: str) -> None: ...
 
 
 class NullHost:
@@ -53,6 +55,15 @@ class NullHost:
 
     def set_ssh_keys(self, keys: list[str]) -> None:
         pass
+
+    def set_keyboard(self, keyboard: str) -> None:
+        pass
+
+    def set_timezone(self, timezone: str) -> None:
+        pass
+
+    def ssh_keys(self) -> list[str]:
+        return []
 
 
 @dataclass(frozen=True)
@@ -185,5 +196,9 @@ def apply_answers(answers: Answers, *, layout: Layout, controller: Controller, h
     if answers.network is not None:
         host.set_network(answers.network)
     host.set_ssh_keys(list(answers.ssh_authorized_keys))
+    if answers.keyboard is not None:
+        host.set_keyboard(answers.keyboard)
+    if answers.timezone is not None:
+        host.set_timezone(answers.timezone)
     mark_set_up(layout, f"{author}, revision {applied.revision.number}")
     return FirstbootResult(applied, ADMIN)

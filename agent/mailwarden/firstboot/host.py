@@ -1,4 +1,4 @@
-"""The appliance's own operating system settings: host name, network, SSH.
+"""The appliance's own operating system settings: host name, network, SSH, keyboard, time zone.
 
 `ApplianceHost` is the first-run engine's Host for the real image (Debian 13 with
 systemd-networkd, nftables, OpenSSH installed but masked). Everything it changes is a file
@@ -28,6 +28,7 @@ MARK = "# Managed by Mailwarden (first run); changes here are overwritten."
 # file that matches an interface, so this one wins for the interface it names.
 NETWORK_FILE = "etc/systemd/network/10-mailwarden.network"
 SSH_DROPIN = "etc/ssh/sshd_config.d/60-mailwarden.conf"
+KEYBOARD_FILE = "etc/default/keyboard"
 ARPHRD_ETHER = "1"
 
 Runner = Callable[[Sequence[str]], object]
@@ -66,8 +67,8 @@ class ApplianceHost:
 
     def set_network(self, network: NetworkAnswer) -> None:
         target = self.path(NETWORK_FILE)
-        if network.mode == "dhcp":
-            # The image's default already asks DHCP on every Ethernet interface.
+        if network.mode == "dhcp" and network.ipv6 == "auto":
+            # The image's default already asks DHCP and SLAAC on every Ethernet interface.
             target.unlink(missing_ok=True)
             interface = network.interface
         else:
@@ -90,6 +91,41 @@ class ApplianceHost:
             if kind == ARPHRD_ETHER and (entry / "device").exists():
                 found.append(entry.name)
         return found[0] if found else None
+
+    # --- keyboard and time zone ------------------------------------------------------------
+
+    def set_keyboard(self, keyboard: str) -> None:
+        """Debian's keyboard-configuration file (setupcon applies it on the consoles, and at
+        every boot); loadkeys makes the running console follow when setupcon is missing."""
+        layout, _, variant = keyboard.partition(":")
+        body = (f'{MARK}\nXKBMODEL="pc105"\nXKBLAYOUT="{layout}"\nXKBVARIANT="{variant}"\n'
+                'XKBOPTIONS=""\nBACKSPACE="guess"\n')
+        write_atomic(self.path(KEYBOARD_FILE), body.encode(), 0o644)
+        if self.live:
+            try:
+                if Path("/usr/bin/setupcon").exists() or Path("/bin/setupcon").exists():
+                    self._run(["setupcon", "--force", "--keyboard-only"])
+                elif Path("/usr/bin/loadkeys").exists() or Path("/bin/loadkeys").exists():
+                    self._run(["loadkeys", layout])
+            except MailwardenError as exc:
+                # The file is written and takes effect at the next boot; a console without a
+                # keymap tool (serial only) is no reason to fail a setup.
+                log.warning("keyboard not loaded now: %s", exc.message)
+        log.info("keyboard set to %s", keyboard)
+
+    def set_timezone(self, timezone: str) -> None:
+        """/etc/localtime as the link Debian makes (timedatectl needs a running timedated;
+        the link and /etc/timezone are what it writes)."""
+        zone = Path("/usr/share/zoneinfo") / timezone
+        if not self.path(str(zone).lstrip("/")).exists() and not zone.exists():
+            raise MailwardenError(f"time zone {timezone} is not installed here (tzdata)")
+        localtime = self.path("etc/localtime")
+        temporary = localtime.with_name(".localtime.mailwarden")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(Path("..") / str(zone).lstrip("/"))
+        os.replace(temporary, localtime)
+        write_atomic(self.path("etc/timezone"), f"{timezone}\n".encode(), 0o644)
+        log.info("time zone set to %s", timezone)
 
     # --- SSH ---------------------------------------------------------------------------------
 
@@ -117,6 +153,11 @@ class ApplianceHost:
             # --no-block: at first boot ssh.service is ordered after us; waiting would hang.
             self._run(["systemctl", "--no-block", "restart", "ssh.service"])
         log.info("SSH on (key-only, %d key%s)", len(keys), "s" if len(keys) != 1 else "")
+
+    def ssh_keys(self) -> list[str]:
+        """The keys set_ssh_keys wrote (what the console keeps when it turns SSH back on)."""
+        lines = self._read("root/.ssh/authorized_keys").splitlines()
+        return [line for line in lines if line.strip() and not line.startswith("#")]
 
     def _unit_exists(self, unit: str) -> bool:
         return any((self.path(d) / unit).exists() for d in
@@ -164,10 +205,27 @@ def _hosts(current: str, fqdn: str, short: str) -> str:
 
 def network_file(network: NetworkAnswer, interface: str | None) -> str:
     match = f"Name={interface}" if interface else "Type=ether\nName=en* eth*"
-    lines = [MARK, "[Match]", match, "", "[Network]", f"Address={network.address}"]
-    if network.gateway:
-        lines.append(f"Gateway={network.gateway}")
+    lines = [MARK, "[Match]", match, "", "[Network]"]
+    if network.mode == "static":
+        lines.append(f"Address={network.address}")
+        if network.gateway:
+            lines.append(f"Gateway={network.gateway}")
+    if network.ipv6 == "static":
+        lines.append(f"Address={network.ipv6_address}")
+        if network.ipv6_gateway:
+            lines.append(f"Gateway={network.ipv6_gateway}")
     lines += [f"DNS={server}" for server in network.dns]
-    # A static gateway is configured on purpose: no DHCP behind the admin's back.
-    lines += ["DHCP=no", ""]
+    # A static setting is meant: no DHCP behind the admin's back. IPv6 "auto" is router
+    # advertisements, which also start DHCPv6 when the router says so.
+    if network.mode == "dhcp":
+        lines.append("DHCP=yes" if network.ipv6 == "auto" else "DHCP=ipv4")
+    else:
+        lines.append("DHCP=no")
+    if network.ipv6 == "auto":
+        lines.append("IPv6AcceptRA=yes")
+    else:
+        lines.append("IPv6AcceptRA=no")
+        if network.ipv6 == "off":
+            lines.append("LinkLocalAddressing=ipv4")
+    lines.append("")
     return "\n".join(lines)
