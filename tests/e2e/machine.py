@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +74,11 @@ class Machine:
     extra: list[str] = field(default_factory=list)
     # TCG's threading for this boot (image/lib/common.sh); empty: the environment's default.
     tcg_thread: str = ""
-    # The serial console as a socket the test can type into (send()); it is still logged
-    # to `serial` in full.
+    # The serial console also as a socket a test can drive it through (tests/e2e/console.py);
+    # it is still logged to `serial` in full.
     interactive: bool = False
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    _typist: socket.socket | None = None
 
     @property
     def serial(self) -> Path:
@@ -90,13 +88,20 @@ class Machine:
     def serial_socket(self) -> Path:
         return self.work / f"{self.name}.serial.sock"
 
-    def start(self) -> None:
+    def start(self, *, again: bool = False) -> None:
+        """Power on. again: the same disk and UEFI variables as the last boot (after the
+        guest rebooted: QEMU runs with -no-reboot, so a reboot ends it); else a new overlay."""
         overlay = self.work / f"{self.name}.qcow2"
-        for path in (self.serial, overlay, self.work / f"{self.name}.vars", self.serial_socket):
-            path.unlink(missing_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
-                        str(self.image.resolve()), "-F", "qcow2", str(overlay),
-                        *([self.size] if self.size else [])], check=True)
+        if again:
+            self.serial.rename(self.logdir / f"{self.name}.serial.{int(time.time())}.log")
+            self.serial_socket.unlink(missing_ok=True)
+        else:
+            for path in (self.serial, overlay, self.work / f"{self.name}.vars",
+                         self.serial_socket):
+                path.unlink(missing_ok=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
+                            str(self.image.resolve()), "-F", "qcow2", str(overlay),
+                            *([self.size] if self.size else [])], check=True)
         serial, extra = f"file:{self.serial}", list(self.extra)
         if self.interactive:
             # QEMU logs what the guest writes whether or not a client is connected.
@@ -140,21 +145,6 @@ class Machine:
                 return None
             time.sleep(1)
 
-    def send(self, text: str) -> None:
-        """Type text on the serial console (interactive machines)."""
-        assert self.interactive, f"{self.name}: not started with an interactive console"
-        if self._typist is None:
-            typist = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            typist.connect(str(self.serial_socket))
-            # The log has the output; what comes down the socket is read only so that the
-            # guest's console never waits for this side.
-            threading.Thread(target=_drain, args=(typist,), daemon=True).start()
-            self._typist = typist
-        # A 16550 without flow control: the guest's tty reads keys as a person types them.
-        for char in text.encode():
-            self._typist.sendall(bytes([char]))
-            time.sleep(0.01)
-
     def expect(self, pattern: str, limit: float, after: int = 0) -> re.Match[str]:
         """Wait for pattern in the console output from offset `after` on (see mark()); fails
         the test with the console's tail when QEMU ends or the stall guard passes first."""
@@ -181,9 +171,6 @@ class Machine:
         return kept
 
     def stop(self) -> None:
-        if self._typist is not None:
-            self._typist.close()
-            self._typist = None
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
@@ -194,10 +181,3 @@ class Machine:
                     self.process.wait()
             self.process = None
 
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(65536):
-            pass
-    except OSError:
-        pass
