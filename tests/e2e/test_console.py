@@ -219,7 +219,12 @@ def test_menu_ssh_toggle_is_a_revision(vm: ConsoleVM, image: Image) -> None:
     pub = key.with_suffix(".pub").read_text().strip()
     vm.driver.answer_all([("choice", MENU_SSH), ("ssh-key", pub)], timeout=120)
     on = int(vm.driver.expect(r"MWCONSOLE ssh on revision=(\d+)\s", timeout=600).group(1))
-    assert vm.guest.run("/usr/bin/systemctl", "is-active", "ssh.service").out.strip() == "active"
+    # Started without waiting for it (--no-block): give it the time TCG needs.
+    deadline = time.monotonic() + 300
+    while (state := vm.guest.run("/usr/bin/systemctl", "is-active", "ssh.service").out.strip()
+           ) != "active" and time.monotonic() < deadline:
+        time.sleep(3)
+    assert state == "active"
     vm.driver.answer_all([("choice", MENU_SSH), ("ssh-off", "yes")], timeout=120)
     off = int(vm.driver.expect(r"MWCONSOLE ssh off revision=(\d+)\s", timeout=600).group(1))
     headers = _sign_in(vm, vm.password)

@@ -65,7 +65,8 @@ def test_answers_snippet_takes_the_network_from_ipconfig0(tmp_path: Path) -> Non
     assert answers.hostname == "mx1.example.org"
     assert answers.network is not None and answers.network.model_dump(exclude_none=True) == {
         "mode": "static", "address": "192.0.2.10/24", "gateway": "192.0.2.1",
-        "dns": ["192.0.2.53", "192.0.2.54"]}
+        "dns": ["192.0.2.53", "192.0.2.54"],
+        "ipv6": "auto"}  # the answers' default: ipconfig0 says nothing about IPv6
 
 
 @needs_xorriso
