@@ -8,7 +8,6 @@ import io
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ from mailwarden_dev.instance import Sandbox
 from .test_api import STATE
 
 PASSWORD = "a console password"
-
-
-@pytest.fixture
-def fresh() -> Iterator[Sandbox]:
-    root = Path(tempfile.mkdtemp(prefix="mw-console-", dir="/tmp"))
-    root.chmod(0o755)
-    sandbox = Sandbox(root / "sb")
-    sandbox.prepare(None)
-    yield sandbox
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _console(sandbox: Sandbox, lines: list[str]) -> tuple[Terminal, io.StringIO]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,16 +199,6 @@ def test_ssh_keys_turn_on_key_only_ssh(tmp_path: Path) -> None:
 
 
 # --- the whole first boot on a fresh sandbox ---------------------------------------------------
-
-
-@pytest.fixture
-def fresh() -> Iterator[Sandbox]:
-    root = Path(tempfile.mkdtemp(prefix="mw-firstboot-", dir="/tmp"))
-    root.chmod(0o755)
-    sandbox = Sandbox(root / "sb")
-    sandbox.prepare(None)
-    yield sandbox
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_first_boot_applies_the_seed_once(fresh: Sandbox, password_hash: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,16 +164,6 @@ def test_network_config_forms() -> None:
 
 
 # --- the console at first boot -----------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh() -> Iterator[Sandbox]:
-    root = Path(tempfile.mkdtemp(prefix="mw-firstboot-", dir="/tmp"))
-    root.chmod(0o755)
-    sandbox = Sandbox(root / "sb")
-    sandbox.prepare(None)
-    yield sandbox
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @needs_xorriso
