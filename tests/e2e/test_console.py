@@ -249,8 +249,9 @@ def test_factory_reset_then_the_setup_code(vm: ConsoleVM, figure: Figure) -> Non
     vm.driver.expect("MWCONSOLE wizard", timeout=BOOT_TIMEOUT)
     figure("console: factory reset to the wizard again", f"{machine.elapsed():.0f} s")
     vm.driver.answer("how", "web", timeout=300)
-    code = vm.driver.expect(r"MWCONSOLE setup-code (\S+)\s", timeout=300).group(1).decode()
-    shown = vm.driver.expect(r"Certificate\s+SHA-256 ([0-9A-F:]{95})", timeout=60)
+    # The screen: address, code, its lifetime, the certificate; then the mark for scripts.
+    shown = vm.driver.expect(r"Certificate\s+SHA-256 ([0-9A-F:]{95})", timeout=300)
+    code = vm.driver.expect(r"MWCONSOLE setup-code (\S+)\s", timeout=60).group(1).decode()
     _wait_api(vm)
     assert shown.group(1).decode() == _presented_fingerprint(vm.url)
 
