@@ -78,11 +78,13 @@ class Terminal:
             check: Check | None = None, *, secret: bool = False) -> str:
         """Ask until the answer passes `check`; an empty answer takes the default."""
         while True:
-            self.mark(f"prompt {prompt_id}")
-            shown = f" [{default}]" if default else ""
-            self.out.write(f"{question}{shown}: ")
-            self.out.flush()
+            # Echo goes off before the question shows: an answer typed the moment it
+            # appears (a script on the serial line, a quick typist) is never echoed.
             with self._no_echo() if secret else contextlib.nullcontext():
+                self.mark(f"prompt {prompt_id}")
+                shown = f" [{default}]" if default else ""
+                self.out.write(f"{question}{shown}: ")
+                self.out.flush()
                 answer = self._line()
             if secret:
                 self.say()
