@@ -84,6 +84,12 @@ class Layout:
         return self.state_dir / "secrets"
 
     @property
+    def api_certificate(self) -> Path:
+        """The certificate the API serves (its key beside it, api.key); the console shows
+        its fingerprint."""
+        return self.secrets_dir / "api.crt"
+
+    @property
     def templates_dir(self) -> Path:
         return self.state_dir / "templates"
 

@@ -145,26 +145,6 @@ class Machine:
                 return None
             time.sleep(1)
 
-    def expect(self, pattern: str, limit: float, after: int = 0) -> re.Match[str]:
-        """Wait for pattern in the console output from offset `after` on (see mark()); fails
-        the test with the console's tail when QEMU ends or the stall guard passes first."""
-        regex = re.compile(pattern)
-        started = time.monotonic()
-        while True:
-            text = self.console()
-            if match := regex.search(text, after):
-                return match
-            self.check_panic()
-            if not self.alive() or time.monotonic() - started > limit:
-                tail = text[max(after, len(text) - 1500):]
-                raise AssertionError(f"{self.name}: no {pattern!r} on the console after "
-                                     f"{time.monotonic() - started:.0f} s; it ends:\n{tail}")
-            time.sleep(0.5)
-
-    def mark(self) -> int:
-        """The console's length now: expect(after=mark()) sees only what comes next."""
-        return len(self.console())
-
     def keep_panic_log(self) -> Path:
         kept = self.logdir / f"{self.name}.panic-{int(time.time())}.serial.log"
         shutil.copyfile(self.serial, kept)

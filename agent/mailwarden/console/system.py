@@ -25,6 +25,7 @@ from ..files import remove
 from ..firstboot.answers import NetworkAnswer
 from ..firstboot.boot import API_USER, COMPLETE, create_admin
 from ..firstboot.configure import ADMIN, Host
+from ..firstboot.host import is_physical_ethernet
 from ..firstboot.identity import CERTIFICATES
 from ..firstboot.seed import STAMP as SEED_STAMP
 from ..layout import Layout
@@ -35,7 +36,6 @@ from ..store.users import hash_password
 log = logging.getLogger("mailwarden.console")
 
 AUTHOR = "console"
-ARPHRD_ETHER = "1"
 
 
 class ConsoleHost(Host, Protocol):
@@ -69,7 +69,7 @@ def interfaces(sys_net: Path = Path("/sys/class/net")) -> list[Interface]:
             found.append(Interface(
                 name=entry.name, mac=_read(entry / "address") or "-",
                 link=_read(entry / "operstate") or "unknown",
-                physical=_read(entry / "type") == ARPHRD_ETHER and (entry / "device").exists(),
+                physical=is_physical_ethernet(entry),
                 addresses=tuple(addresses.get(entry.name, ()))))
     return sorted(found, key=lambda i: (not i.physical, i.name))
 
@@ -96,15 +96,10 @@ def _addresses() -> dict[str, list[str]]:
     return found
 
 
-def api_certificate(layout: Layout) -> Path:
-    """The certificate the API serves (api/serve.py hands it to gunicorn)."""
-    return layout.secrets_dir / "api.crt"
-
-
 def fingerprint(layout: Layout) -> str | None:
     """SHA-256 of the API certificate (DER), as browsers show it; None before it exists."""
     try:
-        pem = api_certificate(layout).read_text(encoding="ascii")
+        pem = layout.api_certificate.read_text(encoding="ascii")
         der = ssl.PEM_cert_to_DER_cert(pem)
     except (OSError, ValueError):
         return None

@@ -87,8 +87,7 @@ class ApplianceHost:
         if not net.is_dir():
             return None
         for entry in sorted(net.iterdir()):
-            kind = (entry / "type").read_text().strip() if (entry / "type").exists() else ""
-            if kind == ARPHRD_ETHER and (entry / "device").exists():
+            if is_physical_ethernet(entry):
                 found.append(entry.name)
         return found[0] if found else None
 
@@ -229,3 +228,13 @@ def network_file(network: NetworkAnswer, interface: str | None) -> str:
             lines.append("LinkLocalAddressing=ipv4")
     lines.append("")
     return "\n".join(lines)
+
+
+def is_physical_ethernet(entry: Path) -> bool:
+    """A /sys/class/net entry for a real Ethernet card (not a bridge, veth or tunnel: those
+    have no `device` link)."""
+    try:
+        kind = (entry / "type").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return kind == ARPHRD_ETHER and (entry / "device").exists()
