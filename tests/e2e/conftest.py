@@ -78,7 +78,7 @@ def image(figure: Callable[[str, object], None]) -> Iterator[Image]:
     # package installs (apt takes one at a time) and accelerator probe, and then reuse them.
     with (OUT / ".e2e-prepare.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        first = not _rebuilt_in_this_run()
+        first = not _prepared_in_this_run()
         # The figures once per run, from whichever worker came first.
         figure = figure if first else (lambda _name, _value: None)
         path = _build_once(figure)
@@ -103,7 +103,7 @@ def _build_once(figure: Callable[[str, object], None]) -> Path:
     want = bridge("inputs-hash").strip()
     have = inputs.read_text().strip() if inputs.exists() else ""
     started = time.monotonic()
-    rebuild = os.environ.get("MAILWARDEN_E2E_REBUILD") == "1" and not _rebuilt_in_this_run()
+    rebuild = os.environ.get("MAILWARDEN_E2E_REBUILD") == "1" and not _prepared_in_this_run()
     if rebuild or not path.exists() or have != want:
         # Its output goes to out/build.log and the terminal; only the result matters here.
         subprocess.run([str(ROOT / "image" / "build-image.sh")], check=True,
@@ -120,7 +120,7 @@ def _run_id() -> str:
     return os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
 
 
-def _rebuilt_in_this_run() -> bool:
+def _prepared_in_this_run() -> bool:
     """Whether a worker of this run prepared the image already: MAILWARDEN_E2E_REBUILD=1
     asks for one build per run, not one per worker."""
     try:
