@@ -2,8 +2,10 @@
 # Mailwarden's one entry point. See README.md and docs/development.md.
 #   ./build.sh            build the appliance image (until the image exists: same as dev)
 #   ./build.sh build      build the appliance image under out/
-#   ./build.sh test [TIER...]  install what the tests need and run the tiers (lint unit
-#                         integration browser e2e; none: all of them, in that order)
+#   ./build.sh test [--all-firmware] [TIER...]  install what the tests need and run the tiers
+#                         (lint unit integration browser e2e; none: all of them, in that
+#                         order); --all-firmware: the e2e tier installs from the ISO and boots
+#                         under SeaBIOS, OVMF and OVMF with Secure Boot, not Secure Boot alone
 #   ./build.sh dev [--state FILE]   run the whole gateway on this machine (private daemons)
 #   ./build.sh run        boot the built image in QEMU with ports forwarded
 #   ./build.sh bench      run the benchmarks, results under bench/results/
@@ -125,9 +127,10 @@ tier_lint() {
         log "shellcheck"
         local scripts=("$ROOT/build.sh" "$ROOT/.ci/run" "$ROOT"/image/*.sh "$ROOT"/image/lib/*.sh
                        "$ROOT"/bench/*.sh) f
-        # Element hooks have no .sh suffix: take every file whose shebang names bash or sh.
+        # Element hooks have no .sh suffix: take every file whose shebang names bash or sh, or
+        # that names its shell for shellcheck (sourced scripts, such as initramfs boot scripts).
         while IFS= read -r -d '' f; do
-            head -n1 "$f" | grep -Eq '^#!.*[/ ](ba)?sh( |$)' && scripts+=("$f")
+            head -n1 "$f" | grep -Eq '^#!.*[/ ](ba)?sh( |$)|^# shellcheck shell=' && scripts+=("$f")
         done < <(find "$ROOT/image/elements" -type f -print0 | sort -z)
         shellcheck -x "${scripts[@]}"
     else
@@ -186,7 +189,15 @@ lint_js() {
 }
 
 cmd_test() {
-    local tiers=("$@") t
+    local tiers=() t
+    for t in "$@"; do
+        case "$t" in
+            --all-firmware)
+                export MAILWARDEN_E2E_INSTALL_FIRMWARES=bios,uefi,secureboot
+                export MAILWARDEN_E2E_FIRMWARES="${MAILWARDEN_E2E_FIRMWARES:-secureboot}" ;;
+            *) tiers+=("$t") ;;
+        esac
+    done
     [ ${#tiers[@]} -gt 0 ] || tiers=("${TIERS[@]}")
     for t in "${tiers[@]}"; do
         if [[ " ${TIERS[*]} " != *" $t "* ]]; then
@@ -262,6 +273,6 @@ case "${1:-}" in
     run) shift; cmd_run "$@" ;;
     bench) shift; cmd_bench "$@" ;;
     lock) shift; cmd_lock "$@" ;;
-    -h|--help|help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) echo "build.sh: unknown command '$1' (build | test | dev | run | bench | lock)" >&2; exit 2 ;;
 esac

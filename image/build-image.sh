@@ -6,9 +6,10 @@
 # Stages: host tools -> build venv (diskimage-builder, ansible-core) -> wheelhouse (the agent
 # and its pinned dependencies for CPython 3.13) -> root file system (diskimage-builder with
 # image/elements, which apply roles/site.yml in the chroot) -> GPT disk (image/lib/
-# assemble-disk.sh: BIOS boot + ESP with signed shim/GRUB + ext4 root) -> qcow2, manifest,
-# SHA256SUMS. Writes under out/:
-#   mailwarden-VERSION-amd64.raw  .qcow2  .manifest  SHA256SUMS  build.log (diskimage-builder)
+# assemble-disk.sh: BIOS boot + ESP with signed shim/GRUB + ext4 root) -> installer ISO (image/
+# lib/build-iso.sh: the same root file system as a squashfs) -> qcow2, manifest, SHA256SUMS.
+# Writes under out/:
+#   mailwarden-VERSION-amd64.raw  .qcow2  .iso  .manifest  SHA256SUMS  build.log (dib)
 # --minimal skips the roles (a bootable base system, for debugging the boot path).
 # Downloads are cached under $MAILWARDEN_CACHE (default /var/cache/mailwarden).
 set -euo pipefail
@@ -22,7 +23,7 @@ ANSIBLE_CORE_PIN=ansible-core==2.19.14
 DISK_SIZE="${MAILWARDEN_DISK_SIZE:-8G}"
 HOST_TOOLS=(sudo qemu-utils qemu-system-x86 debootstrap gdisk fdisk dosfstools mtools
             grub-pc-bin grub-efi-amd64-bin ovmf squashfs-tools uuid-runtime gnupg zstd
-            e2fsprogs util-linux python3-venv)
+            e2fsprogs util-linux python3-venv xorriso)
 
 minimal=0
 for arg in "$@"; do
@@ -76,7 +77,7 @@ stage_wheelhouse() {
 BUILD_DIR=""
 stage_rootfs() {
     local elements=(mailwarden-apt mailwarden-release mailwarden-bootloader mailwarden-network
-                    mailwarden-growroot
+                    mailwarden-growroot mailwarden-live
                     mailwarden-boot-report)
     [ "$minimal" = 1 ] || elements+=(mailwarden-roles)
     mkdir -p "$MW_OUT" "$MW_CACHE/dib"
@@ -103,6 +104,10 @@ stage_rootfs() {
     [ -f "$BUILD_DIR/rootfs.raw" ] || mw_die "diskimage-builder wrote no rootfs.raw"
 }
 
+stage_iso() {
+    "$MW_ROOT/image/lib/build-iso.sh" "$BUILD_DIR/rootfs.raw" "$BUILD_DIR/$NAME.iso" "$VERSION"
+}
+
 stage_disk() {
     "$MW_ROOT/image/lib/assemble-disk.sh" "$BUILD_DIR/rootfs.raw" "$BUILD_DIR/$NAME.raw" \
         "$DISK_SIZE" "$BUILD_DIR/$NAME.manifest"
@@ -115,11 +120,11 @@ stage_qcow2() {
 
 stage_publish() {
     local f
-    for f in raw qcow2 manifest; do
+    for f in raw qcow2 iso manifest; do
         mv -f "$BUILD_DIR/$NAME.$f" "$MW_OUT/$NAME.$f"
         touch -d "@$SOURCE_DATE_EPOCH" "$MW_OUT/$NAME.$f"
     done
-    (cd "$MW_OUT" && sha256sum "$NAME.qcow2" "$NAME.raw" "$NAME.manifest" > SHA256SUMS)
+    (cd "$MW_OUT" && sha256sum "$NAME.qcow2" "$NAME.raw" "$NAME.iso" "$NAME.manifest" > SHA256SUMS)
     # The inputs' hash (taken when the build started) lets image/test-image.sh reuse this build.
     printf '%s\n' "$INPUTS_HASH" > "$MW_OUT/$NAME.inputs"
 }
@@ -134,12 +139,14 @@ main() {
     mw_stage "build venv" stage_venv
     mw_stage "wheelhouse" stage_wheelhouse
     mw_stage "root file system (dib)" stage_rootfs
+    # Before the disk: it reads the root file system image, which the disk stage then removes.
+    mw_stage "installer ISO (squashfs)" stage_iso
     mw_stage "GPT disk + boot loaders" stage_disk
     mw_stage "qcow2 (compressed)" stage_qcow2
     mw_stage "manifest + SHA256SUMS" stage_publish
     mw_stage_summary
     mw_log "total $((SECONDS - start)) s"
-    ls -l "$MW_OUT/$NAME.qcow2" "$MW_OUT/$NAME.raw" >&2
+    ls -l "$MW_OUT/$NAME.qcow2" "$MW_OUT/$NAME.raw" "$MW_OUT/$NAME.iso" >&2
     du -h --apparent-size "$MW_OUT/$NAME.qcow2" >&2
     printf '%s\n' "$MW_OUT/$NAME.qcow2"
 }

@@ -65,6 +65,10 @@ class ConsoleDriver:
                                + self.transcript[-3000:].decode(errors="replace"))
             self.transcript += data
 
+    def send(self, data: bytes) -> None:
+        """Keys as they are (a boot menu's hotkey), no line end added."""
+        self._write(data)
+
     def expect(self, pattern: str | bytes, timeout: float = 60.0) -> re.Match[bytes]:
         """The next match of `pattern` after what was matched before."""
         regex = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)

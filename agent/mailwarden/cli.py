@@ -399,6 +399,22 @@ def cmd_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from .console.terminal import Hangup, Terminal
+    from .install.installer import Options, options_from_cmdline, run_installer
+
+    if os.geteuid() != 0:
+        raise MailwardenError("the installer partitions disks: run it as root")
+    if args.from_kernel_cmdline:
+        options = options_from_cmdline(Path("/proc/cmdline").read_text())
+    else:
+        options = Options(args.mode, args.answers)
+    try:
+        return run_installer(options, Terminal(sys.stdin, sys.stdout))
+    except Hangup:
+        return 0
+
+
 def helper_operations(layout: Layout, *, controller: Controller | None = None,
                       host_factory: Callable[[], Host] | None = None,
                       secrets_group: str | None = None, agent_group: str | None = None,
@@ -637,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "terminal (tty1 and ttyS0, in place of their getty)")
     root_option(p)
     p.set_defaults(func=cmd_console)
+    p = sub.add_parser("install", help="root, on the installer ISO's live system: write the "
+                       "appliance to a disk (mailwarden-install.service)")
+    p.add_argument("--mode", choices=["interactive", "unattended", "shell"],
+                   default="interactive")
+    p.add_argument("--answers", metavar="URL", help="fetch the answer file from here")
+    p.add_argument("--from-kernel-cmdline", action="store_true",
+                   help="mode and URL from mailwarden.install= and mailwarden.answers=")
+    p.set_defaults(func=cmd_install)
     p = sub.add_parser("apply-helper", help="the root service that applies states for the API "
                        "(mailwarden-apply.socket)")
     p.add_argument("--socket", help="listen here instead of the socket systemd passes")

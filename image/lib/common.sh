@@ -193,7 +193,7 @@ mw_inputs_hash() {
     (
         cd "$MW_ROOT" || exit 1
         find image/elements image/block-device.yaml image/build-image.sh \
-            image/build-wheelhouse.sh image/lib/assemble-disk.sh roles agent pyproject.toml \
+            image/build-wheelhouse.sh image/lib/assemble-disk.sh image/lib/build-iso.sh roles agent pyproject.toml \
             README.md -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
             | LC_ALL=C sort -z | xargs -0 sha256sum
     ) | sha256sum | cut -c1-32

@@ -129,11 +129,13 @@ def _prepared_in_this_run() -> bool:
         return False
 
 
-def boot(machine: Machine, ready: Callable[[Machine], bool], limit: float) -> float:
+def boot(machine: Machine, ready: Callable[[Machine], bool], limit: float, *,
+         again: bool = False) -> float:
     """Start machine and wait until ready(machine) (or QEMU ended, or the stall guard);
-    a guest kernel panic is retried once. Seconds from power-on to ready."""
+    a guest kernel panic is retried once. Seconds from power-on to ready. again: boot the
+    disk of the machine's last run (Machine.start)."""
     for attempt in (1, 2):
-        machine.start()
+        machine.start(again=again)
         try:
             while not ready(machine):
                 machine.check_panic()

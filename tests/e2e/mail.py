@@ -18,6 +18,8 @@ import re
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,6 +51,24 @@ def message(kind: str, run_id: str, recipient: str = RECIPIENT) -> email.message
         msg.add_attachment(EICAR.encode(), maintype="application", subtype="octet-stream",
                            filename="eicar.com")
     return msg
+
+
+def password_hash(password: str) -> str:
+    """The admin password's argon2 hash for a seed, made by this checkout's agent."""
+    agent = Path(sys.executable).parent / "mailwarden"
+    return subprocess.run([str(agent), "user", "hash-password", "--password-stdin"],
+                          input=password + "\n", capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def eicar_signature(work: Path) -> bytes:
+    """A ClamAV signature (.hdb) for EICAR made with sigtool: the test guests have no
+    internet for freshclam, and clamd starts only with a database."""
+    (work / "eicar.com").write_text(EICAR)
+    made = subprocess.run(["sigtool", "--md5", "eicar.com"], cwd=work, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert made.endswith(":68:eicar.com"), f"sigtool made no EICAR signature: {made!r}"
+    return (made.removesuffix("eicar.com") + "Mailwarden-E2E-EICAR\n").encode()
 
 
 def send(port: int, kind: str, run_id: str, recipient: str = RECIPIENT) -> None:

@@ -69,10 +69,7 @@ def _seed(work: Path, sink_port: int) -> tuple[Path, str, Path]:
     `fqdn` and `ssh_authorized_keys`, which the appliance maps onto the answers. Beside
     Proxmox's files, an EICAR signature made with sigtool (freshclam has no internet here)."""
     password = "e2e-" + secrets.token_urlsafe(12)
-    agent = Path(sys.executable).parent / "mailwarden"
-    hashed = subprocess.run([str(agent), "user", "hash-password", "--password-stdin"],
-                            input=password + "\n", capture_output=True, text=True,
-                            check=True).stdout.strip()
+    hashed = mail.password_hash(password)
     key = work / "id_e2e"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailwarden-e2e",
                     "-f", str(key)], check=True)
@@ -89,13 +86,8 @@ mailwarden:
   domains:
     - {{name: e2e.example.org, server: 10.0.2.2, port: {sink_port}}}
 """
-    (work / "eicar.com").write_text(mail.EICAR)
-    made = subprocess.run(["sigtool", "--md5", "eicar.com"], cwd=work, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert made.endswith(":68:eicar.com"), f"sigtool made no EICAR signature: {made!r}"
-    signature = made.removesuffix("eicar.com") + "Mailwarden-E2E-EICAR\n"
     built = build_pve_cidata(work / "seed.iso", name="mx", user_data=snippet,
-                             extra_files={"clamav/e2e-eicar.hdb": signature.encode()})
+                             extra_files={"clamav/e2e-eicar.hdb": mail.eicar_signature(work)})
     return built.iso, password, key
 
 

@@ -14,6 +14,10 @@ like the state file's: path, line, and what was expected.
     management_networks: [10.0.9.0/24]   # web UI and SSH; default: the trusted ones
     ssh_authorized_keys: ["ssh-ed25519 AAAA... admin@laptop"]
     keyboard: de                         # console keymap; timezone: Europe/Berlin
+    install: {disk: auto, wipe: false}   # the installer ISO only; first boot ignores it
+
+A file holding only `version` and `install` is an installer's answer file alone: the disk is
+written without asking and the appliance asks its questions at first boot.
 """
 
 from __future__ import annotations
@@ -142,6 +146,20 @@ class DomainAnswer(Section):
     port: Port = Field(25, description="The internal server's SMTP port.")
 
 
+class InstallAnswer(Section):
+    disk: Annotated[str, Field(pattern=r"^(auto|(/dev/)?[A-Za-z0-9][A-Za-z0-9/_.:+-]{0,120})$")] \
+        = Field("auto", description="The installer ISO's target disk: a device ('/dev/sda', "
+                "'nvme0n1', '/dev/disk/by-id/...'), or 'auto': the only empty disk large "
+                "enough (with several, the first the kernel lists).")
+    wipe: bool = Field(False, description="Overwrite a disk that holds data (a partition "
+                       "table or a file system); without it such a disk is refused.")
+
+
+def install_only(data: object) -> bool:
+    """Whether an answer file holds the installer's answers alone (no set-up)."""
+    return isinstance(data, dict) and "install" in data and set(data) <= {"version", "install"}
+
+
 class Answers(Section):
     version: Literal[1] = Field(description="Format version of the answer file.")
     hostname: Hostname = Field(description="Fully qualified name of this gateway.")
@@ -167,6 +185,9 @@ class Answers(Section):
     timezone: TimeZone | None = Field(
         None, description="Time zone (IANA name: 'Europe/Berlin', 'UTC'); left as it is if "
         "absent.")
+    install: InstallAnswer | None = Field(
+        None, description="Where the installer ISO writes the system (unattended install); "
+        "first boot ignores it.")
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Answers:
