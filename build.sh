@@ -194,7 +194,7 @@ cmd_test() {
         case "$t" in
             --all-firmware)
                 export MAILWARDEN_E2E_INSTALL_FIRMWARES=bios,uefi,secureboot
-                export MAILWARDEN_E2E_FIRMWARES="${MAILWARDEN_E2E_FIRMWARES:-secureboot}" ;;
+                export MAILWARDEN_E2E_FIRMWARES="${MAILWARDEN_E2E_FIRMWARES:-uefi}" ;;
             *) tiers+=("$t") ;;
         esac
     done

@@ -1,8 +1,9 @@
 """The installer ISO: booted with an empty disk and an answer file on a second volume
 labelled like the NoCloud seed, "Unattended install" chosen at its boot menu over the serial
 line, the system written; then the installed disk booted alone (the answers now come from its
-own EFI system partition, where the installer left them): SMTP on 25, HTTPS on 8006, and one
-GTUBE message quarantined.
+own EFI system partition, where the installer left them): its boot report (firmware, Secure
+Boot, services installed, the hardening), SMTP on 25, HTTPS on 8006, and one GTUBE message
+quarantined.
 
 Under OVMF with Secure Boot and Microsoft's keys by default (MAILWARDEN_E2E_INSTALL_FIRMWARES,
 a comma-separated list of bios, uefi, secureboot; `./build.sh test e2e --all-firmware` runs
@@ -24,6 +25,7 @@ import pytest
 
 from tests.console_driver import ConsoleDriver
 from tests.e2e import console, mail
+from tests.e2e.bootreport import FIRMWARE_LINE, HARDENING, INSTALLED, has
 from tests.e2e.conftest import Image, boot
 from tests.e2e.machine import (
     BOOT_TIMEOUT,
@@ -40,6 +42,10 @@ FIRMWARES = [f for f in os.environ.get("MAILWARDEN_E2E_INSTALL_FIRMWARES",
                                        "secureboot").split(",") if f]
 INSTALL_TIMEOUT = int(os.environ.get("MAILWARDEN_INSTALL_TIMEOUT", "2700"))
 HOSTNAME = "mx.install.e2e.example.org"
+# The installed system's boot report: its firmware line, then the same lines as every boot.
+REPORT = {"firmware": "", **HARDENING,
+          **{f"{unit} installed": f"MWREPORT unit={unit}.service LoadState=loaded"
+             for unit in INSTALLED}}
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Installed:
     firmware: str
     machine: Machine
     install_log: str
+    report: str
     api: mail.Api
     smtp_port: int
     sink: Path
@@ -143,7 +150,10 @@ def installed(request: pytest.FixtureRequest, image: Image,
         machine.extra, machine.interactive = [], False
         at = boot(machine, lambda m: mail.smtp_greets(smtp_port), SMTP_TIMEOUT, again=True)
         figure(f"installed disk ({firmware}): power-on to port 25 answering", f"{at:.0f} s")
-        yield Installed(firmware, machine, install_log,
+        if machine.wait_console(r"MWREPORT end", BOOT_TIMEOUT) is None:
+            pytest.fail(f"{machine.name}: the installed system made no boot report "
+                        f"({machine.serial})")
+        yield Installed(firmware, machine, install_log, machine.console(),
                         mail.Api(f"https://127.0.0.1:{https_port}", "admin", password),
                         smtp_port, sink, f"{int(time.time())}-{os.getpid()}")
     finally:
@@ -182,6 +192,11 @@ def test_installed_system_applied_the_answers_from_its_own_esp(installed: Instal
     assert re.search(r"MWFIRSTBOOT seed found MW-ESP:/dev/sda2/mailwarden.yaml", console)
     assert f"MWFIRSTBOOT seed applied revision=1 hostname={HOSTNAME}" in console
     assert "MWFIRSTBOOT signatures e2e-eicar.hdb" in console
+
+
+@pytest.mark.parametrize("what", list(REPORT))
+def test_installed_system_boot_report(installed: Installed, what: str) -> None:
+    has(installed.report, REPORT[what] or FIRMWARE_LINE[installed.firmware])
 
 
 def test_installed_system_answers_https_on_8006(installed: Installed) -> None:
