@@ -192,6 +192,8 @@ def test_installed_system_applied_the_answers_from_its_own_esp(installed: Instal
     assert re.search(r"MWFIRSTBOOT seed found MW-ESP:/dev/sda2/mailwarden.yaml", console)
     assert f"MWFIRSTBOOT seed applied revision=1 hostname={HOSTNAME}" in console
     assert "MWFIRSTBOOT signatures e2e-eicar.hdb" in console
+    # Written for this machine alone: removed once applied (a factory reset finds none).
+    assert "MWFIRSTBOOT seed removed MW-ESP:/dev/sda2/mailwarden.yaml" in console
 
 
 @pytest.mark.parametrize("what", list(REPORT))

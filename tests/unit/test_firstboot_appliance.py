@@ -101,6 +101,33 @@ def test_seed_places_in_order(tmp_path: Path) -> None:
     assert found is not None and found.text == "from /boot"
 
 
+def test_answers_written_for_this_machine_are_removed_once_applied(tmp_path: Path) -> None:
+    esp, cidata = tmp_path / "esp", tmp_path / "cidata"
+    for folder in (esp, cidata):
+        folder.mkdir()
+        (folder / "mailwarden.yaml").write_text("answers")
+    (esp / "clamav").mkdir()
+    mounts: list[str] = []
+
+    @contextlib.contextmanager
+    def mount(device: str) -> Iterator[Path]:
+        mounts.append(device)
+        yield {"/dev/sda2": esp, "/dev/sr0": cidata}[device]
+
+    def finder(label: str) -> list[str]:
+        return {"MW-ESP": ["/dev/sda2"]}.get(label, [])
+
+    on_esp = seed.find_seed(tmp_path, finder=finder, mount=mount)
+    assert on_esp is not None and (on_esp.device, on_esp.own_file) == ("/dev/sda2",
+                                                                        "mailwarden.yaml")
+    assert seed.consume(on_esp, mount=mount) and mounts[-1] == "/dev/sda2"
+    assert not (esp / "mailwarden.yaml").exists() and (esp / "clamav").is_dir()
+    # A NoCloud volume is the owner's: left as it is.
+    owners = seed.read_seed_dir(cidata, "cidata:/dev/sr0")
+    assert owners is not None and not seed.consume(owners, mount=mount)
+    assert (cidata / "mailwarden.yaml").exists() and mounts == ["/dev/sda2", "/dev/sda2"]
+
+
 # --- identity --------------------------------------------------------------------------------
 
 
@@ -219,6 +246,21 @@ def test_first_boot_applies_the_seed_once(fresh: Sandbox, password_hash: str) ->
     again = run_firstboot(fresh.layout, controller=NoController(), host=NullHost(),
                           find=lambda: found, live=False, skip_identity=True, out=io.StringIO())
     assert again.seed_source is None and again.revision is None
+
+
+def test_first_boot_removes_the_installers_answers_once_applied(
+        fresh: Sandbox, password_hash: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    answers = root / seed.BOOT_FILE
+    answers.write_text(ANSWERS.replace("HASH", password_hash))
+    out = io.StringIO()
+    outcome = run_firstboot(fresh.layout, controller=NoController(), host=NullHost(),
+                            root=root, find=lambda: seed.find_seed(root, finder=lambda _: []),
+                            live=False, skip_identity=True, out=out)
+    assert outcome.errors == [] and outcome.revision == 1
+    assert f"MWFIRSTBOOT seed removed {answers}" in out.getvalue().splitlines()
+    assert not answers.exists()
 
 
 def test_a_refused_seed_leaves_the_appliance_fresh_with_a_setup_code(fresh: Sandbox) -> None:

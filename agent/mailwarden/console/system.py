@@ -199,7 +199,8 @@ def factory_reset(layout: Layout, host: ConsoleHost, *, live: bool) -> list[str]
     the credentials store (users, sessions, tokens, audit log), the runtime store
     (quarantine index, statistics, greylisting, message tracking), the quarantined mail,
     the mail queue, every other secret (DKIM keys, certificates added later), the seed's
-    record (a seed volume still attached is applied again), root's SSH keys and the static
+    record (a NoCloud volume still attached is applied again; answers on the boot partition
+    were removed when applied), root's SSH keys and the static
     network (DHCP again)."""
     removed: list[str] = []
     if live:

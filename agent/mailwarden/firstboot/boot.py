@@ -146,6 +146,15 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
         outcome.signatures = seed.install_signatures(found, root)
         if outcome.signatures:
             _say(out, f"MWFIRSTBOOT signatures {','.join(outcome.signatures)}")
+    if found is not None and outcome.revision is not None:
+        try:
+            if seed.consume(found):
+                _say(out, f"MWFIRSTBOOT seed removed {found.source}")
+        except (MailwardenError, OSError) as exc:
+            # Set up all the same; a factory reset would then find these answers again.
+            message = exc.message if isinstance(exc, MailwardenError) else str(exc)
+            outcome.errors.append(f"{found.source} not removed: {message}")
+            _say(out, f"MWFIRSTBOOT seed not removed: {found.source}: {message}")
 
     if is_set_up(layout):
         complete = layout.path(COMPLETE)

@@ -19,7 +19,11 @@ Beside the answers, a `clamav/` folder on the volume may hold ClamAV signature f
 mirrors, and for the end-to-end test's EICAR signature.
 
 The answers are applied once: a stamp under /var/lib/mailwarden/firstboot records that (and
-what), and a later boot finds the seed but leaves it alone.
+what), and a later boot finds the seed but leaves it alone. Answers written for this machine
+alone (places 2 and 3: the installer puts them on the boot partition) are removed once
+applied: they hold the admin's password hash, and a factory reset, which removes the stamp,
+must come back to the wizard rather than to the installer's answers. A NoCloud volume is the
+owner's (a Proxmox VE cloud-init drive stays attached) and is left as it is.
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class Seed:
     # The volume's other cloud-init files (meta-data, network-config, and user-data when the
     # answers are in mailwarden.yaml): name -> text.
     cloud: dict[str, str] = field(default_factory=dict)
+    # Answers written for this machine alone, removed once applied: the file's path on the
+    # boot partition `device`, or on the root file system when device is None.
+    own_file: str | None = None
+    device: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -175,10 +183,11 @@ def devices_with_label(label: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def mounted(device: str) -> Iterator[Path]:
-    """The device mounted read-only (nothing on it runs) on a private folder."""
+def mounted(device: str, writable: bool = False) -> Iterator[Path]:
+    """The device mounted (read-only unless asked; nothing on it runs) on a private folder."""
     with tempfile.TemporaryDirectory(prefix="mw-seed-") as folder:
-        run(["mount", "-o", "ro,nosuid,nodev,noexec", device, folder], timeout=60)
+        mode = "rw" if writable else "ro"
+        run(["mount", "-o", f"{mode},nosuid,nodev,noexec", device, folder], timeout=60)
         try:
             yield Path(folder)
         finally:
@@ -206,7 +215,8 @@ def find_seed(root: Path = Path("/"), *, finder: Finder = devices_with_label,
                     return seed
     path = root / BOOT_FILE
     if path.is_file():
-        return Seed(str(path), path.read_text(encoding="utf-8", errors="replace"))
+        return Seed(str(path), path.read_text(encoding="utf-8", errors="replace"),
+                    own_file=str(path))
     return None
 
 
@@ -215,7 +225,23 @@ def _boot_seed(folder: Path, source: str) -> Seed | None:
     if not path.is_file():
         return None
     return Seed(f"{source}/mailwarden.yaml", path.read_text(encoding="utf-8", errors="replace"),
-                _signatures(folder / "clamav"))
+                _signatures(folder / "clamav"), own_file=path.name,
+                device=source.split(":", 1)[1])
+
+
+def consume(found: Seed, *, mount: Callable[[str], contextlib.AbstractContextManager[Path]]
+            = lambda device: mounted(device, writable=True)) -> bool:
+    """Remove answers written for this machine alone (the module's docstring says why);
+    False for a seed that is the owner's to keep."""
+    if found.own_file is None:
+        return False
+    if found.device is None:
+        Path(found.own_file).unlink(missing_ok=True)
+        return True
+    with mount(found.device) as folder:
+        # The partition is mounted on a private folder of root's; the name is the seed's own.
+        (folder / found.own_file).unlink(missing_ok=True)
+    return True
 
 
 # --- applying once ---------------------------------------------------------------------------
