@@ -4,8 +4,9 @@
 #   ./build.sh build      build the appliance image under out/
 #   ./build.sh test [--all-firmware] [TIER...]  install what the tests need and run the tiers
 #                         (lint unit integration browser e2e; none: all of them, in that
-#                         order); --all-firmware: the e2e tier installs from the ISO and boots
-#                         under SeaBIOS, OVMF and OVMF with Secure Boot, not Secure Boot alone
+#                         order); --all-firmware: the e2e tier installs from the ISO under
+#                         SeaBIOS, OVMF and OVMF with Secure Boot, not Secure Boot alone, and
+#                         boots the disk image under SeaBIOS and OVMF as well
 #   ./build.sh dev [--state FILE]   run the whole gateway on this machine (private daemons)
 #   ./build.sh run        boot the built image in QEMU with ports forwarded
 #   ./build.sh bench      run the benchmarks, results under bench/results/
@@ -194,7 +195,7 @@ cmd_test() {
         case "$t" in
             --all-firmware)
                 export MAILWARDEN_E2E_INSTALL_FIRMWARES=bios,uefi,secureboot
-                export MAILWARDEN_E2E_FIRMWARES="${MAILWARDEN_E2E_FIRMWARES:-uefi}" ;;
+                export MAILWARDEN_E2E_FIRMWARES="${MAILWARDEN_E2E_FIRMWARES:-bios,uefi}" ;;
             *) tiers+=("$t") ;;
         esac
     done

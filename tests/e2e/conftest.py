@@ -7,9 +7,10 @@ half an hour: the other core boots the other guests meanwhile.
 
 Skips, saying why, when this machine cannot build or boot images. Knobs (environment):
 MAILWARDEN_E2E_REBUILD=1 forces a build; MAILWARDEN_E2E_GATEWAY (bios, uefi, secureboot;
-default bios) is the gateway boot's firmware; MAILWARDEN_E2E_FIRMWARES (default
-uefi,secureboot; empty: none) the boots without a seed; MAILWARDEN_E2E_LYNIS=0 leaves Lynis
-out. The timeouts in machine.py are stall guards only. See tests/e2e/README.md.
+default secureboot) is the gateway boot's firmware; MAILWARDEN_E2E_INSTALL_FIRMWARES
+(default secureboot) the installer's runs; MAILWARDEN_E2E_FIRMWARES (default none) the
+boots without a seed; MAILWARDEN_E2E_LYNIS=0 leaves Lynis out. The timeouts in
+machine.py are stall guards only. See tests/e2e/README.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The gateway boot: one boot with a Proxmox VE cloud-init drive, then every check against
-that guest, in the order an admin would meet them: first boot, mail, the API, SSH, the
-inside views, and last the change of management networks that shuts this host out of 8006,
+"""The gateway boot: one boot with a Proxmox VE cloud-init drive under OVMF with Secure Boot
+and Microsoft's keys enrolled (a VM as image/proxmox-import.sh makes it), then every check
+against that guest, in the order an admin would meet them: first boot, mail, the API, SSH,
+the inside views, and last the change of management networks that shuts this host out of 8006,
 then Lynis."""
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ AGENT_UNITS = ["mailwarden-filter.service", "mailwarden-policy.service",
                "mailwarden-api.service"]
 ROOT_UNITS = ["mailwarden-apply.service", "mailwarden-firstboot.service"]
 LYNIS = os.environ.get("MAILWARDEN_E2E_LYNIS", "1") != "0"
-FIRMWARE = os.environ.get("MAILWARDEN_E2E_GATEWAY", "bios")
+FIRMWARE = os.environ.get("MAILWARDEN_E2E_GATEWAY", "secureboot")
 
 
 @dataclass
@@ -106,9 +107,21 @@ def _lynis(image: Path) -> tuple[Path, Path]:
         stamp.write_text(deb)
     # PKGS-7392 asks the Debian mirrors for pending security updates: the test guest has no
     # internet, and the question would only wait for DNS timeouts (4 minutes under TCG).
+    # CRYP-7902 (certificate expiry) checks only certificates no package installed, and asks
+    # dpkg about every file to know: Debian's CA bundle under /usr/share/ca-certificates
+    # (all of it a package's) cost about 150 s of `dpkg -S` under TCG and was then skipped.
+    # The appliance's own certificates (/etc/mailwarden/secrets) are added to its paths.
+    defaults = (folder / "etc/lynis/default.prf").read_text()
+    paths = re.search(r"^ssl-certificate-paths=(.*)$", defaults, re.MULTILINE)
+    ignored = re.search(r"^ssl-certificate-paths-to-ignore=(.*)$", defaults, re.MULTILINE)
+    assert paths and ignored, "Lynis's default profile names no certificate paths"
     profile = folder / "mailwarden-e2e.prf"
-    profile.write_text("# Mailwarden end-to-end test (tests/e2e): tests that need the "
-                       "internet.\nskip-test=PKGS-7392\n")
+    profile.write_text(
+        "# Mailwarden end-to-end test (tests/e2e/test_gateway.py)\n"
+        "skip-test=PKGS-7392\n"
+        f"ssl-certificate-paths={paths.group(1)}:/etc/mailwarden/secrets\n"
+        f"ssl-certificate-paths-to-ignore={ignored.group(1).rstrip(':')}"
+        ":/usr/share/ca-certificates\n")
     subprocess.run(["chown", "-R", "root:root", str(folder)], check=True)
     # A report stays valid while the image, Lynis and its profile are the same: a run whose
     # image was not rebuilt reuses it instead of spending 15-30 minutes of TCG on it again.
