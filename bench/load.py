@@ -1,6 +1,6 @@
 """The load: a reproducible message mix, sent over SMTP, and the latency of every message.
 
-Issue 7 names Postfix's smtp-source. It keeps its shape here (N sessions, each sending its
+The load has the shape of Postfix's smtp-source (N sessions, each sending its
 share of the messages back to back), but the sender is our own small asyncio client, because
 smtp-source can do neither of the two things the measurements need: send distinct messages
 with real attachments (it sends one synthetic body of N bytes, the same for every message),
