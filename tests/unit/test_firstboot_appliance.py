@@ -101,6 +101,18 @@ def test_seed_places_in_order(tmp_path: Path) -> None:
     assert found is not None and found.text == "from /boot"
 
 
+def test_a_partition_the_system_mounted_already_is_read_where_it_is(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda3 / ext4 rw,relatime 0 0\n"
+                      "systemd-1 /efi autofs rw,relatime 0 0\n"
+                      "/dev/sda2 /efi vfat rw,fmask=0077,dmask=0077 0 0\n"
+                      "/dev/sdb1 /mnt/with\\040space vfat ro 0 0\n")
+    assert seed.mount_point("/dev/sda2", mounts) == Path("/efi")
+    assert seed.mount_point("/dev/sdb1", mounts) == Path("/mnt/with space")
+    assert seed.mount_point("/dev/sr0", mounts) is None
+    assert seed.mount_point("/dev/sda2", tmp_path / "absent") is None
+
+
 def test_answers_written_for_this_machine_are_removed_once_applied(tmp_path: Path) -> None:
     esp, cidata = tmp_path / "esp", tmp_path / "cidata"
     for folder in (esp, cidata):

@@ -182,9 +182,32 @@ def devices_with_label(label: str) -> list[str]:
     return [line.strip() for line in result.stdout.splitlines() if line.startswith("/dev/")]
 
 
+def mount_point(device: str, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
+    """Where the device is mounted already, or None. systemd mounts the EFI system partition
+    on /efi by itself on some boots (its gpt-auto generator, for the boot loader's random
+    seed), and a second mount of it with other options is refused."""
+    try:
+        wanted = os.path.realpath(device)
+        for line in mounts.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0].startswith("/dev/") and \
+                    os.path.realpath(fields[0]) == wanted:
+                # /proc/self/mounts escapes spaces and the like as octal (\040).
+                return Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                                   fields[1]))
+    except OSError:
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def mounted(device: str, writable: bool = False) -> Iterator[Path]:
-    """The device mounted (read-only unless asked; nothing on it runs) on a private folder."""
+    """The device mounted (read-only unless asked; nothing on it runs) on a private folder;
+    where the system mounted it already, that mount."""
+    already = mount_point(device)
+    if already is not None:
+        yield already
+        return
     with tempfile.TemporaryDirectory(prefix="mw-seed-") as folder:
         mode = "rw" if writable else "ro"
         run(["mount", "-o", f"{mode},nosuid,nodev,noexec", device, folder], timeout=60)
