@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.machine import OUT, ROOT, Machine, Panic, bridge, image_path
+from tests.e2e.machine import MAIL_TIMEOUT, OUT, ROOT, Machine, Panic, bridge, image_path
 from tests.e2e.workers import pytest_xdist_make_scheduler  # noqa: F401  (a pytest hook)
 
 # Figures worth more than a pass (times to a state, scores), printed after the run. Each
@@ -128,6 +128,24 @@ def _prepared_in_this_run() -> bool:
         return (OUT / ".e2e-built-by").read_text() == _run_id()
     except FileNotFoundError:
         return False
+
+
+def poll(what: Callable[[], bool], limit: float = MAIL_TIMEOUT, every: float = 3) -> bool:
+    """Poll what() until true; False when the stall guard (limit, seconds) passed first."""
+    started = time.monotonic()
+    while not what():
+        if time.monotonic() - started > limit:
+            return False
+        time.sleep(every)
+    return True
+
+
+def wait_for(what: Callable[[], bool], limit: float = MAIL_TIMEOUT, every: float = 3) -> float:
+    """Poll what() until true; seconds it took."""
+    started = time.monotonic()
+    if not poll(what, limit, every):
+        pytest.fail(f"not after {limit} s")
+    return time.monotonic() - started
 
 
 def boot(machine: Machine, ready: Callable[[Machine], bool], limit: float, *,

@@ -23,11 +23,10 @@ from typing import Any
 import pytest
 
 from tests.e2e import mail
-from tests.e2e.conftest import Image, boot
+from tests.e2e.conftest import Image, boot, poll, wait_for
 from tests.e2e.machine import (
     CACHE,
     LYNIS_STALL,
-    MAIL_TIMEOUT,
     ROOT,
     SMTP_TIMEOUT,
     Machine,
@@ -190,24 +189,6 @@ def gateway(image: Image, figure: Figure) -> Iterator[Gateway]:
         sinker.wait()
 
 
-def _poll(what: Callable[[], bool], limit: float = MAIL_TIMEOUT, every: float = 3) -> bool:
-    """Poll what() until true; False when the stall guard (limit, seconds) passed first."""
-    started = time.monotonic()
-    while not what():
-        if time.monotonic() - started > limit:
-            return False
-        time.sleep(every)
-    return True
-
-
-def _wait(what: Callable[[], bool], limit: float = MAIL_TIMEOUT, every: float = 3) -> float:
-    """Poll what() until true; seconds it took."""
-    started = time.monotonic()
-    if not _poll(what, limit, every):
-        pytest.fail(f"not after {limit} s")
-    return time.monotonic() - started
-
-
 # --- first boot ---------------------------------------------------------------------------
 
 def test_seed_found_on_proxmox_cloud_init_drive(gateway: Gateway) -> None:
@@ -241,7 +222,7 @@ def test_every_service_healthy_after_first_boot(gateway: Gateway, figure: Figure
             seen = {"API": str(exc)}
         return bool(seen) and all(v == "healthy" for v in seen.values())
 
-    _wait(healthy, SMTP_TIMEOUT)
+    wait_for(healthy, SMTP_TIMEOUT)
     (gateway.logdir / "services.txt").write_text(
         "".join(f"{k}\t{v}\n" for k, v in seen.items()))
     figure("power-on to every service healthy (API)", f"{gateway.machine.elapsed():.0f} s")
@@ -275,7 +256,7 @@ def sent(gateway: Gateway) -> str:
 
 def test_clean_message_delivered_to_internal_server(gateway: Gateway, sent: str,
                                                      figure: Figure) -> None:
-    took = _wait(lambda: mail.sink_has(gateway.sink, mail.subject("clean", sent)), every=2)
+    took = wait_for(lambda: mail.sink_has(gateway.sink, mail.subject("clean", sent)), every=2)
     figure("clean message: sent to at the sink", f"{took:.0f} s")
 
 
@@ -292,7 +273,7 @@ def quarantined(gateway: Gateway, sent: str) -> set[tuple[str, str]]:
             return False
         return wanted <= listed
 
-    _poll(both)  # the tests below say which one is missing
+    poll(both)  # the tests below say which one is missing
     (gateway.logdir / "quarantine.txt").write_text(
         "".join(f"{k}\t{s}\n" for k, s in sorted(listed)))
     return listed
@@ -323,7 +304,7 @@ def test_relay_domain_added_through_api_and_delivered(gateway: Gateway, figure: 
            f"revision {answer['revision']}, reloaded {','.join(answer.get('reloaded') or [])}")
     assert answer["revision"] >= 2
     mail.send(gateway.smtp_port, "added", gateway.run_id, "carol@added.e2e.example.org")
-    took = _wait(lambda: mail.sink_has(gateway.sink, mail.subject("added", gateway.run_id)),
+    took = wait_for(lambda: mail.sink_has(gateway.sink, mail.subject("added", gateway.run_id)),
                  every=2)
     figure("the added domain's mail at the sink", f"{took:.0f} s after sending")
 

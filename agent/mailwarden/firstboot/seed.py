@@ -229,7 +229,7 @@ def find_seed(root: Path = Path("/"), *, finder: Finder = devices_with_label,
                 try:
                     with mount(device) as folder:
                         seed = read_seed_dir(folder, f"{label}:{device}") if label in \
-                            SEED_LABELS else _boot_seed(folder, f"{label}:{device}")
+                            SEED_LABELS else _boot_seed(folder, label, device)
                 except MailwardenError as exc:
                     log.warning("seed volume %s (%s) unreadable: %s", device, label,
                                 exc.message.splitlines()[0])
@@ -243,13 +243,13 @@ def find_seed(root: Path = Path("/"), *, finder: Finder = devices_with_label,
     return None
 
 
-def _boot_seed(folder: Path, source: str) -> Seed | None:
+def _boot_seed(folder: Path, label: str, device: str) -> Seed | None:
     path = folder / "mailwarden.yaml"
     if not path.is_file():
         return None
-    return Seed(f"{source}/mailwarden.yaml", path.read_text(encoding="utf-8", errors="replace"),
-                _signatures(folder / "clamav"), own_file=path.name,
-                device=source.split(":", 1)[1])
+    return Seed(f"{label}:{device}/mailwarden.yaml",
+                path.read_text(encoding="utf-8", errors="replace"),
+                _signatures(folder / "clamav"), own_file=path.name, device=device)
 
 
 def consume(found: Seed, *, mount: Callable[[str], contextlib.AbstractContextManager[Path]]
