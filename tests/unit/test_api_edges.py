@@ -4,6 +4,7 @@ the settings gunicorn is started with."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from mailwarden.api import serve
 from mailwarden.api.app import Services, create_app
 from mailwarden.control.service import NoController
-from mailwarden.layout import appliance, load_layout
+from mailwarden.layout import appliance, load_layout, sandbox
 from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
 from mailwarden.store.quarantine import Quarantine
@@ -258,3 +259,25 @@ def test_cli_passes_threads_through(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serve, "run_api", fake_run_api)
     assert cli.main(["api", "--workers", "2", "--threads", "5"]) == 0
     assert seen == {"workers": 2, "threads": 5}
+
+
+def test_the_stores_are_made_before_gunicorn_forks_its_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_api makes and migrates both databases before it becomes gunicorn, so the workers
+    only open them (two workers making the same new database once raced for its lock)."""
+    layout = sandbox(tmp_path / "sb")
+    execs: list[list[str]] = []
+
+    def fake_execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        execs.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(serve.os, "execve", fake_execve)
+    monkeypatch.setattr(serve.secrets, "ensure_self_signed", lambda *args: None)
+    assert not layout.database.exists() and not layout.auth_database.exists()
+    with pytest.raises(SystemExit):
+        serve.run_api(layout, workers=2, threads=2)
+    assert execs and execs[0][2] == "gunicorn"
+    for path in (layout.database, layout.auth_database):
+        version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+        assert version > 0, path

@@ -36,6 +36,22 @@ def test_schema_is_versioned_and_reopening_migrates_nothing(tmp_path: Path) -> N
     assert again.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_migrated_store_opens_while_another_process_writes(tmp_path: Path) -> None:
+    """The API's workers open the stores at once while others may be writing: opening a
+    store already at its schema takes no write lock, so it never waits on someone else's
+    (a wait here would end in "database is locked" after the busy timeout)."""
+    Database(tmp_path / "mw.db").close()
+    writer = sqlite3.connect(tmp_path / "mw.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        opened = Database(tmp_path / "mw.db")
+        assert opened.created_from == len(SCHEMA)
+        opened.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 def test_put_writes_the_file_before_the_index(quarantine: Quarantine) -> None:
     qid = quarantine.put(RAW, kind="spam", sender="a@sender.test",
                          recipients=["u1@example.test", "u2@example.test"], lifetime_days=7,

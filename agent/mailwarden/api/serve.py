@@ -38,6 +38,8 @@ from gunicorn.workers import gthread
 from .. import secrets
 from ..layout import Layout
 from ..state.load import load_state_file
+from ..store.credentials import CredentialStore
+from ..store.db import Database
 
 WORKER_CLASS = "mailwarden.api.serve.ApiWorker"
 # Seconds a client may stay silent in the middle of a request (or of the TLS handshake), or
@@ -173,9 +175,19 @@ def gunicorn_argv(layout: Layout, workers: int = DEFAULT_WORKERS,
     ]
 
 
+def _prepare_stores(layout: Layout) -> None:
+    """Create and migrate the API's databases here, in one process, before gunicorn forks
+    its workers. Left to the workers, two of them made the same new database at once: one
+    waited for the other's lock, and on a slow machine busy with its first boot that wait
+    ran past SQLite's 30 s, the worker failed to boot and gunicorn stopped the service."""
+    Database(layout.database).close()
+    CredentialStore.for_layout(layout).db.close()
+
+
 def run_api(layout: Layout, workers: int = DEFAULT_WORKERS,
             threads: int = DEFAULT_THREADS) -> NoReturn:
     secrets.ensure_self_signed(layout.secrets_dir, "api", _hostname(layout))
+    _prepare_stores(layout)
     env = {**os.environ}
     if layout.name == "sandbox":
         env["MAILWARDEN_ROOT"] = str(layout.root)

@@ -229,9 +229,14 @@ class Database:
                 os.close(fd)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction() as conn:
-            self.created_from = conn.execute("PRAGMA user_version").fetchone()[0]
-            self._migrate(conn)
+        # A store already at this schema is opened without a write lock: the API's workers
+        # open theirs at once, and one of them waiting on another's lock while a slow machine
+        # is busy could run past the busy timeout and fail to start.
+        self.created_from = self.connection().execute("PRAGMA user_version").fetchone()[0]
+        if self.created_from < len(self.schema):
+            with self.transaction() as conn:
+                self.created_from = conn.execute("PRAGMA user_version").fetchone()[0]
+                self._migrate(conn)
 
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
