@@ -2,11 +2,12 @@
 # Mailwarden's one entry point. See README.md and docs/development.md.
 #   ./build.sh            build the appliance image (until the image exists: same as dev)
 #   ./build.sh build      build the appliance image under out/
-#   ./build.sh test [--all-firmware] [TIER...]  install what the tests need and run the tiers
-#                         (lint unit integration browser e2e; none: all of them, in that
-#                         order); --all-firmware: the e2e tier installs from the ISO under
+#   ./build.sh test [--all-firmware] [--lynis] [TIER...]  install what the tests need and run
+#                         the tiers (lint unit integration browser e2e; none: all of them, in
+#                         that order); --all-firmware: the e2e tier installs from the ISO under
 #                         SeaBIOS, OVMF and OVMF with Secure Boot, not Secure Boot alone, and
-#                         boots the disk image under SeaBIOS and OVMF as well
+#                         boots the disk image under SeaBIOS and OVMF as well; --lynis: the
+#                         gateway is also audited by Lynis (its report of an image is reused)
 #   ./build.sh dev [--state FILE]   run the whole gateway on this machine (private daemons)
 #   ./build.sh run        boot the built image in QEMU with ports forwarded
 #   ./build.sh bench      run the benchmarks, results under bench/results/
@@ -147,7 +148,9 @@ tier_lint() {
     lint_js
 }
 
-tier_unit() { "$VENV/bin/pytest" -q "$ROOT/tests/unit"; }
+# One worker per core: the unit tests share nothing (each has its own temporary folders), and
+# run one after another they were a tenth of a whole run on a slow machine.
+tier_unit() { "$VENV/bin/pytest" -q -n "${MAILWARDEN_UNIT_WORKERS:-auto}" "$ROOT/tests/unit"; }
 
 tier_integration() {
     log "real Postfix, Rspamd, ClamAV, Redis, Unbound, NSD"
@@ -189,10 +192,53 @@ lint_js() {
         --max-warnings 0 webui)
 }
 
+# The image build takes minutes and mostly one core (apt, chroot, squashfs): in a whole run it
+# starts with the first tier, in the background, so the end-to-end tier finds the image made.
+# Only when it is needed (out/ has no image of these inputs) and possible (root, loop devices;
+# tests/e2e/conftest.py says SKIP otherwise). Its output goes to out/build-background.log
+# (diskimage-builder's own to out/build.log, as always).
+EARLY_BUILD=""
+EARLY_BUILD_START=0
+start_early_build() {
+    local out="$ROOT/out" have want name
+    [ "$(id -u)" = 0 ] && [ -e /dev/loop-control ] && [ -x "$ROOT/image/build-image.sh" ] \
+        || return 0
+    want="$("$ROOT/image/test-image.sh" inputs-hash)"
+    name="$("$ROOT/image/test-image.sh" image-path inputs)"
+    have="$(cat "$name" 2>/dev/null || true)"
+    if [ "$have" = "$want" ] && [ -e "${name%.inputs}.qcow2" ] \
+        && [ "${MAILWARDEN_E2E_REBUILD:-}" != 1 ]; then
+        return 0
+    fi
+    mkdir -p "$out"
+    log "building the image in the background (out/build-background.log) while the tiers run"
+    EARLY_BUILD_START=$SECONDS
+    "$ROOT/image/build-image.sh" >"$out/build-background.log" 2>&1 </dev/null &
+    EARLY_BUILD=$!
+    # A run stopped early does not leave it building.
+    trap '[ -z "$EARLY_BUILD" ] || kill "$EARLY_BUILD" 2>/dev/null || true' EXIT
+}
+
+# In the shell that started it (a tier runs in a subshell, which cannot wait for it).
+wait_early_build() {
+    [ -n "$EARLY_BUILD" ] || return 0
+    log "waiting for the image build started with the run"
+    if wait "$EARLY_BUILD"; then
+        log "the image build took $((SECONDS - EARLY_BUILD_START)) s (in the background)"
+        # Built in this run: the tier must not build it a second time.
+        export MAILWARDEN_E2E_REBUILD=0
+    else
+        # The tier builds again in the foreground, where the failure shows.
+        log "the image build started with the run failed (out/build-background.log)"
+    fi
+    EARLY_BUILD=""
+}
+
 cmd_test() {
     local tiers=() t
     for t in "$@"; do
         case "$t" in
+            --lynis) export MAILWARDEN_E2E_LYNIS=1 ;;
             --all-firmware)
                 export MAILWARDEN_E2E_INSTALL_FIRMWARES=bios,uefi,secureboot
                 export MAILWARDEN_E2E_FIRMWARES="${MAILWARDEN_E2E_FIRMWARES:-bios,uefi}" ;;
@@ -208,10 +254,14 @@ cmd_test() {
     done
     if [ "${tiers[*]}" != lint ]; then timed "host packages" install_host_packages; fi
     timed "virtualenv" ensure_venv
+    if [ "${#tiers[@]}" -gt 1 ] && [[ " ${tiers[*]} " == *" e2e "* ]]; then
+        start_early_build
+    fi
     # Every tier runs even after one fails, so the summary tells the whole story; the exit
     # status is the first failure's.
     local summary=() rc=0 start status
     for t in "${tiers[@]}"; do
+        if [ "$t" = e2e ]; then timed "waiting for the image build" wait_early_build; fi
         log "$t tier"
         start=$SECONDS
         # Not under || : that would switch errexit off inside the tier.

@@ -2,14 +2,13 @@
 
 Two guests run at once (pytest-xdist, `-n 2`, as ./build.sh runs it; workers.py): the
 gateway module on one worker, every other boot on the other. A guest under single-threaded
-TCG keeps one host core busy, and the gateway's Lynis audit alone keeps it busy for most of
-half an hour: the other core boots the other guests meanwhile.
+TCG keeps one host core busy: the other core boots the other guests meanwhile.
 
 Skips, saying why, when this machine cannot build or boot images. Knobs (environment):
 MAILWARDEN_E2E_REBUILD=1 forces a build; MAILWARDEN_E2E_GATEWAY (bios, uefi, secureboot;
 default secureboot) is the gateway boot's firmware; MAILWARDEN_E2E_INSTALL_FIRMWARES
 (default secureboot) the installer's runs; MAILWARDEN_E2E_FIRMWARES (default none) the
-boots without a seed; MAILWARDEN_E2E_LYNIS=0 leaves Lynis out. The timeouts in
+boots without a seed; MAILWARDEN_E2E_LYNIS=1 (`--lynis`) adds the Lynis audit. The timeouts in
 machine.py are stall guards only. See tests/e2e/README.md.
 """
 
