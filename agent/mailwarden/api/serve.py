@@ -18,7 +18,7 @@ ApiWorker is gunicorn's gthread worker with two changes:
   does (one dropped for its silence, say) stalled accepting and dispatching for everyone.
 Idle connections, kept alive or never used, are closed after KEEPALIVE seconds.
 
-A state change waits for the root apply helper (up to its CLIENT_TIMEOUT, 900 s). gthread's
+A state change waits for the root apply helper (up to its CLIENT_TIMEOUT, 1500 s). gthread's
 main thread heartbeats to the arbiter while the request threads work (ThreadWorker.run calls
 notify() on every turn of its loop, at least once a second), so HEARTBEAT_TIMEOUT bounds a
 stuck worker process, never a request: a long apply completes.

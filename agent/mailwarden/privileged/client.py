@@ -27,8 +27,9 @@ from .wire import (
 )
 
 # The API waits this long: a transaction waits for each reloaded daemon to answer again,
-# clamd for up to 420 s and Rspamd for up to 300 s (control.apply.HEALTH_TIMEOUTS).
-CLIENT_TIMEOUT = 900.0
+# clamd for up to 420 s and Rspamd for up to 900 s (control.apply.HEALTH_TIMEOUTS), one
+# after the other at worst.
+CLIENT_TIMEOUT = 1500.0
 
 
 class ApplyHelperClient:
