@@ -200,13 +200,10 @@ lint_js() {
 EARLY_BUILD=""
 EARLY_BUILD_START=0
 start_early_build() {
-    local out="$ROOT/out" have want name
+    local out="$ROOT/out"
     [ "$(id -u)" = 0 ] && [ -e /dev/loop-control ] && [ -x "$ROOT/image/build-image.sh" ] \
         || return 0
-    want="$("$ROOT/image/test-image.sh" inputs-hash)"
-    name="$("$ROOT/image/test-image.sh" image-path inputs)"
-    have="$(cat "$name" 2>/dev/null || true)"
-    if [ "$have" = "$want" ] && [ -e "${name%.inputs}.qcow2" ] \
+    if [ "$("$ROOT/image/test-image.sh" image-current)" = yes ] \
         && [ "${MAILWARDEN_E2E_REBUILD:-}" != 1 ]; then
         return 0
     fi

@@ -7,6 +7,7 @@
 #   image/test-image.sh [PYTEST ARGS...]        pytest tests/e2e (with .venv's pytest)
 #   image/test-image.sh inputs-hash             hash of the image's build inputs
 #   image/test-image.sh image-path EXT          the image's path under out/ (qcow2, inputs...)
+#   image/test-image.sh image-current           "yes" when out/ has an image of these inputs
 #   image/test-image.sh probe-accel IMAGE       kvm or tcg (a probe boot decides)
 #   image/test-image.sh qemu-args FW ACCEL IMAGE VARS SERIAL
 #                                               QEMU's arguments for one boot, NUL-separated
@@ -23,6 +24,7 @@ set -euo pipefail
 case "${1:-}" in
     inputs-hash) mw_inputs_hash ;;
     image-path) mw_image_path "$2" ;;
+    image-current) if mw_image_current; then echo yes; else echo no; fi ;;
     probe-accel) mw_probe_accel "$2" ;;
     qemu-args)
         mw_qemu_args "$2" "$3" "$4" "$5" "$6"

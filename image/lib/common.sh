@@ -55,6 +55,13 @@ mw_image_path() {
     printf '%s/mailwarden-%s-%s.%s\n' "$MW_OUT" "$(mw_version)" "$MW_ARCH" "$ext"
 }
 
+# Whether out/ holds an image built from the current inputs (build-image.sh writes
+# NAME.inputs last): the end-to-end tier and ./build.sh test then reuse it.
+mw_image_current() {
+    [ -e "$(mw_image_path qcow2)" ] \
+        && [ "$(cat "$(mw_image_path inputs)" 2>/dev/null || true)" = "$(mw_inputs_hash)" ]
+}
+
 # --- QEMU -----------------------------------------------------------------------------------
 
 OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd

@@ -17,7 +17,6 @@ from mailwarden.mail.message import parse_message
 from mailwarden.mail.ruleengine import ACTION_PRIORITY, RULE_BUDGET, evaluate, group_by_outcome
 from mailwarden.mail.types import Envelope, ScanResult, SpamResult, VirusResult
 from mailwarden.state.load import load_state_text
-from mailwarden.state.patterns import compile_pattern
 from mailwarden.state.schema import State
 
 DATA = Path(__file__).parent.parent / "data" / "mail"
@@ -423,23 +422,6 @@ def test_the_same_rules_within_the_budget_decide_normally() -> None:
     [d] = run(heavy_state(60000), raw=BIG)
     assert (d.final, d.rule) == ("accept", "default-accept")
     assert [s.rule for s in d.steps] == ["Header"]
-
-
-def test_prepared_patterns_cost_no_message_its_budget() -> None:
-    """The filter compiles the state's patterns as it loads the state: evaluating a message
-    afterwards compiles nothing (compiling counted against the first message's budget)."""
-    heavy = state(rule_objects={
-        "words": [{"body": "[a-z]+q7[0-9]x"},
-                  {"header": {"name": "Subject", "regex": "^urgent q7"}}],
-        "senders": [{"regex": "^alice@"}, {"domain": "q7.test"}]}, rules=[
-        {"name": "Words", "priority": 50, "what": {"objects": ["words"]},
-         "from": {"objects": ["senders"]}, "actions": ["quarantine"]}])
-    compile_pattern.cache_clear()
-    assert engine.prepare(heavy) == 3  # the domain entry has no pattern
-    compiled = compile_pattern.cache_info()
-    run(heavy)
-    after = compile_pattern.cache_info()
-    assert after.misses == compiled.misses and after.hits > compiled.hits
 
 
 def fake_clock(monkeypatch: pytest.MonkeyPatch, step: float) -> list[float]:

@@ -541,27 +541,6 @@ def _minutes(hhmm: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
-def prepare(state: State) -> int:
-    """Compile every pattern of the state's rule objects now, as the filter loads the state,
-    and say how many there are. Compiled on first use instead, they counted against the
-    rule budget of whichever message came first after an apply (mail.rules_budget_ms is
-    what matching one message may cost), and a message that ran out of budget early left
-    the rest to the next one."""
-    count = 0
-    for entries in state.rule_objects.values():
-        for entry in entries:
-            if entry.kind == "regex":
-                _regex(entry.value)
-            elif entry.kind == "header":
-                _regex(entry.value.regex)
-            elif entry.kind == "body":
-                _regex(entry.value, multiline=True)
-            else:
-                continue
-            count += 1
-    return count
-
-
 def _regex(pattern: str, multiline: bool = False) -> Pattern:
     # RE2, case-insensitive like PMG's matchfield and who regexes, compiled once per process
     # (state/patterns.py caches); the state validated every pattern, so this cannot fail.

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from ..layout import Layout
 from ..state.load import load_state_file
 from ..store.db import Database
-from . import ruleengine
 from .filter import ContentFilter, FilterContext, FilterSMTP
 from .scanners import close_pools
 
@@ -20,7 +19,6 @@ WORKER_THREADS = 24
 
 async def serve_filter(layout: Layout) -> None:
     state = load_state_file(layout.state_file)
-    ruleengine.prepare(state)
     ctx = FilterContext(state=state, layout=layout, db=Database(layout.database))
     loop = asyncio.get_running_loop()
     # Worker threads do the blocking work: reinjection (each keeps its own connection to
@@ -48,11 +46,9 @@ async def serve_filter(layout: Layout) -> None:
 
     def reload() -> None:
         try:
-            state = load_state_file(layout.state_file)
-            patterns = ruleengine.prepare(state)
-            ctx.state = state
+            ctx.state = load_state_file(layout.state_file)
             ctx.reinjector.hostname = ctx.state.system.hostname  # for its next connections
-            log.info("state reloaded (%d rule patterns compiled)", patterns)
+            log.info("state reloaded")
         except Exception:
             log.exception("state reload failed; keeping the previous state")
 
