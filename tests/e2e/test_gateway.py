@@ -385,6 +385,16 @@ def test_agent_units_active(guest: Guest) -> None:
     assert result.out.split() == ["active"] * len(AGENT_UNITS), result.out
 
 
+def test_console_waits_for_its_serial_port(guest: Guest) -> None:
+    """systemd's default 90 s for the serial port ran out on a slow host before udev announced
+    it, and the console never started on ttyS0; the drop-in gives it 15 minutes."""
+    result = guest.run("/usr/bin/systemctl", "show", "-p", "JobRunningTimeoutUSec",
+                       "dev-ttyS0.device")
+    assert result.out.strip() == "JobRunningTimeoutUSec=15min", result.out
+    result = guest.run("/usr/bin/systemctl", "is-active", "serial-getty@ttyS0.service")
+    assert result.out.strip() == "active", result.out
+
+
 @pytest.fixture(scope="module")
 def exposure(gateway: Gateway, guest: Guest, figure: Figure) -> dict[str, float]:
     levels: dict[str, float] = {}
