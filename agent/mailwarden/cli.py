@@ -22,7 +22,7 @@ from .control.service import Controller, controller_for
 from .errors import AlreadySetUp, ConflictError, MailwardenError, StateError
 from .firstboot import setupcode
 from .firstboot.answers import validate_answers
-from .firstboot.boot import API_USER, api_owner, listen_publicly, run_firstboot
+from .firstboot.boot import API_USER, api_owner, open_mail_path, run_firstboot
 from .firstboot.configure import Host, NullHost, adopt_earlier_setup, apply_answers, is_set_up
 from .firstboot.host import ApplianceHost
 from .firstboot.seed import Seed
@@ -428,7 +428,7 @@ def helper_operations(layout: Layout, *, controller: Controller | None = None,
         host_factory = host_factory or (lambda: ApplianceHost(layout=layout))
         secrets_group = secrets_group or group_or_none(SECRETS_GROUP)
         agent_group = agent_group or group_or_none(AGENT_GROUP)
-        after_first_state = after_first_state or (lambda: listen_publicly(layout))
+        after_first_state = after_first_state or (lambda: open_mail_path(layout))
     make_host: Callable[[], Host] = host_factory or NullHost
 
     def setup(data: Any, author: str) -> SetupReply:

@@ -7,8 +7,15 @@ import re
 
 INSTALLED = ["postfix", "rspamd", "redis-server", "unbound", "clamav-daemon", "clamav-freshclam",
              "nftables", "chrony", "qemu-guest-agent", "apparmor", "unattended-upgrades"]
-ACTIVE = ["postfix", "redis-server", "unbound", "nftables", "mailwarden-firstboot",
-          "mailwarden-api"]
+# Active on an appliance that is not set up yet ...
+ACTIVE = ["unbound", "nftables", "mailwarden-firstboot", "mailwarden-api"]
+# ... and what waits for its first state (mailwarden-mail.target starts them): it accepts no
+# mail before it is set up.
+WAITING = {f"{unit} waits for the first state":
+           f"MWREPORT unit={unit}.service LoadState=loaded ActiveState=inactive "
+           "UnitFileState=disabled"
+           for unit in ["postfix", "rspamd", "redis-server", "clamav-daemon",
+                        "mailwarden-filter", "mailwarden-policy"]}
 FIRMWARE_LINE = {"bios": "MWREPORT firmware=bios", "uefi": "MWREPORT firmware=uefi",
                  "secureboot": "MWREPORT firmware=uefi secureboot=on"}
 # The hardening every boot shows, whatever it was seeded with.

@@ -47,7 +47,7 @@ from mailwarden.errors import StateError
 from mailwarden.firstboot.answers import validate_answers
 from tests.console_driver import ConsoleDriver
 from tests.e2e import console, mail
-from tests.e2e.bootreport import FIRMWARE_LINE, HARDENING, INSTALLED, has
+from tests.e2e.bootreport import FIRMWARE_LINE, HARDENING, INSTALLED, WAITING, has
 from tests.e2e.conftest import Image, wait_for
 from tests.e2e.machine import (
     BOOT_TIMEOUT,
@@ -70,7 +70,7 @@ DOMAIN = "console.e2e.example.org"
 ADDRESS, GATEWAY, DNS = "10.0.2.15", "10.0.2.2", "10.0.2.3"
 MENU_PASSWORD, MENU_SSH, MENU_RESET = "4", "5", "6"
 # The installed system's boot report: its firmware line, then the same lines as every boot.
-REPORT = {"firmware": "", **HARDENING,
+REPORT = {"firmware": "", **HARDENING, **WAITING,
           **{f"{unit} installed": f"MWREPORT unit={unit}.service LoadState=loaded"
              for unit in INSTALLED}}
 
@@ -195,7 +195,8 @@ def _call(url: str, method: str, path: str, body: Any = None,
                                             **(headers or {})},
         data=None if body is None else json.dumps(body).encode())
     try:
-        with urllib.request.urlopen(request, timeout=900, context=_context()) as response:
+        # Setup waits for Rspamd's first start (up to 900 s), as the API's own client does.
+        with urllib.request.urlopen(request, timeout=1500, context=_context()) as response:
             return (response.status, json.load(response),
                     response.headers.get_all("Set-Cookie") or [])
     except urllib.error.HTTPError as exc:

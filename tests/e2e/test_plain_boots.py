@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.bootreport import ACTIVE, FIRMWARE_LINE, HARDENING, INSTALLED, has
+from tests.e2e.bootreport import ACTIVE, FIRMWARE_LINE, HARDENING, INSTALLED, WAITING, has
 from tests.e2e.conftest import Image, boot
 from tests.e2e.machine import BOOT_TIMEOUT, Machine
 
@@ -67,8 +67,9 @@ def test_service_active(plain: tuple[str, str], unit: str) -> None:
     has(plain[1], f"MWREPORT unit={unit}.service LoadState=loaded ActiveState=active")
 
 
-def test_rspamd_started(plain: tuple[str, str]) -> None:
-    has(plain[1], "MWREPORT unit=rspamd.service LoadState=loaded ActiveState=(active|activating)")
+@pytest.mark.parametrize("line", list(WAITING.values()), ids=list(WAITING))
+def test_mail_daemons_wait_for_the_first_state(plain: tuple[str, str], line: str) -> None:
+    has(plain[1], line)
 
 
 def test_apply_helper_socket_listening(plain: tuple[str, str]) -> None:

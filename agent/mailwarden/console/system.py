@@ -207,10 +207,11 @@ def factory_reset(layout: Layout, host: ConsoleHost, *, live: bool) -> list[str]
         for unit in ("mailwarden-api.service", "mailwarden-filter.service",
                      "mailwarden-policy.service"):
             run(["systemctl", "stop", unit], check=False, timeout=120)
-        # Postfix goes back to what a fresh image has: loopback only, nothing queued.
+        # Postfix goes back to what a fresh image has: stopped (mailwarden-mail.target starts
+        # it with the next first state), loopback only, nothing queued.
+        run(["systemctl", "stop", "postfix.service"], check=False, timeout=300)
         run(["postsuper", "-d", "ALL"], check=False, timeout=300)
         run(["postconf", "-e", "inet_interfaces=loopback-only"], check=False)
-        run(["systemctl", "restart", "postfix.service"], check=False, timeout=300)
 
     for folder in (layout.revisions_dir, layout.legacy_revisions_dir):
         if folder.is_dir() and not folder.is_symlink():

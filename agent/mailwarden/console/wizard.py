@@ -28,7 +28,7 @@ from ..firstboot.boot import (
     api_owner,
     create_admin,
     default_address,
-    listen_publicly,
+    open_mail_path,
 )
 from ..firstboot.configure import FirstbootResult, apply_answers, is_set_up
 from ..layout import Layout
@@ -298,7 +298,7 @@ class Wizard:
         create_admin(self.layout, result.admin, password_hash,
                      as_user=API_USER if self.live and os.geteuid() == 0 else None)
         if first and self.live:
-            listen_publicly(self.layout)
+            open_mail_path(self.layout)
         setupcode.discard(self.layout.setup_code)
         complete = self.layout.path(COMPLETE)
         complete.parent.mkdir(mode=0o750, parents=True, exist_ok=True)

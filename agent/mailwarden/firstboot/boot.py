@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..control import health
+from ..control.apply import health_timeout_for
 from ..control.service import Controller
 from ..errors import AlreadySetUp, MailwardenError, StateError
 from ..layout import Layout
@@ -125,7 +126,7 @@ def run_firstboot(layout: Layout, *, controller: Controller, host: Any,
                           f"{exc.message.splitlines()[0]}; on the console run "
                           f"`mailwarden user add {result.admin}`")
             if first and live:
-                listen_publicly(layout)
+                open_mail_path(layout)
         except AlreadySetUp as exc:
             seed.mark_applied(layout, found, "skipped: " + exc.message, None)
             _say(out, f"MWFIRSTBOOT seed skipped: {exc.message}")
@@ -207,8 +208,10 @@ def _refused(out: TextIO, outcome: FirstbootOutcome, exc: MailwardenError) -> No
 
 def _wait_for_scanners(layout: Layout, controller: Controller) -> None:
     """The first apply restarts Rspamd (its worker sockets change) and probes the scanners;
-    on a new disk Rspamd may still be in its first start (compiling its rules), so wait for
-    them to answer first: a restart in the middle of that start would begin it again."""
+    if Rspamd is in its first start (compiling its rules), wait for them to answer first: a
+    restart in the middle of that start would begin it again. The image starts no mail daemon
+    before the first state (mailwarden-mail.target), so this waits only on a host whose
+    daemons an earlier version or the admin started."""
     for service in ("rspamd", "redis", "unbound"):
         if controller.is_running(service):
             try:
@@ -217,12 +220,22 @@ def _wait_for_scanners(layout: Layout, controller: Controller) -> None:
                 log.warning("%s", exc.message)
 
 
-def listen_publicly(layout: Layout) -> None:
-    """After the first state: restart Postfix. Until then it listened on loopback only (the
-    image's Debian default), and Postfix takes a new inet_interfaces only at a restart; a
-    reload (all the apply transaction does) keeps the old sockets."""
-    run(["systemctl", "restart", "postfix.service"], timeout=300)
-    health.wait_healthy("postfix", layout, timeout=120)
+# What the first state starts (mailwarden-mail.target) and setup waits for. Not the content
+# filter or the policy service: they are ordered after mailwarden-firstboot.service, which
+# calls this, and start within seconds once it ends.
+FIRST_START = ("postfix", "redis", "rspamd")
+
+
+def open_mail_path(layout: Layout) -> None:
+    """After the first state: (re)start Postfix and wait until the mail path answers, so that
+    "set up" means mail is accepted and scanned. Before the first state Postfix was stopped
+    (mailwarden-mail.target starts it) or, on a host set up otherwise, on loopback only, and it
+    takes a new inet_interfaces only at a restart: a reload (all the apply transaction does)
+    keeps the old sockets. Rspamd's first start compiles its rules: minutes under emulation."""
+    run(["systemctl", "restart", "postfix.service"], timeout=600)
+    for service in FIRST_START:
+        health.wait_healthy(service, layout,
+                            timeout=max(120.0, health_timeout_for(service)))
 
 
 def _share_store(layout: Layout) -> None:
