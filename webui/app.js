@@ -378,6 +378,28 @@ async function viewQuarantine(arg, render) {
     }
   }
 
+  // Digests (admin, qmanager): what one recipient's digest would list now, and sending it.
+  const digestAllowed = ["admin", "qmanager"].includes(state.user.role);
+  const digestView = h("div", { class: "digest-preview" });
+  const digestForm = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); digest("GET"); } },
+    h("input", { name: "address", type: "email", required: true, placeholder: "recipient@example.org", "aria-label": "Digest recipient" }),
+    h("button", { type: "submit" }, "Preview digest"),
+    h("button", { type: "button", onclick: () => { if (digestForm.reportValidity()) digest("POST"); } }, "Send digest now"));
+  async function digest(method) {
+    const address = digestForm.address.value.trim();
+    try {
+      const out = method === "GET"
+        ? await api("GET", `/api/quarantine/digest?${new URLSearchParams({ address })}`)
+        : await api("POST", "/api/quarantine/digest", { address });
+      if (method === "POST") toast(`Digest sent to ${out.address}`);
+      digestView.replaceChildren(
+        h("p", {}, h("strong", {}, out.subject), ` (${out.messages} message${out.messages === 1 ? "" : "s"})`),
+        h("pre", { class: "digest-text" }, out.text));
+    } catch (e) {
+      digestView.replaceChildren(h("p", { class: "muted" }, e.message));
+    }
+  }
+
   const search = h("input", { type: "search", placeholder: "Search subject or sender", "aria-label": "Search",
     onchange: (e) => { filters.q = e.target.value; load(); } });
   const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
@@ -392,7 +414,10 @@ async function viewQuarantine(arg, render) {
     progress, progressText,
     h("div", { class: "split" },
       h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, [all, "Time", "Kind", "Sender", "Subject", "Score / virus"].map((c) => h("th", {}, c)))), tbody),
-      h("div", { class: "preview" }, details, frame)));
+      h("div", { class: "preview" }, details, frame)),
+    digestAllowed && h("section", { class: "digests" }, h("h2", {}, "Digests"),
+      h("p", { class: "muted" }, "What a recipient's digest lists now (what was quarantined for them since their last one), and sending it without waiting for its time."),
+      digestForm, digestView));
   document.onkeydown = (event) => {
     if (!location.hash.startsWith("#/quarantine") || ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) return;
     if (event.key === "j" && cursor < items.length - 1) { cursor++; renderRows(); open(items[cursor]); }
@@ -927,6 +952,8 @@ async function route() {
     try {
       const me = await api("GET", "/api/session");
       state.user = me;
+      // Logged in by a digest's link (a cookie, no login form): the CSRF token comes here.
+      if (me.csrf_token) { state.csrf = me.csrf_token; sessionStorage.setItem("mw_csrf", state.csrf); }
     } catch {
       location.hash = "#/login";
       return;

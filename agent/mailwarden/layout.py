@@ -130,6 +130,12 @@ class Layout:
         return self.path("/var/lib/mailwarden-api/auth.db")
 
     @property
+    def ticket_key(self) -> Path:
+        """The key that signs the links of quarantine digests: beside the credentials store,
+        the API's user's alone (the digests are sent as that user)."""
+        return self.auth_database.parent / "tickets.key"
+
+    @property
     def quarantine_dir(self) -> Path:
         return self.path("/var/lib/mailwarden/quarantine")
 

@@ -385,3 +385,73 @@ def test_bulk_release_of_500_shows_progress_and_loses_nothing(page: Page, ui_gat
     assert p.query_selector(f"text=Bulk {batch} 000") is None
     ui_gateway.sink.wait_for_marker(f"Bulk {batch}", 500)
     assert len(ui_gateway.sink.containing(f"Bulk {batch}")) == 500
+
+
+def test_digest_previewed_sent_and_its_links_used(page: Page, ui_gateway: Sandbox,
+                                                  admin: None) -> None:
+    """An admin previews and sends a recipient's digest; the links in the received mail open
+    pages that act only on their button, and the portal link logs the recipient in."""
+    import email
+    import email.policy
+    import re
+
+    def delivered() -> list[bytes]:
+        """The message itself at the sink, not the digest that names it."""
+        return [m for m in ui_gateway.sink.containing(subject)
+                if b"X-Mailwarden-Digest:" not in m]
+
+    recipient = f"digest-{marker()}@example.test"
+    subject = f"Digest item {marker()}"
+    send(ui_gateway, hostile_spam(subject, to=recipient), to=(recipient,))
+    wait_quarantined(ui_gateway, subject)
+    page.login("admin")
+    p = page.page
+    p.goto(f"{page.base}/#/quarantine")
+    p.fill("input[aria-label='Digest recipient']", recipient)
+    p.click("button:has-text('Preview digest')")
+    p.wait_for_selector(f"pre.digest-text:has-text('{subject}')")
+    p.screenshot(path=str(SCREENSHOTS / "digest.png"), full_page=True)
+    assert ui_gateway.sink.containing(f"held for {recipient}") == []  # a preview sends nothing
+    p.click("button:has-text('Send digest now')")
+    p.wait_for_selector(f"text=Digest sent to {recipient}")
+    [mail] = ui_gateway.sink.wait_for_marker(f"held for {recipient}")
+    message = email.message_from_bytes(mail, policy=email.policy.default)
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    found = {m.group(1): m.group(0) for m in re.finditer(r"/ticket/(\w+)\?t=\S+", text)}
+    assert set(found) == {"release", "delete", "allow", "block", "login"}
+    p.click("#logout")
+    p.wait_for_selector("button:has-text('Log in')")
+
+    p.goto(page.base + found["release"])
+    p.wait_for_selector("h1:has-text('Release this message?')")
+    p.screenshot(path=str(SCREENSHOTS / "digest-link.png"), full_page=True)
+    time.sleep(2)
+    assert delivered() == []  # opening the page delivered nothing
+
+    p.goto(page.base + found["login"])
+    p.click("button:has-text('Open the quarantine')")
+    p.wait_for_selector(f"text={subject}")
+    assert p.inner_text("#who").startswith(recipient)
+    p.click(f"text={subject}")
+    p.click("text=Release (r)")  # the portal's own action, with the CSRF token it learnt
+    p.wait_for_selector("text=release: done")
+    deadline = time.monotonic() + 60
+    while not delivered():
+        assert time.monotonic() < deadline, "the released message did not arrive"
+        time.sleep(0.5)
+    # The digest's link now says it is done (410) and delivers nothing again.
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - our own test server
+            page.base + "/ticket/release", data=found["release"].partition("?")[2].encode(),
+            method="POST"), context=insecure, timeout=60)
+    assert gone.value.code == 410 and b"delivered already" in gone.value.read()
+    time.sleep(2)
+    assert len(delivered()) == 1

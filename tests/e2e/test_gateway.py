@@ -44,6 +44,8 @@ Figure = Callable[[str, object], None]
 AGENT_UNITS = ["mailwarden-filter.service", "mailwarden-policy.service",
                "mailwarden-api.service"]
 ROOT_UNITS = ["mailwarden-apply.service", "mailwarden-firstboot.service"]
+# Run by timers, as the agent's users.
+TIMED_UNITS = ["mailwarden-digest.service", "mailwarden-quarantine-expire.service"]
 # The audit is asked for (`./build.sh test e2e --lynis`): under TCG it costs more than the
 # rest of the gateway's checks together (tests/e2e/README.md).
 LYNIS = os.environ.get("MAILWARDEN_E2E_LYNIS", "0") == "1"
@@ -295,6 +297,21 @@ def test_quarantined_mail_never_reaches_internal_server(
     assert not mail.sink_has(gateway.sink, mail.subject(kind, sent))
 
 
+def test_digest_sent_by_the_appliance(gateway: Gateway, quarantined: set[tuple[str, str]],
+                                      sent: str, figure: Figure) -> None:
+    """Root's command runs as the API's user (the ticket key is its own), and the digest
+    goes out through the reinjection path to the internal server."""
+    result = gateway.guest.run("/opt/mailwarden/venv/bin/mailwarden", "digest", "send",
+                               mail.RECIPIENT)
+    assert result.status == 0, result.err
+    assert "message(s) listed" in result.out, result.out
+    took = wait_for(lambda: mail.sink_has(gateway.sink, f"Quarantine: 2 new messages held "
+                                                        f"for {mail.RECIPIENT}"), every=2)
+    figure("quarantine digest: sent to at the sink", f"{took:.0f} s")
+    key = gateway.guest.run("/usr/bin/stat", "-c", "%U %a", "/var/lib/mailwarden-api/tickets.key")
+    assert key.out.split() == ["mailwarden-api", "600"], key.out + key.err
+
+
 def test_relay_domain_added_through_api_and_delivered(gateway: Gateway, figure: Figure) -> None:
     """A change as an admin makes it: the unprivileged API asks the root apply helper
     (socket activation, SO_PEERCRED), which renders, validates, reloads Postfix."""
@@ -399,7 +416,7 @@ def test_console_waits_for_its_serial_port(guest: Guest) -> None:
 def exposure(gateway: Gateway, guest: Guest, figure: Figure) -> dict[str, float]:
     levels: dict[str, float] = {}
     text = ""
-    for unit in AGENT_UNITS + ROOT_UNITS:
+    for unit in AGENT_UNITS + TIMED_UNITS + ROOT_UNITS:
         result = guest.run("/usr/bin/systemd-analyze", "security", "--no-pager", unit)
         text += result.out + result.err
         found = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)",
@@ -411,7 +428,7 @@ def exposure(gateway: Gateway, guest: Guest, figure: Figure) -> dict[str, float]
     return levels
 
 
-@pytest.mark.parametrize("unit", AGENT_UNITS)
+@pytest.mark.parametrize("unit", AGENT_UNITS + TIMED_UNITS)
 def test_systemd_exposure_below_3(exposure: dict[str, float], unit: str) -> None:
     # The apply helper and first boot run as root by design (they write /etc, restart
     # services): their figures are recorded, not rated.

@@ -198,9 +198,10 @@ def test_version_1_drops_digest_and_notifications_and_nothing_else() -> None:
     old = _yaml(STATES / "version1" / "full.yaml")
     assert "notifications" in old and "digest" in old["quarantine"]
     new = migrate(old, target=2)
-    assert new == _yaml(STATES / "full.yaml")  # the same file, written as version 2
+    assert new == _yaml(STATES / "version2" / "full.yaml")  # the same file, as version 2
     assert "notifications" in old and "digest" in old["quarantine"]  # not changed in place
-    assert State.model_validate(new) == load_state_file(STATES / "version1" / "full.yaml")
+    assert load_state_file(STATES / "version2" / "full.yaml") == \
+        load_state_file(STATES / "version1" / "full.yaml")
 
 
 def test_version_1_without_them_only_changes_the_version() -> None:
@@ -208,13 +209,29 @@ def test_version_1_without_them_only_changes_the_version() -> None:
     old["quarantine"] = {"user_portal": False}
     new = migrate(old, target=2)
     assert new == old | {"version": 2}
-    State.model_validate(new)
+    State.model_validate(migrate(new))
 
 
-def test_version_2_has_no_digest_or_notifications() -> None:
-    text = MINIMAL.replace("version: 1", "version: 2")
+def test_version_2_only_changes_the_version() -> None:
+    old = _yaml(STATES / "version2" / "full.yaml")
+    assert migrate(old) == old | {"version": 3}
+    state = State.model_validate(migrate(old))
+    assert state.quarantine.digest.enabled is False  # digests stay off until turned on
+    assert all(domain.digest is None for domain in state.domains)
+
+
+def test_version_3_has_digests_and_still_no_notifications() -> None:
+    text = MINIMAL.replace("version: 1", "version: 3")
     (error,) = errors_of(text + "notifications: {daily_report: true}\n")
     assert error.path == "notifications"
+    full = load_state_file(STATES / "full.yaml")
+    assert (full.quarantine.digest.enabled, full.quarantine.digest.time) == (True, "06:45")
+    assert full.domains[1].digest is not None and full.domains[1].digest.weekday == "friday"
+    (error,) = errors_of(text + "quarantine:\n  digest: {time: '25:00'}\n")
+    assert error.path == "quarantine.digest.time"
+    (error,) = errors_of(text + "quarantine:\n  digest:\n"
+                         "    portal_url: 'https://x.example/?a=<b>'\n")
+    assert error.path == "quarantine.digest.portal_url"
 
 
 # --- defaults ---------------------------------------------------------------------------

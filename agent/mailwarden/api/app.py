@@ -22,6 +22,7 @@ from ..errors import MailwardenError
 from ..firstboot.answers import Answers
 from ..firstboot.configure import FirstbootResult, Host, NullHost, apply_answers, is_set_up
 from ..layout import Layout
+from ..mail.digest import Digests
 from ..mail.reinject import reinject
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
@@ -31,10 +32,12 @@ from ..store.db import Database
 from ..store.lists import UserLists
 from ..store.quarantine import Quarantine
 from ..store.statistics import Statistics
+from ..store.tickets import Tickets
 from ..store.tracking import Tracking
 from ..store.users import Audit, User, Users
 from . import accounts, errors, resources, system
 from .auth import AuthMiddleware, Forbidden
+from .digests import DigestResource
 from .dkim import DkimKeysResource
 from .metrics import MetricsResource
 from .openapi import openapi_document
@@ -51,6 +54,7 @@ from .resources import Applier, RollbackFn
 from .rules import SimulateResource
 from .settings import SettingsResource
 from .setup import SetupFn, SetupResource
+from .tickets import TicketPage
 
 
 @dataclass
@@ -195,6 +199,7 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         reinject(raw, sender, recipients, port=layout.ports.reinject,
                  hostname=state.system.hostname)
 
+    tickets = Tickets(layout.ticket_key)
     quarantine_settings = QuarantineSettingsFile(layout.state_file)
     portal = UserPortal(quarantine_settings)
 
@@ -237,6 +242,9 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         "/api/quarantine": QuarantineListResource(quarantine, users_may_release_viruses),
         "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine,
                                                               users_may_release_viruses),
+        "/api/quarantine/digest": DigestResource(
+            Digests(db, quarantine, tickets), lambda: load_state_file(layout.state_file),
+            services.deliver or deliver, audit),
         "/api/quarantine/bulk": QuarantineBulkResource(quarantine, services.deliver or deliver,
                                                        audit, users_may_release_viruses),
         "/api/quarantine/{entry_id}/raw": QuarantineRawResource(quarantine),
@@ -251,6 +259,10 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
     for path, resource in routes.items():
         app.add_route(path, resource)
     document.document = openapi_document(routes)
+    # Web pages for people (the links of a digest), not API resources: not in the document.
+    app.add_route("/ticket/{action}", TicketPage(
+        tickets, quarantine, UserLists(db), services.deliver or deliver, users, audit,
+        quarantine_settings))
     # Sinks are tried before static routes: an unknown /api/ path never gets the UI's page.
     app.add_sink(no_such_api_path, API_PATHS)
     if services.webui is not None and services.webui.is_dir():

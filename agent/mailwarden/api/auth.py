@@ -44,6 +44,8 @@ class AuthMiddleware:
             return
         allowed: dict[str, tuple[str, ...]] = getattr(resource, "roles", {})
         public = req.method in getattr(resource, "public", ())
+        if public and getattr(resource, "anonymous", False):
+            return  # its own credential (a digest's ticket); a session counts for nothing
         user = self._identify(req)
         req.context.user = user
         if public or req.method == "OPTIONS":

@@ -184,6 +184,11 @@ class QuarantineDecision(Body):
         description="The recipients to act for; all you may act for when left out.")
 
 
+class DigestSend(Body):
+    address: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+                       ] = Field(description="The recipient whose digest goes out now.")
+
+
 class QuarantineBulk(Body):
     ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         min_length=1, max_length=1000)

@@ -55,6 +55,8 @@ _DESCRIPTIONS = {
     "/api/quarantine": "Quarantined mail (?kind=&recipient=&sender=&status=&limit=&offset=).",
     "/api/quarantine/{entry_id}": "One quarantined message's metadata.",
     "/api/quarantine/bulk": "Release or delete many messages; a result per id.",
+    "/api/quarantine/digest": "One recipient's quarantine digest: what it would list now "
+    "(GET ?address=), or send it now (POST).",
     "/api/quarantine/{entry_id}/preview": "Headers, text and sanitised HTML (?format=html: a "
     "page for a sandboxed frame, with a strict Content-Security-Policy).",
     "/api/quarantine/{entry_id}/raw": "The message as received (message/rfc822).",

@@ -4,7 +4,7 @@ Quarantine users (role quser, logged in with their address as user name) see and
 their own recipient address only; the staff roles see everything. A message that carries a
 virus reaches a quarantine user only through staff, unless quarantine.user_release_virus says
 otherwise: every action that delivers (release, and allow, which also releases) asks
-`_offered` first, and each entry tells the web UI which actions it offers, from the same
+`offered` first, and each entry tells the web UI which actions it offers, from the same
 function.
 """
 
@@ -74,7 +74,7 @@ def _viruses_allowed(user: User, users_may_release_viruses: UsersMayReleaseVirus
     return user.role != "quser" or users_may_release_viruses()
 
 
-def _offered(user: User, entry: QuarantineEntry, viruses_allowed: bool) -> tuple[str, ...]:
+def offered(user: User, entry: QuarantineEntry, viruses_allowed: bool) -> tuple[str, ...]:
     """The actions this user may take on entry: the one answer for the API and the UI."""
     if user.role not in (*ACTORS, "quser"):
         return ()
@@ -85,7 +85,7 @@ def _offered(user: User, entry: QuarantineEntry, viruses_allowed: bool) -> tuple
 
 def _check_action(user: User, entry: QuarantineEntry, action: str,
                   viruses_allowed: bool) -> None:
-    if action in _offered(user, entry, viruses_allowed):
+    if action in offered(user, entry, viruses_allowed):
         return
     if carries_virus(entry) and action in DELIVERING:
         raise Forbidden(f"quarantine users may not {action} a message that carries a virus; "
@@ -93,12 +93,34 @@ def _check_action(user: User, entry: QuarantineEntry, action: str,
     raise Forbidden(f"the role '{user.role}' may not {action} quarantined messages")
 
 
+def act(quarantine: Quarantine, lists: UserLists, deliver: Deliver, user: User,
+        entry: QuarantineEntry, action: str, recipients: list[str],
+        viruses_allowed: bool) -> dict[str, Any]:
+    """One action on one message for these recipients, by this user: the API's and the
+    digest links' single way to act. Refused before anything is written: a refused allow
+    leaves no list entry behind either."""
+    _check_action(user, entry, action, viruses_allowed)
+    if action == "release":
+        return {"released": quarantine.release(entry.id, deliver, recipients)}
+    if action == "delete":
+        quarantine.delete(entry.id, recipients)
+        return {"deleted": recipients}
+    listed: Literal["allow", "block"] = "allow" if action == "allow" else "block"
+    for recipient in recipients:
+        lists.set(recipient, entry.sender, listed)
+    if action == "allow":
+        return {"allowed": entry.sender,
+                "released": quarantine.release(entry.id, deliver, recipients)}
+    quarantine.delete(entry.id, recipients)
+    return {"blocked": entry.sender, "deleted": recipients}
+
+
 def _public(entry: QuarantineEntry, user: User, viruses_allowed: bool) -> dict[str, Any]:
     data = entry.to_dict()
     del data["path"]
     visible = set(_visible(user, entry))
     data["recipients"] = {r: s for r, s in entry.recipients.items() if r in visible}
-    data["actions"] = list(_offered(user, entry, viruses_allowed))
+    data["actions"] = list(offered(user, entry, viruses_allowed))
     return data
 
 
@@ -245,26 +267,7 @@ class QuarantineActionResource:
             raise falcon.HTTPNotFound(title="Not Found",
                                       description=f"no quarantine action '{action}'")
         recipients = _recipients(body.recipients, _visible(user, entry))
-        # Before anything is written: a refused allow leaves no list entry behind either.
-        _check_action(user, entry, action,
-                      _viruses_allowed(user, self.users_may_release_viruses))
-        if action == "release":
-            done = self.quarantine.release(entry_id, self.deliver, recipients)
-            result: dict[str, Any] = {"released": done}
-        elif action == "delete":
-            self.quarantine.delete(entry_id, recipients)
-            result = {"deleted": recipients}
-        else:  # allow or block
-            listed: Literal["allow", "block"] = "allow" if action == "allow" else "block"
-            for recipient in recipients:
-                self.lists.set(recipient, entry.sender, listed)
-            if action == "allow":
-                result = {"allowed": entry.sender,
-                          "released": self.quarantine.release(entry_id, self.deliver,
-                                                              recipients)}
-            else:
-                self.quarantine.delete(entry_id, recipients)
-                result = {"blocked": entry.sender, "deleted": recipients}
+        resp.media = act(self.quarantine, self.lists, self.deliver, user, entry, action,
+                         recipients, _viruses_allowed(user, self.users_may_release_viruses))
         self.audit.record(user.username, f"quarantine.{action}", entry_id,
                           {"recipients": recipients}, req.remote_addr)
-        resp.media = result

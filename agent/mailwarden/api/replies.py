@@ -51,6 +51,9 @@ class Me(Reply):
     username: str
     role: Role
     totp: bool
+    csrf_token: str | None = Field(
+        None, description="The session's CSRF token (null for an API token): a page that was "
+        "logged in by a digest's link, not by POST /api/session, learns it here.")
 
 
 class LoggedIn(Reply):

@@ -101,7 +101,10 @@ class SessionResource:
     @returns(replies.Me)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = req.context.user
-        resp.media = {"username": user.username, "role": user.role, "totp": user.totp}
+        session = self.users.session(req.context.session_token) \
+            if req.context.session_token else None
+        resp.media = {"username": user.username, "role": user.role, "totp": user.totp,
+                      "csrf_token": session.csrf_token if session else None}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.context.session_token:

@@ -53,7 +53,8 @@ files in `/etc/mailwarden/secrets/`, referred to by name.
   `mailwarden state validate` or sent to the API, is migrated forward when read, one
   version at a time, and then validated as a current one; the stored text keeps its
   version until the next apply. A version newer than this Mailwarden is refused. Version 2
-  dropped `quarantine.digest` and `notifications`, which nothing acted on.
+  dropped `quarantine.digest` and `notifications`, which nothing acted on; version 3 brought
+  digests back, now sent (`quarantine.digest`, `domains[].digest`), off unless turned on.
 
 Paths are written as in error messages: `domains[].transport.port` is the `port` key of the
 `transport` mapping of each entry of the `domains` list; `rule_objects.<name>` is a key you

@@ -29,7 +29,15 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 adds quarantine digests (`quarantine.digest`, `domains[].digest`), off unless
+    the file turns them on: nothing to reshape. The number changes so that an older
+    Mailwarden refuses these keys with "written by a newer Mailwarden" rather than as typos.
+    """
+    return data
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(

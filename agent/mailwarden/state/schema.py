@@ -26,9 +26,10 @@ from .types import (
     Port,
     Seconds,
     SecretName,
+    TimeOfDay,
 )
 
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 TlsLevel = Literal["none", "may", "encrypt", "dane", "verify", "secure"]
 ScannerFailure = Literal["tempfail", "accept_tagged"]
@@ -133,6 +134,42 @@ class Transport(Section):
     )
 
 
+# An https address without query or fragment: it is put into links and mail as it is.
+HttpsUrl = Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?$",
+                                max_length=200)]
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+class DigestOverride(Section):
+    enabled: bool | None = Field(None, description="Send digests for this domain or not.")
+    frequency: Literal["daily", "weekly"] | None = Field(None, description="daily or weekly.")
+    time: TimeOfDay | None = Field(None, description="Local time the digests go out (HH:MM).")
+    weekday: Weekday | None = Field(None, description="Day of a weekly digest.")
+
+
+class Digest(Section):
+    enabled: bool = Field(
+        False, description="Send each recipient with newly quarantined mail a digest on the "
+        "schedule below; nothing is sent when nothing new was held since the last one."
+    )
+    frequency: Literal["daily", "weekly"] = Field("daily", description="daily or weekly.")
+    time: TimeOfDay = Field("07:00", description="Local time (the appliance's time zone) the "
+                            "digests go out, HH:MM.")
+    weekday: Weekday = Field("monday", description="Day of a weekly digest.")
+    ticket_lifetime_days: Annotated[int, Field(ge=1, le=60)] = Field(
+        7, description="Days the links in a digest work (release, delete, allow, block, "
+        "open the portal); each is signed and bound to its recipient."
+    )
+    sender: Email | None = Field(
+        None, description="From address of the digests (default: system.admin_email, else "
+        "postmaster@ the first relay domain)."
+    )
+    portal_url: HttpsUrl | None = Field(
+        None, description="Address of the web interface the links point at, as recipients "
+        "reach it (default: https://<system.hostname>:8006)."
+    )
+
+
 class RelayDomain(Section):
     name: Domain = Field(description="A domain this gateway accepts mail for.")
     transport: Transport = Field(description="Where accepted mail for this domain goes.")
@@ -141,6 +178,10 @@ class RelayDomain(Section):
         False,
         description="Ask the internal server whether a recipient exists before accepting "
         "(Postfix reject_unverified_recipient): unknown users get 550 instead of a bounce.",
+    )
+    digest: DigestOverride | None = Field(
+        None, description="This domain's own digest schedule: each key given here replaces "
+        "the one of quarantine.digest for its recipients."
     )
     comment: str = Field("", description="Free text for the administrators.")
 
@@ -530,6 +571,11 @@ class Lifetimes(Section):
 
 class Quarantine(Section):
     lifetimes: Lifetimes = Field(default_factory=Lifetimes, description="Retention.")
+    digest: Digest = Field(
+        default_factory=Digest,
+        description="Quarantine digests: mail to each recipient listing what was held for "
+        "them, with links to act on it (docs/operations.md, \"Digests\").",
+    )
     user_portal: bool = Field(
         True, description="Users may log in to manage their own quarantined mail."
     )
@@ -540,7 +586,7 @@ class Quarantine(Section):
 
 
 class State(Section):
-    version: Literal[2] = Field(
+    version: Literal[3] = Field(
         description="Format version of this file; older versions are migrated forward."
     )
     system: System = Field(description="This gateway.")

@@ -88,6 +88,39 @@ class CredentialsKeyError(MailwardenError):
     code = "credentials_key"
 
 
+def owner_key(path: Path) -> bytes:
+    """A 256-bit key kept in a 0600 file of its owner's, made on first use (by whichever
+    process comes first; the others read it). Refused if others may read it."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # another worker made it just now
+            fd = os.open(path, flags)
+        else:
+            try:
+                os.write(fd, key)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return key
+    try:
+        info = os.fstat(fd)
+        if info.st_mode & 0o077:
+            raise CredentialsKeyError(f"{path} must be 0600 (its owner's only)")
+        key = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    if len(key) != 32:
+        raise CredentialsKeyError(f"{path} is not a 256-bit key")
+    return key
+
+
 class SecretBox:
     """AES-GCM with a 256-bit key kept in a 0600 file, made on first use. Each value is bound
     to a context (the user's id), so a ciphertext copied to another row does not decrypt."""
@@ -99,37 +132,9 @@ class SecretBox:
         self._key: bytes | None = None
 
     def _load(self) -> bytes:
-        if self._key is not None:
-            return self._key
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(self.key_file, flags)
-        except FileNotFoundError:
-            key = AESGCM.generate_key(bit_length=256)
-            try:
-                fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
-            except FileExistsError:  # another worker made it just now
-                fd = os.open(self.key_file, flags)
-            else:
-                try:
-                    os.write(fd, key)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._key = key
-                return key
-        try:
-            info = os.fstat(fd)
-            if info.st_mode & 0o077:
-                raise CredentialsKeyError(f"{self.key_file} must be 0600 (its owner's only)")
-            key = os.read(fd, 64)
-        finally:
-            os.close(fd)
-        if len(key) != 32:
-            raise CredentialsKeyError(f"{self.key_file} is not a 256-bit key")
-        self._key = key
-        return key
+        if self._key is None:
+            self._key = owner_key(self.key_file)
+        return self._key
 
     def seal(self, plain: str, context: str) -> str:
         nonce = secrets.token_bytes(12)

@@ -193,6 +193,15 @@ SCHEMA: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN virus_scan TEXT;
     """,
+    # version 6: each recipient's last quarantine digest (mail/digest.py): when it went out
+    # and up to when quarantined mail was in it
+    """
+    CREATE TABLE digests (
+        recipient TEXT PRIMARY KEY,
+        sent REAL NOT NULL,
+        cutoff REAL NOT NULL
+    );
+    """,
 ]
 
 
