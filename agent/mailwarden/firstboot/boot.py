@@ -232,7 +232,8 @@ def open_mail_path(layout: Layout) -> None:
     (mailwarden-mail.target starts it) or, on a host set up otherwise, on loopback only, and it
     takes a new inet_interfaces only at a restart: a reload (all the apply transaction does)
     keeps the old sockets. Rspamd's first start compiles its rules: minutes under emulation."""
-    run(["systemctl", "restart", "postfix.service"], timeout=600)
+    # Postfix gets 10 minutes to start (roles/packages): this waits a little longer.
+    run(["systemctl", "restart", "postfix.service"], timeout=900)
     for service in FIRST_START:
         health.wait_healthy(service, layout,
                             timeout=max(120.0, health_timeout_for(service)))

@@ -34,8 +34,13 @@ ARPHRD_ETHER = "1"
 Runner = Callable[[Sequence[str]], object]
 
 
+# systemctl enable/unmask reload systemd (every generator runs again): about 50 s each under
+# emulation on a busy machine, where 120 s ran out at first boot.
+HOST_COMMAND_TIMEOUT = 600
+
+
 def _run(argv: Sequence[str]) -> object:
-    return run(list(argv), timeout=120)
+    return run(list(argv), timeout=HOST_COMMAND_TIMEOUT)
 
 
 class ApplianceHost:
