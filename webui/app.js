@@ -428,6 +428,60 @@ async function viewQuarantine(arg, render) {
   await load();
 }
 
+async function viewLists(arg, render) {
+  // A quarantine user's own list; the staff see everyone's and search them.
+  const own = state.user.role === "quser";
+  const writer = ["admin", "qmanager", "helpdesk", "quser"].includes(state.user.role);
+  const filters = { q: "", kind: "" };
+  const tbody = h("tbody");
+  async function load() {
+    const params = new URLSearchParams({ limit: "500" });
+    if (filters.q) params.set("q", filters.q);
+    if (filters.kind) params.set("kind", filters.kind);
+    const items = (await api("GET", `/api/lists?${params}`)).items;
+    tbody.replaceChildren(...items.map((e) => h("tr", {},
+      own ? "" : h("td", {}, e.recipient), h("td", {}, e.sender), h("td", {}, e.kind), h("td", {}, fmtTime(e.created)),
+      h("td", {}, writer && h("button", { class: "danger", "aria-label": `Remove ${e.sender}`, onclick: async () => {
+        try {
+          await api("DELETE", "/api/lists", own ? { sender: e.sender } : { sender: e.sender, recipient: e.recipient });
+          toast(`${e.sender} removed`);
+          await load();
+        } catch (err) { toast(err.message); }
+      } }, "Remove")))));
+    if (!items.length) tbody.append(h("tr", {}, h("td", { colspan: own ? "4" : "5", class: "muted" }, "No entries.")));
+  }
+  const error = h("p", { class: "errors", role: "alert" });
+  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { sender: form.sender.value.trim(), kind: form.kind.value };
+    if (!own) body.recipient = form.recipient.value.trim();
+    try {
+      await api("POST", "/api/lists", body);
+      error.textContent = "";
+      toast(`${body.sender}: ${body.kind}`);
+      form.sender.value = "";
+      await load();
+    } catch (err) { error.textContent = err.message; }
+  } },
+  own ? "" : h("input", { name: "recipient", type: "email", required: true, placeholder: "recipient@example.org", "aria-label": "Recipient" }),
+  h("input", { name: "sender", required: true, placeholder: "sender@example.com or @example.com", "aria-label": "Sender" }),
+  h("select", { name: "kind", "aria-label": "Allow or block" }, h("option", { value: "block" }, "Block"), h("option", { value: "allow" }, "Allow")),
+  h("button", { type: "submit", class: "primary" }, "Add"));
+  const search = h("input", { type: "search", placeholder: "Search sender or recipient", "aria-label": "Search lists",
+    onchange: (e) => { filters.q = e.target.value; load(); } });
+  const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
+    h("option", { value: "" }, "Allow and block"), h("option", { value: "allow" }, "Allowed"), h("option", { value: "block" }, "Blocked"));
+  render(
+    h("h1", {}, own ? "My sender lists" : "Sender lists"),
+    h("p", { class: "muted" }, own
+      ? "Mail from a sender you allow reaches you even when it looks like spam (never a virus); mail from a sender you block is held in your quarantine. A sender is an address, or @domain for everyone there."
+      : "Each recipient's allowed and blocked senders (an address, or @domain). The rules honour them for that recipient; viruses are never let through."),
+    writer ? form : "", error,
+    own ? "" : h("div", { class: "toolbar" }, search, kind),
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ...(own ? [] : ["Recipient"]).concat(["Sender", "Kind", "Added", ""]).map((c) => h("th", {}, c)))), tbody));
+  await load();
+}
+
 async function viewTracking(arg, render) {
   const results = h("tbody");
   const form = h("form", { class: "toolbar", onsubmit: async (event) => {
@@ -931,7 +985,7 @@ async function viewSystem(arg, render) {
 // --- router -------------------------------------------------------------------------------
 
 const routes = {
-  login: viewLogin, setup: viewSetup, dashboard: viewDashboard, quarantine: viewQuarantine, tracking: viewTracking,
+  login: viewLogin, setup: viewSetup, dashboard: viewDashboard, quarantine: viewQuarantine, lists: viewLists, tracking: viewTracking,
   settings: viewSettings, rules: viewRules, dkim: viewDkim, account: viewAccount, history: viewHistory, users: viewUsers, system: viewSystem,
 };
 

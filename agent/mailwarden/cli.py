@@ -287,6 +287,54 @@ def cmd_digest_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_entry(recipient: str, sender: str, kind: str = "block") -> Any:
+    """The API's own checks on a list entry, with its messages."""
+    from pydantic import ValidationError
+
+    from .api.bodies import ListEntry
+
+    try:
+        return ListEntry.model_validate({"recipient": recipient, "sender": sender,
+                                         "kind": kind})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise MailwardenError(f"{'.'.join(str(p) for p in problem['loc'])}: "
+                              f"{problem['msg']}") from None
+
+
+def cmd_lists_show(args: argparse.Namespace) -> int:
+    from .store.lists import UserLists
+
+    entries = UserLists(Database(_layout(args).database)).search(
+        recipient=args.recipient, text=args.search, kind=args.kind, limit=args.limit)
+    for e in entries:
+        print(f"{e['recipient']}  {e['kind']:<5}  {e['sender']}")
+    return 0
+
+
+def cmd_lists_add(args: argparse.Namespace) -> int:
+    from .store.lists import UserLists
+
+    entry = _list_entry(args.recipient, args.sender, args.kind)
+    assert entry.recipient is not None
+    UserLists(Database(_layout(args).database)).set(entry.recipient, entry.sender, entry.kind)
+    print(f"{entry.sender.lower()}: {entry.kind} for {entry.recipient.lower()}")
+    return 0
+
+
+def cmd_lists_remove(args: argparse.Namespace) -> int:
+    from .store.lists import UserLists
+
+    entry = _list_entry(args.recipient, args.sender)
+    assert entry.recipient is not None
+    if not UserLists(Database(_layout(args).database)).remove(entry.recipient, entry.sender):
+        print(f"mailwarden: {args.sender} is not on the list of {args.recipient} [not_found]",
+              file=sys.stderr)
+        return EXIT_ERROR
+    print("removed")
+    return 0
+
+
 def cmd_quarantine_delete(args: argparse.Namespace) -> int:
     _quarantine(_layout(args)).delete(args.id, args.to or None)
     print("deleted")
@@ -623,6 +671,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", action="append", help="only for these recipients (repeatable)")
     root_option(p)
     p.set_defaults(func=cmd_quarantine_delete)
+
+    lists = sub.add_parser("lists", help="per-recipient sender allow and block lists"
+                           ).add_subparsers(dest="lists_command", required=True)
+    p = lists.add_parser("show", help="entries, by recipient then sender")
+    p.add_argument("--recipient", help="one recipient's list")
+    p.add_argument("--search", help="a piece of the sender or recipient")
+    p.add_argument("--kind", choices=["allow", "block"])
+    p.add_argument("--limit", type=int, default=1000)
+    root_option(p)
+    p.set_defaults(func=cmd_lists_show)
+    p = lists.add_parser("add", help="allow or block a sender (an address, or @domain) for a "
+                         "recipient")
+    p.add_argument("recipient")
+    p.add_argument("sender")
+    p.add_argument("kind", choices=["allow", "block"])
+    root_option(p)
+    p.set_defaults(func=cmd_lists_add)
+    p = lists.add_parser("remove", help="take a sender off a recipient's list")
+    p.add_argument("recipient")
+    p.add_argument("sender")
+    root_option(p)
+    p.set_defaults(func=cmd_lists_remove)
 
     digest = sub.add_parser("digest", help="quarantine digests to recipients").add_subparsers(
         dest="digest_command", required=True)

@@ -455,3 +455,32 @@ def test_digest_previewed_sent_and_its_links_used(page: Page, ui_gateway: Sandbo
     assert gone.value.code == 410 and b"delivered already" in gone.value.read()
     time.sleep(2)
     assert len(delivered()) == 1
+
+
+def test_a_user_blocks_a_sender_on_their_list_and_the_next_mail_is_held(
+        page: Page, ui_gateway: Sandbox, admin: None) -> None:
+    users = Users(CredentialStore.for_layout(ui_gateway.layout))
+    name = f"lists-{marker()}@example.test"
+    users.add(name, PASSWORD, "quser")
+    page.login(name)
+    p = page.page
+    p.goto(f"{page.base}/#/lists")
+    p.wait_for_selector("h1:has-text('My sender lists')")
+    assert p.query_selector("input[aria-label='Recipient']") is None  # their own list only
+    p.fill("input[aria-label='Sender']", "@pest.example")
+    p.select_option("select[aria-label='Allow or block']", "block")
+    p.click("button:has-text('Add')")
+    p.wait_for_selector("td:has-text('@pest.example')")
+    p.screenshot(path=str(SCREENSHOTS / "lists.png"), full_page=True)
+    held = f"From a pest {marker()}"
+    send(ui_gateway, build(held, sender="news@pest.example", to=name),
+         sender="news@pest.example", to=(name,))
+    entry = wait_quarantined(ui_gateway, held)
+    assert (entry.kind, entry.rule) == ("blocked", "user-blocklist")
+    # Off the list again: the next one is delivered.
+    p.click("button[aria-label='Remove @pest.example']")
+    p.wait_for_selector("text=No entries.")
+    passed = f"After the list {marker()}"
+    send(ui_gateway, build(passed, sender="news@pest.example", to=name),
+         sender="news@pest.example", to=(name,))
+    ui_gateway.sink.wait_for_marker(passed)

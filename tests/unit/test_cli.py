@@ -133,3 +133,24 @@ def test_user_add_passwd_del(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main(["user", "del", "alice", "--root", str(root)]) == 0
     assert main(["user", "del", "alice", "--root", str(root)]) == 1
     assert "no user 'alice' [not_found]" in capsys.readouterr().err
+
+
+def test_lists_add_show_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mailwarden.layout import sandbox
+
+    root = tmp_path / "sb"
+    root.mkdir()
+    (root / "layout.json").write_text(sandbox(root).to_json())
+    at = ["--root", str(root)]
+    assert main(["lists", "add", "Bob@example.org", "@Spam.example", "block", *at]) == 0
+    assert main(["lists", "add", "ann@example.org", "boss@work.example", "allow", *at]) == 0
+    capsys.readouterr()
+    assert main(["lists", "show", "--search", "spam", *at]) == 0
+    assert capsys.readouterr().out.split() == ["bob@example.org", "block", "@spam.example"]
+    assert main(["lists", "add", "bob@example.org", "not-an-address", "allow", *at]) == 1
+    assert "sender" in capsys.readouterr().err
+    assert main(["lists", "remove", "bob@example.org", "@spam.example", *at]) == 0
+    assert main(["lists", "remove", "bob@example.org", "@spam.example", *at]) == 1
+    assert "[not_found]" in capsys.readouterr().err
+    assert main(["lists", "show", "--recipient", "bob@example.org", *at]) == 0
+    assert capsys.readouterr().out == ""

@@ -226,3 +226,13 @@ def test_admins_preview_and_send_a_digest(env: Env) -> None:
     bad = env.client.simulate_get("/api/quarantine/digest", params={"address": "nobody"},
                                   headers=headers)
     assert bad.status_code == 400
+
+
+def test_a_strange_form_is_refused_not_a_server_error(env: Env) -> None:
+    entry = env.hold("odd form", ["bob@example.test"])
+    ticket = env.tickets.make("bob@example.test", entry, 60)
+    crowded = env.client.simulate_post(
+        "/ticket/delete", body="&".join(f"x{i}=1" for i in range(10)) + f"&t={ticket}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert crowded.status_code == 403 and "cannot be used" in crowded.text
+    assert _status(env, entry, "bob@example.test") == "new"

@@ -39,6 +39,7 @@ from . import accounts, errors, resources, system
 from .auth import AuthMiddleware, Forbidden
 from .digests import DigestResource
 from .dkim import DkimKeysResource
+from .lists import ListsResource
 from .metrics import MetricsResource
 from .openapi import openapi_document
 from .quarantine import (
@@ -242,6 +243,7 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         "/api/quarantine": QuarantineListResource(quarantine, users_may_release_viruses),
         "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine,
                                                               users_may_release_viruses),
+        "/api/lists": ListsResource(UserLists(db), audit),
         "/api/quarantine/digest": DigestResource(
             Digests(db, quarantine, tickets), lambda: load_state_file(layout.state_file),
             services.deliver or deliver, audit),

@@ -184,6 +184,26 @@ class QuarantineDecision(Body):
         description="The recipients to act for; all you may act for when left out.")
 
 
+# An address, or "@domain" for everyone there: what a list entry names.
+ListSender = Annotated[str, Field(min_length=3, max_length=320,
+                                  pattern=r"^([^@\s]+)?@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")]
+ListRecipient = Annotated[str, Field(min_length=3, max_length=320,
+                                     pattern=r"^[^@\s]+@[A-Za-z0-9.-]+$")]
+
+
+class ListEntry(Body):
+    sender: ListSender = Field(description="An address, or @domain for all of its senders.")
+    kind: Literal["allow", "block"]
+    recipient: ListRecipient | None = Field(
+        None, description="Whose list (staff only; a quarantine user's is their own).")
+
+
+class ListRemoval(Body):
+    sender: ListSender
+    recipient: ListRecipient | None = Field(
+        None, description="Whose list (staff only; a quarantine user's is their own).")
+
+
 class DigestSend(Body):
     address: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
                        ] = Field(description="The recipient whose digest goes out now.")

@@ -207,7 +207,10 @@ class TicketPage:
     def _posted_ticket(self, req: falcon.Request) -> str:
         """The form's field t (application/x-www-form-urlencoded), or the query's."""
         raw = req.bounded_stream.read(8192) if req.content_length else b""
-        fields = parse_qs(raw.decode("ascii", "replace"), max_num_fields=4)
+        try:
+            fields = parse_qs(raw.decode("ascii", "replace"), max_num_fields=4)
+        except ValueError:  # more fields than the form has: not our form
+            fields = {}
         return (fields.get("t") or [req.get_param("t") or ""])[0]
 
     def _login(self, req: falcon.Request, resp: falcon.Response, ticket: Ticket) -> None:

@@ -21,10 +21,36 @@ class UserLists:
                 " ON CONFLICT (recipient, sender) DO UPDATE SET kind = excluded.kind",
                 (recipient.lower(), sender.lower(), kind, time.time()))
 
-    def remove(self, recipient: str, sender: str) -> None:
+    def remove(self, recipient: str, sender: str) -> bool:
+        """True if there was such an entry."""
         with self.db.transaction() as conn:
-            conn.execute("DELETE FROM user_lists WHERE recipient = ? AND sender = ?",
-                         (recipient.lower(), sender.lower()))
+            cursor = conn.execute("DELETE FROM user_lists WHERE recipient = ? AND sender = ?",
+                                  (recipient.lower(), sender.lower()))
+            return cursor.rowcount > 0
+
+    def search(self, *, recipient: str | None = None, text: str | None = None,
+               kind: ListKind | None = None, limit: int = 100, offset: int = 0,
+               ) -> list[dict[str, object]]:
+        """Entries by recipient (exact), a piece of the sender or recipient, and kind; by
+        recipient, then sender."""
+        where: list[str] = []
+        args: list[object] = []
+        if recipient is not None:
+            where.append("recipient = ?")
+            args.append(recipient.lower())
+        if text:
+            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(sender LIKE ? ESCAPE '\\' OR recipient LIKE ? ESCAPE '\\')")
+            args += [f"%{escaped}%", f"%{escaped}%"]
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        # Only fixed fragments are joined; every value is a bound parameter.
+        sql = "SELECT recipient, sender, kind, created FROM user_lists"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY recipient, sender LIMIT ? OFFSET ?"
+        return [dict(r) for r in self.db.connection().execute(sql, (*args, limit, offset))]
 
     def lookup(self, recipient: str, sender: str) -> ListKind | None:
         """The entry for this sender address, else for its domain ('@domain')."""
