@@ -136,7 +136,25 @@ function viewLogin(arg, render) {
   totpRow,
   h("p", {}, h("button", { class: "primary", type: "submit" }, "Log in")),
   error);
-  render(form);
+  // People whose mail is quarantined here need no password: a link by mail logs them in.
+  const linkNote = h("p", { role: "status" });
+  const linkForm = h("form", { class: "login link-login", onsubmit: async (event) => {
+    event.preventDefault();
+    linkNote.textContent = "";
+    try {
+      const out = await api("POST", "/api/portal/link", { address: linkForm.address.value.trim() });
+      linkNote.textContent = out.message;
+    } catch (e) {
+      linkNote.textContent = e.code === "portal_disabled"
+        ? "The quarantine portal is turned off. Ask your administrator." : e.message;
+    }
+  } },
+  h("h2", {}, "No password?"),
+  h("label", { for: "link-address" }, "Your email address: we send you a link that logs you in to your quarantine"),
+  h("input", { id: "link-address", name: "address", type: "email", autocomplete: "email", required: true }),
+  h("p", {}, h("button", { type: "submit" }, "Send me a login link")),
+  linkNote);
+  render(form, linkForm);
   form.username.focus();
 }
 

@@ -484,3 +484,33 @@ def test_a_user_blocks_a_sender_on_their_list_and_the_next_mail_is_held(
     send(ui_gateway, build(passed, sender="news@pest.example", to=name),
          sender="news@pest.example", to=(name,))
     ui_gateway.sink.wait_for_marker(passed)
+
+
+def test_a_user_without_a_password_gets_in_by_a_link_by_mail(
+        page: Page, ui_gateway: Sandbox, admin: None) -> None:
+    """Nobody made this person an account: their mail was quarantined, they ask for a login
+    link on the front page, follow it from the received mail and see their own quarantine."""
+    import email
+    import email.policy
+    import re
+
+    recipient = f"nopass-{marker()}@example.test"
+    subject = f"Held for a stranger {marker()}"
+    send(ui_gateway, hostile_spam(subject, to=recipient), to=(recipient,))
+    wait_quarantined(ui_gateway, subject)
+    p = page.page
+    p.goto(f"{page.base}/#/login")
+    p.fill("#link-address", recipient)
+    p.click("button:has-text('Send me a login link')")
+    p.wait_for_selector("text=a login link is on its way")
+    p.screenshot(path=str(SCREENSHOTS / "login-link.png"), full_page=True)
+    [mail] = ui_gateway.sink.wait_for_marker(f"Your quarantine login link for {recipient}")
+    message = email.message_from_bytes(mail, policy=email.policy.default)
+    body = message.get_body(("plain",))
+    assert body is not None
+    link = re.search(r"/ticket/login\?t=\S+", body.get_content())
+    assert link, body.get_content()
+    p.goto(page.base + link.group(0))
+    p.click("button:has-text('Open the quarantine')")
+    p.wait_for_selector(f"text={subject}")
+    assert p.inner_text("#who") == f"{recipient} (quser)"

@@ -42,6 +42,7 @@ from .dkim import DkimKeysResource
 from .lists import ListsResource
 from .metrics import MetricsResource
 from .openapi import openapi_document
+from .portal import PortalLinkResource
 from .quarantine import (
     QuarantineActionResource,
     QuarantineBulkResource,
@@ -244,6 +245,9 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine,
                                                               users_may_release_viruses),
         "/api/lists": ListsResource(UserLists(db), audit),
+        "/api/portal/link": PortalLinkResource(
+            users, audit, quarantine, tickets, services.deliver or deliver,
+            lambda: load_state_file(layout.state_file), quarantine_settings, services.clock),
         "/api/quarantine/digest": DigestResource(
             Digests(db, quarantine, tickets), lambda: load_state_file(layout.state_file),
             services.deliver or deliver, audit),

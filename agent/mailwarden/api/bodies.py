@@ -204,6 +204,11 @@ class ListRemoval(Body):
         None, description="Whose list (staff only; a quarantine user's is their own).")
 
 
+class PortalLink(Body):
+    address: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+                       ] = Field(description="Where the login link goes.")
+
+
 class DigestSend(Body):
     address: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
                        ] = Field(description="The recipient whose digest goes out now.")

@@ -55,6 +55,8 @@ _DESCRIPTIONS = {
     "/api/quarantine": "Quarantined mail (?kind=&recipient=&sender=&status=&limit=&offset=).",
     "/api/quarantine/{entry_id}": "One quarantined message's metadata.",
     "/api/quarantine/bulk": "Release or delete many messages; a result per id.",
+    "/api/portal/link": "Send a quarantine login link to an address (the portal's front "
+    "page); the same answer whether or not one went out; throttled.",
     "/api/lists": "Sender allow and block lists per recipient: list (?recipient=&q=&kind=), "
     "add or change (POST), remove (DELETE). A quarantine user's are their own.",
     "/api/quarantine/digest": "One recipient's quarantine digest: what it would list now "

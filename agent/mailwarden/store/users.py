@@ -356,6 +356,12 @@ class Audit:
             params.append(actor)
         return int(self.db.connection().execute(query, params).fetchone()[0])
 
+    def count_by(self, action: str, actor: str, *, since: float) -> int:
+        """Entries of `action` by actor since then, from wherever they came."""
+        return int(self.db.connection().execute(
+            "SELECT COUNT(*) FROM audit_log WHERE action = ? AND actor = ? AND time >= ?",
+            (action, actor, since)).fetchone()[0])
+
     def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         rows = self.db.connection().execute(
             "SELECT * FROM audit_log ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
