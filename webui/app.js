@@ -868,8 +868,26 @@ async function viewUsers(arg, render) {
   h("select", { name: "role", "aria-label": "Role" }, ...["admin", "qmanager", "helpdesk", "audit", "quser"].map((r) => h("option", { value: r }, r))),
   h("button", { class: "primary", type: "submit" }, "Add user"));
   const secret = h("p", { class: "ok" });
+  // A quarantine user's further addresses (aliases): their mail shows in the same quarantine.
+  function aliases(u) {
+    const path = `/api/users/${encodeURIComponent(u.username)}/addresses`;
+    const change = async (method, address) => {
+      try {
+        await api(method, path, { address });
+        viewUsers(arg, render);
+      } catch (e) { error.textContent = e.message; }
+    };
+    const extra = (u.addresses || []).filter((a) => a !== u.username.toLowerCase());
+    const input = h("input", { type: "email", placeholder: "alias@example.org", "aria-label": `New address for ${u.username}` });
+    return h("div", { class: "aliases" },
+      ...extra.map((a) => h("span", { class: "alias" }, a, " ",
+        h("button", { "aria-label": `Remove ${a} from ${u.username}`, onclick: () => change("DELETE", a) }, "×"))),
+      h("form", { class: "toolbar", onsubmit: (event) => { event.preventDefault(); change("POST", input.value.trim()); } },
+        input, h("button", { type: "submit" }, "Add address")));
+  }
   render(h("h1", {}, "Users"), form, error,
     h("table", {}, h("tbody", {}, users.items.map((u) => h("tr", {}, h("td", {}, u.username), h("td", {}, u.role), h("td", {}, u.totp ? "TOTP on" : ""),
+      h("td", {}, u.role === "quser" ? aliases(u) : ""),
       h("td", {}, u.username !== state.user.username ? h("button", { class: "danger", onclick: async () => { await api("DELETE", `/api/users/${encodeURIComponent(u.username)}`); viewUsers(arg, render); } }, "Delete") : ""))))),
     h("h2", {}, "API tokens"),
     h("button", { onclick: async () => {

@@ -430,7 +430,19 @@ def cmd_adopt_setup(args: argparse.Namespace) -> int:
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     for user in _users(_layout(args)).list():
-        print(f"{user.username:<24} {user.role:<10} {'totp' if user.totp else ''}")
+        aliases = [a for a in user.addresses if a != user.username.lower()]
+        print(f"{user.username:<24} {user.role:<10} {'totp' if user.totp else '':<4} "
+              f"{' '.join(aliases)}".rstrip())
+    return 0
+
+
+def cmd_user_address(args: argparse.Namespace) -> int:
+    users = _users(_layout(args))
+    if args.address_command == "add":
+        user = users.attach(args.username, args.address)
+    else:
+        user = users.detach(args.username, args.address)
+    print(f"{user.username}: {' '.join(user.addresses)}")
     return 0
 
 
@@ -730,6 +742,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="read the password from standard input (scripts)")
         root_option(p)
         p.set_defaults(func=func)
+    for action, helptext in (("address-add", "give a quarantine user one more address "
+                              "(an alias: its mail shows in their quarantine)"),
+                             ("address-remove", "take an alias away from a quarantine user")):
+        p = users.add_parser(action, help=helptext)
+        p.add_argument("username")
+        p.add_argument("address")
+        root_option(p)
+        p.set_defaults(func=cmd_user_address, address_command=action.partition("-")[2])
     p = users.add_parser("list", help="users and roles")
     root_option(p)
     p.set_defaults(func=cmd_user_list)

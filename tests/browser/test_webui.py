@@ -514,3 +514,61 @@ def test_a_user_without_a_password_gets_in_by_a_link_by_mail(
     p.click("button:has-text('Open the quarantine')")
     p.wait_for_selector(f"text={subject}")
     assert p.inner_text("#who") == f"{recipient} (quser)"
+
+
+def test_two_aliases_one_quarantine_reached_by_a_link(page: Page, ui_gateway: Sandbox,
+                                                      admin: None) -> None:
+    """An admin gives a quarantine user a second address; the user asks for a login link for
+    it, follows the link from the mail, sees the mail of both addresses and nobody else's,
+    releases one message and blocks the other's sender: that sender's next message is held."""
+    import email
+    import email.policy
+    import re
+
+    name, alias = f"ali-{marker()}@example.test", f"alias-{marker()}@example.test"
+    Users(CredentialStore.for_layout(ui_gateway.layout)).add(name, PASSWORD, "quser")
+    page.login("admin")
+    p = page.page
+    p.goto(f"{page.base}/#/users")
+    p.fill(f"input[aria-label='New address for {name}']", alias)
+    p.click(f"tr:has-text('{name}') button:has-text('Add address')")
+    p.wait_for_selector(f"text={alias}")
+    p.screenshot(path=str(SCREENSHOTS / "users-aliases.png"), full_page=True)
+    p.click("#logout")
+    p.wait_for_selector("button:has-text('Log in')")
+
+    first, second, other = (f"{what} {marker()}" for what in ("Alias one", "Alias two", "Not mine"))
+    pest = f"pest-{marker()}@sender.test"
+    send(ui_gateway, hostile_spam(first, to=name), to=(name,))
+    send(ui_gateway, build(second, body=f"{GTUBE}\n", sender=pest, to=alias), sender=pest,
+         to=(alias,))
+    send(ui_gateway, hostile_spam(other, to="boss@example.test"), to=("boss@example.test",))
+    for subject in (first, second, other):
+        wait_quarantined(ui_gateway, subject)
+
+    p.goto(f"{page.base}/#/login")
+    p.fill("#link-address", alias)
+    p.click("button:has-text('Send me a login link')")
+    p.wait_for_selector("text=a login link is on its way")
+    [mail] = ui_gateway.sink.wait_for_marker(f"Your quarantine login link for {alias}")
+    body = email.message_from_bytes(mail, policy=email.policy.default).get_body(("plain",))
+    assert body is not None
+    link = re.search(r"/ticket/login\?t=\S+", body.get_content())
+    assert link
+    p.goto(page.base + link.group(0))
+    p.click("button:has-text('Open the quarantine')")
+    p.wait_for_selector(f"text={first}")
+    p.wait_for_selector(f"text={second}")
+    assert p.query_selector(f"text={other}") is None
+    assert p.inner_text("#who") == f"{name} (quser)"
+
+    p.click(f"text={first}")
+    p.click("text=Release (r)")
+    p.wait_for_selector("text=release: done")
+    p.click(f"text={second}")
+    p.click("text=Always block sender")
+    p.wait_for_selector("text=block: done")
+    following = f"From the pest again {marker()}"
+    send(ui_gateway, build(following, sender=pest, to=alias), sender=pest, to=(alias,))
+    held = wait_quarantined(ui_gateway, following)
+    assert (held.kind, held.recipients) == ("blocked", {alias: "new"})

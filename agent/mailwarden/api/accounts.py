@@ -12,7 +12,15 @@ import pyotp
 from ..store.users import Audit, AuthError, User, Users
 from . import replies
 from .auth import Forbidden
-from .bodies import NewPassword, NewToken, NewUser, TotpChange, TotpRemoval, accepts
+from .bodies import (
+    NewPassword,
+    NewToken,
+    NewUser,
+    TotpChange,
+    TotpRemoval,
+    UserAddress,
+    accepts,
+)
 from .errors import BadInput
 from .replies import returns
 from .resources import ADMIN, EVERYONE
@@ -26,8 +34,8 @@ class UsersResource:
 
     @returns(replies.UserList)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"items": [{"username": u.username, "role": u.role, "totp": u.totp}
-                                for u in self.users.list()]}
+        resp.media = {"items": [{"username": u.username, "role": u.role, "totp": u.totp,
+                                 "addresses": list(u.addresses)} for u in self.users.list()]}
 
     @returns(replies.UserInfo, status=201)
     @accepts(NewUser)
@@ -37,6 +45,36 @@ class UsersResource:
                           {"role": body.role}, req.remote_addr)
         resp.status = falcon.HTTP_201
         resp.media = {"username": user.username, "role": user.role}
+
+
+@dataclass
+class UserAddressesResource:
+    """A quarantine user's further addresses (aliases): POST adds one, DELETE takes one
+    away. Their quarantine, lists and digest links then cover every one of them."""
+
+    users: Users
+    audit: Audit
+    roles = {"POST": ADMIN, "DELETE": ADMIN}
+
+    @returns(replies.UserInfo)
+    @accepts(UserAddress)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: UserAddress,
+                username: str) -> None:
+        user = self.users.attach(username, body.address)
+        self.audit.record(req.context.user.username, "user.address_add", username,
+                          {"address": body.address.lower()}, req.remote_addr)
+        resp.media = {"username": user.username, "role": user.role,
+                      "addresses": list(user.addresses)}
+
+    @returns(replies.UserInfo)
+    @accepts(UserAddress)
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, body: UserAddress,
+                  username: str) -> None:
+        user = self.users.detach(username, body.address)
+        self.audit.record(req.context.user.username, "user.address_remove", username,
+                          {"address": body.address.lower()}, req.remote_addr)
+        resp.media = {"username": user.username, "role": user.role,
+                      "addresses": list(user.addresses)}
 
 
 @dataclass

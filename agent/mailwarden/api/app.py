@@ -230,6 +230,7 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         "/api/settings/{section}": SettingsResource(store, apply, audit),
         "/api/users": accounts.UsersResource(users, audit),
         "/api/users/{username}": accounts.UserResource(users, audit),
+        "/api/users/{username}/addresses": accounts.UserAddressesResource(users, audit),
         "/api/tokens": accounts.TokensResource(users, audit),
         "/api/tokens/{token_id:int}": accounts.TokenResource(users, audit),
         "/api/session/totp": accounts.TotpResource(users, audit),

@@ -204,6 +204,12 @@ class ListRemoval(Body):
         None, description="Whose list (staff only; a quarantine user's is their own).")
 
 
+class UserAddress(Body):
+    address: Annotated[str, Field(min_length=3, max_length=320,
+                                  pattern=r"^[^@\s]+@[A-Za-z0-9.-]+$")] = Field(
+        description="A mail address (an alias of the user's).")
+
+
 class PortalLink(Body):
     address: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
                        ] = Field(description="Where the login link goes.")

@@ -23,9 +23,11 @@ WRITERS = ("admin", "qmanager", "helpdesk", "quser")
 def _whose(user: User, recipient: str | None) -> str:
     """The list this request is about: a quarantine user's own, whatever they name."""
     if user.role == "quser":
-        if recipient is not None and recipient.lower() != user.username.lower():
-            raise Forbidden("a quarantine user changes their own list only")
-        return user.username.lower()
+        if recipient is None:
+            return user.username.lower()
+        if not user.receives(recipient):
+            raise Forbidden("a quarantine user changes the lists of their own addresses only")
+        return recipient.lower()
     if recipient is None:
         raise BadInput("say whose list (recipient)", "recipient")
     return recipient.lower()
@@ -43,7 +45,7 @@ class ListsResource:
         recipient, ?kind=allow|block, ?limit=, ?offset=."""
         user: User = req.context.user
         recipient = req.get_param("recipient")
-        if user.role == "quser":
+        if user.role == "quser" and not (recipient and user.receives(recipient)):
             recipient = user.username
         kind = req.get_param("kind")
         if kind is not None and kind not in ("allow", "block"):

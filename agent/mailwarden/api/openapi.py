@@ -42,6 +42,8 @@ _DESCRIPTIONS = {
     "/api/tracking": "Recorded decisions by sender, recipient, queue id, time.",
     "/api/users": "API and web UI users (admin).",
     "/api/users/{username}": "Delete a user, or set a new password (PUT).",
+    "/api/users/{username}/addresses": "A quarantine user's aliases: add (POST) or remove "
+    "(DELETE) an address; their quarantine and lists then cover it.",
     "/api/tokens": "API tokens: list, create (the secret is shown once).",
     "/api/tokens/{token_id}": "Revoke an API token.",
     "/api/session/totp": "Enrol (POST), confirm (POST with secret+code), remove (DELETE) TOTP.",

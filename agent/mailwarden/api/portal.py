@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import falcon
 
-from ..errors import NotFound
 from ..mail.digest import login_link_mail, sender_of
 from ..state.schema import Quarantine as QuarantineSettings
 from ..state.schema import State
@@ -76,10 +75,9 @@ class PortalLinkResource:
         resp.media = {"message": ANSWER}
 
     def _eligible(self, address: str) -> bool:
-        try:
-            return self.users.get(address).role == "quser"
-        except NotFound:
-            pass
+        owner = self.users.owner_of(address)
+        if owner is not None:
+            return owner.role == "quser"
         return bool(self.quarantine.list(recipient=address, status=None, limit=1))
 
 

@@ -40,7 +40,7 @@ def _visible(user: User, entry: QuarantineEntry) -> list[str]:
     """Recipients of entry this user may act for."""
     if user.role in STAFF:
         return list(entry.recipients)
-    return [r for r in entry.recipients if r.lower() == user.username.lower()]
+    return [r for r in entry.recipients if user.receives(r)]
 
 
 def _entry(q: Quarantine, user: User, entry_id: str) -> QuarantineEntry:
@@ -145,9 +145,15 @@ class QuarantineListResource:
         kind = req.get_param("kind")
         if kind is not None and kind not in KINDS:
             raise BadInput(f"kind must be one of {', '.join(KINDS)}", "kind")
-        recipient = req.get_param("recipient")
+        asked = req.get_param("recipient")
+        recipient: str | list[str] | None = asked
         if user.role == "quser":
-            recipient = user.username
+            # Their own addresses only: one of them if asked for, else all.
+            recipient = [asked.lower()] if asked and user.receives(asked) \
+                else list(user.addresses)
+            if not recipient:
+                resp.media = {"items": [], "limit": 0, "offset": 0}
+                return
         limit = req.get_param_as_int("limit", default=50, min_value=1, max_value=1000)
         offset = req.get_param_as_int("offset", default=0, min_value=0)
         status = req.get_param("status", default="new")

@@ -51,6 +51,9 @@ class Me(Reply):
     username: str
     role: Role
     totp: bool
+    addresses: list[str] = Field(
+        default_factory=list, description="The addresses whose quarantine this user sees "
+        "(quarantine users: the user name and its aliases).")
     csrf_token: str | None = Field(
         None, description="The session's CSRF token (null for an API token): a page that was "
         "logged in by a digest's link, not by POST /api/session, learns it here.")
@@ -109,6 +112,8 @@ class UserInfo(Reply):
     username: str
     role: Role
     totp: bool | None = None
+    addresses: list[str] | None = Field(
+        None, description="A quarantine user's addresses: the user name and its aliases.")
 
 
 class UserList(Reply):

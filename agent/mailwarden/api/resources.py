@@ -104,6 +104,7 @@ class SessionResource:
         session = self.users.session(req.context.session_token) \
             if req.context.session_token else None
         resp.media = {"username": user.username, "role": user.role, "totp": user.totp,
+                      "addresses": list(user.addresses),
                       "csrf_token": session.csrf_token if session else None}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -75,7 +75,7 @@ def _page(resp: falcon.Response, status: str, **context: Any) -> None:
 
 def _holder(ticket: Ticket) -> User:
     """Who acts: the ticket's address as its quarantine user."""
-    return User(0, ticket.address, "quser", False)
+    return User(0, ticket.address, "quser", False, (ticket.address,))
 
 
 @dataclass
@@ -216,10 +216,8 @@ class TicketPage:
     def _login(self, req: falcon.Request, resp: falcon.Response, ticket: Ticket) -> None:
         if not self.settings().user_portal:
             raise TicketPageError(falcon.HTTP_403, PORTAL_OFF)
-        try:
-            user = self.users.get(ticket.address)
-        except NotFound:
-            user = self._make_portal_user(ticket.address)
+        # The account that receives this address (by its name or as an alias), else a new one.
+        user = self.users.owner_of(ticket.address) or self._make_portal_user(ticket.address)
         if user.role != "quser":
             # Never a way into a staff account: its owner logs in with its password.
             raise TicketPageError(falcon.HTTP_403, "this address belongs to an account that "

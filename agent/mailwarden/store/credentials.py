@@ -81,6 +81,14 @@ AUTH_SCHEMA: list[str] = [
     CREATE INDEX audit_log_time ON audit_log(time);
     CREATE INDEX audit_log_action_source ON audit_log(action, source_ip, time);
     """,
+    # version 2: more addresses for one quarantine user (aliases); each belongs to one account
+    """
+    CREATE TABLE user_addresses (
+        address TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE
+    );
+    CREATE INDEX user_addresses_user ON user_addresses(user_id);
+    """,
 ]
 
 

@@ -96,7 +96,7 @@ class Quarantine:
         return Path(self.get(entry_id).path).read_bytes()
 
     def list(
-        self, *, kind: str | None = None, recipient: str | None = None,
+        self, *, kind: str | None = None, recipient: str | Sequence[str] | None = None,
         sender: str | None = None, status: str | None = "new", limit: int = 100,
         offset: int = 0, since: float | None = None, until: float | None = None,
         min_score: float | None = None, max_score: float | None = None,
@@ -132,11 +132,13 @@ class Quarantine:
             where.append("q.sender = ?")
             args.append(sender)
         if recipient:
-            # One recipient (a user's own view): start from that recipient's rows, a few
-            # hundred, instead of walking every message newest first looking for theirs.
+            # One recipient, or a user's few addresses (their own view): start from those
+            # recipients' rows, a few hundred, instead of walking every message newest first
+            # looking for theirs.
+            chosen = [recipient] if isinstance(recipient, str) else list(recipient)
             source = "quarantine_recipients r JOIN quarantine q ON q.id = r.quarantine_id"
-            where.append("r.recipient = ?")
-            args.append(recipient)
+            where.append(f"r.recipient IN ({', '.join('?' * len(chosen))})")
+            args.extend(chosen)
             if status:
                 where.append("r.status = ?")
                 args.append(status)

@@ -73,6 +73,12 @@ class User:
     username: str
     role: str
     totp: bool
+    # The addresses whose mail a quarantine user sees and acts on: the user name (when it is
+    # an address) and those an administrator attached (aliases), lower case.
+    addresses: tuple[str, ...] = ()
+
+    def receives(self, address: str) -> bool:
+        return address.lower() in self.addresses
 
 
 @dataclass(frozen=True)
@@ -125,12 +131,53 @@ class Users:
             (username,)).fetchone()
         if row is None:
             raise NotFound(f"no user '{username}'")
-        return User(row["id"], row["username"], row["role"], bool(row["totp_secret"]))
+        return self._user(row, bool(row["totp_secret"]))
 
     def list(self) -> list[User]:
-        return [User(r["id"], r["username"], r["role"], bool(r["totp_secret"]))
-                for r in self.db.connection().execute(
-                    "SELECT id, username, role, totp_secret FROM users ORDER BY username")]
+        return [self._user(r, bool(r["totp_secret"])) for r in self.db.connection().execute(
+            "SELECT id, username, role, totp_secret FROM users ORDER BY username")]
+
+    def _user(self, row: Any, totp: bool) -> User:
+        attached = [r[0] for r in self.db.connection().execute(
+            "SELECT address FROM user_addresses WHERE user_id = ? ORDER BY address",
+            (row["id"],))]
+        own = [row["username"].lower()] if "@" in row["username"] else []
+        return User(row["id"], row["username"], row["role"], totp,
+                    tuple(dict.fromkeys(own + attached)))
+
+    # --- addresses (aliases) ------------------------------------------------------------
+
+    def attach(self, username: str, address: str) -> User:
+        """One more address for a quarantine user; an address belongs to one account."""
+        user = self.get(username)
+        if user.role != "quser":
+            raise StoreError("addresses are for quarantine users (role quser)")
+        address = address.lower()
+        owner = self.owner_of(address)
+        if owner is not None and owner.id != user.id:
+            raise StoreError(f"{address} belongs to '{owner.username}' already")
+        with self.db.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO user_addresses (address, user_id) VALUES (?, ?)",
+                         (address, user.id))
+        return self.get(username)
+
+    def detach(self, username: str, address: str) -> User:
+        user = self.get(username)
+        with self.db.transaction() as conn:
+            if conn.execute("DELETE FROM user_addresses WHERE address = ? AND user_id = ?",
+                            (address.lower(), user.id)).rowcount == 0:
+                raise NotFound(f"{address} is not an address of '{username}'")
+        return self.get(username)
+
+    def owner_of(self, address: str) -> User | None:
+        """The account whose mail address this is: by its user name, else an attached one."""
+        address = address.lower()
+        row = self.db.connection().execute(
+            "SELECT id, username, role, totp_secret FROM users WHERE lower(username) = ?"
+            " UNION ALL SELECT u.id, u.username, u.role, u.totp_secret FROM user_addresses a"
+            " JOIN users u ON u.id = a.user_id WHERE a.address = ? LIMIT 1",
+            (address, address)).fetchone()
+        return self._user(row, bool(row["totp_secret"])) if row else None
 
     def count(self, role: str | None = None) -> int:
         if role is None:
@@ -250,7 +297,7 @@ class Users:
         secret = self._secret(row)
         if secret and not self._accept_code(row, secret, totp_code, now):
             raise AuthError("a valid one-time code is required (each code works once)")
-        return User(row["id"], row["username"], row["role"], bool(secret))
+        return self._user(row, bool(secret))
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -273,7 +320,7 @@ class Users:
             " WHERE s.token_hash = ? AND s.expires > ?", (_digest(token), now)).fetchone()
         if row is None:
             return None
-        user = User(row["id"], row["username"], row["role"], bool(row["totp_secret"]))
+        user = self._user(row, bool(row["totp_secret"]))
         return Session(user, row["csrf_token"], row["expires"])
 
     def end_session(self, token: str) -> None:
