@@ -260,8 +260,14 @@ class Wizard:
                 with uninterrupted():
                     return self.apply(validate_answers(answers, "console"))
             except MailwardenError as exc:
-                # Nothing is set up: the engine touches the host only after the state applied.
                 self.term.mark(f"failed: [{exc.code}] {exc.message.splitlines()[0]}")
+                if is_set_up(self.layout):
+                    # The state applied and the host is configured; a later step failed
+                    # (the administrator, the mail path): the menu can finish the job.
+                    self.term.say("The appliance is set up, but that step failed: "
+                                  "see Service health, and Reset the admin password if "
+                                  "the web interface does not take it.")
+                    return None
                 for line in exc.message.splitlines()[1:]:
                     self.term.say(f"  {line}")
                 if isinstance(exc, StateError):

@@ -220,6 +220,7 @@ def _wait_for_scanners(layout: Layout, controller: Controller) -> None:
                 log.warning("%s", exc.message)
 
 
+HOST_TIMEOUT = 600
 # What the first state starts (mailwarden-mail.target) and setup waits for. Not the content
 # filter or the policy service: they are ordered after mailwarden-firstboot.service, which
 # calls this, and start within seconds once it ends.
@@ -227,11 +228,17 @@ FIRST_START = ("postfix", "redis", "rspamd")
 
 
 def open_mail_path(layout: Layout) -> None:
-    """After the first state: (re)start Postfix and wait until the mail path answers, so that
-    "set up" means mail is accepted and scanned. Before the first state Postfix was stopped
-    (mailwarden-mail.target starts it) or, on a host set up otherwise, on loopback only, and it
-    takes a new inet_interfaces only at a restart: a reload (all the apply transaction does)
-    keeps the old sockets. Rspamd's first start compiles its rules: minutes under emulation."""
+    """The last step of first-run setup: start the mail path (mailwarden-mail.target: Postfix,
+    Redis, Rspamd, freshclam, clamd once it has signatures, the filter and the policy
+    service), (re)start Postfix and wait until the mail path answers, so that "set up" means
+    mail is accepted and scanned. Last, because those daemons' first start fills the CPU for
+    minutes under emulation (Rspamd compiles its rules, clamd loads its signatures), and
+    setup's other steps then ran past their time-outs. Postfix is restarted because it takes
+    a new inet_interfaces only then (a host set up otherwise may have it on loopback); a
+    reload (all the apply transaction does) keeps the old sockets."""
+    # --no-block: the filter and the policy service are ordered after first boot, which
+    # calls this; the daemons waited for are below.
+    run(["systemctl", "--no-block", "start", "mailwarden-mail.target"], timeout=HOST_TIMEOUT)
     # Postfix gets 10 minutes to start (roles/packages): this waits a little longer.
     run(["systemctl", "restart", "postfix.service"], timeout=900)
     for service in FIRST_START:

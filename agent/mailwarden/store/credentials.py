@@ -282,6 +282,7 @@ def run_as_owner(layout: Layout, owner: str, args: list[str],
     argv = [sys.executable, "-m", "mailwarden.cli", *args]
     if layout.name == "sandbox":
         argv += ["--root", str(layout.root)]
+    # A Python start of seconds; minutes on a busy emulated machine.
     result = run(argv, input_text=input_text, user=entry.pw_uid, group=entry.pw_gid,
-                 cwd=Path("/"), timeout=120)
+                 cwd=Path("/"), timeout=600)
     return result.stdout
