@@ -5,80 +5,36 @@ opens that account."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from falcon import testing
 
-from mailwarden.api.app import Services, create_app
 from mailwarden.cli import main
-from mailwarden.control.service import NoController
 from mailwarden.errors import StoreError
-from mailwarden.store.credentials import CredentialStore
-from mailwarden.store.db import Database
-from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.tickets import Tickets
-from mailwarden.store.users import Users
-from mailwarden_dev.instance import Sandbox
 
-STATE = """\
-version: 3
-system: {hostname: mx.example.test}
-domains:
-  - name: example.test
-    transport: {host: 192.0.2.10}
-"""
-PASSWORD = "correct horse battery"
-
-
-class Env:
-    def __init__(self, root: Path) -> None:
-        self.root = root / "sb"
-        self.sandbox = Sandbox(self.root)
-        self.sandbox.prepare(STATE)
-        layout = self.sandbox.layout
-        self.layout = layout
-        self.db = Database(layout.database)
-        self.users = Users(CredentialStore.for_layout(layout))
-        self.users.add("admin", PASSWORD, "admin")
-        self.users.add("bob@example.test", PASSWORD, "quser")
-        self.quarantine = Quarantine(self.db, layout.quarantine_dir)
-        self.client = testing.TestClient(create_app(Services(
-            layout, self.db, NoController(), deliver=lambda *a: None)))
-
-    def hold(self, subject: str, recipient: str) -> str:
-        return self.quarantine.put(f"Subject: {subject}\r\n\r\nx\r\n".encode(), kind="spam",
-                                   sender="s@bad.example", recipients=[recipient],
-                                   lifetime_days=7, subject=subject)
-
-    def login(self, username: str) -> dict[str, str]:
-        result = self.client.simulate_post("/api/session", json={"username": username,
-                                                                 "password": PASSWORD})
-        assert result.status_code == 200, result.text
-        return {"X-CSRF-Token": result.json["csrf_token"],
-                "Cookie": f"mw_session={result.cookies['mw_session'].value}"}
+from .api_env import PASSWORD, ApiEnv, api_env
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="mw-alias-", dir="/tmp"))
-    root.chmod(0o755)
-    yield Env(root)
-    shutil.rmtree(root, ignore_errors=True)
+def env() -> Iterator[ApiEnv]:
+    with api_env(users={"admin": "admin", "bob@example.test": "quser"}) as made:
+        yield made
 
 
-def test_an_admin_attaches_an_alias_and_the_user_sees_its_mail(env: Env) -> None:
+def hold(env: ApiEnv, subject: str, recipient: str) -> str:
+    return env.hold(subject, [recipient])
+
+
+def test_an_admin_attaches_an_alias_and_the_user_sees_its_mail(env: ApiEnv) -> None:
     admin = env.login("admin")
     added = env.client.simulate_post("/api/users/bob@example.test/addresses", headers=admin,
                                      json={"address": "Robert@Example.test"})
     assert added.status_code == 200, added.text
     assert added.json["addresses"] == ["bob@example.test", "robert@example.test"]
-    own, alias = env.hold("to bob", "bob@example.test"), env.hold("to robert",
+    own, alias = hold(env, "to bob", "bob@example.test"), hold(env, "to robert",
                                                                   "robert@example.test")
-    other = env.hold("to ann", "ann@example.test")
+    other = hold(env, "to ann", "ann@example.test")
     bob = env.login("bob@example.test")
     listed = env.client.simulate_get("/api/quarantine", headers=bob).json["items"]
     assert {i["id"] for i in listed} == {own, alias}
@@ -99,7 +55,7 @@ def test_an_admin_attaches_an_alias_and_the_user_sees_its_mail(env: Env) -> None
         "recipient": "ann@example.test"}).status_code == 403
 
 
-def test_an_address_belongs_to_one_quarantine_user(env: Env) -> None:
+def test_an_address_belongs_to_one_quarantine_user(env: ApiEnv) -> None:
     env.users.add("carl@example.test", PASSWORD, "quser")
     env.users.attach("bob@example.test", "bobby@example.test")
     with pytest.raises(StoreError, match=re.escape("belongs to 'bob@example.test'")):
@@ -117,7 +73,7 @@ def test_an_address_belongs_to_one_quarantine_user(env: Env) -> None:
     assert again.status_code == 404
 
 
-def test_links_for_an_alias_open_its_account(env: Env) -> None:
+def test_links_for_an_alias_open_its_account(env: ApiEnv) -> None:
     env.users.attach("bob@example.test", "bob.alias@example.test")
     ticket = Tickets(env.layout.ticket_key).make("bob.alias@example.test", None, 600)
     login = env.client.simulate_post("/ticket/login", body=f"t={ticket}", headers={
@@ -133,7 +89,7 @@ def test_links_for_an_alias_open_its_account(env: Env) -> None:
     assert any(a["action"] == "portal.link" and a["detail"] == {"sent": True} for a in audit)
 
 
-def test_the_console_attaches_and_lists_aliases(env: Env,
+def test_the_console_attaches_and_lists_aliases(env: ApiEnv,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     at = ["--root", str(env.root)]
     assert main(["user", "address-add", "bob@example.test", "b@example.test", *at]) == 0

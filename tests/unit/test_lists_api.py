@@ -3,59 +3,26 @@ everyone's with search, and the rule engine's lookup seeing what the API wrote."
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from falcon import testing
 
-from mailwarden.api.app import Services, create_app
-from mailwarden.control.service import NoController
-from mailwarden.store.credentials import CredentialStore
-from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
-from mailwarden.store.users import Users
-from mailwarden_dev.instance import Sandbox
 
-STATE = """\
-version: 3
-system: {hostname: mx.example.test}
-domains:
-  - name: example.test
-    transport: {host: 192.0.2.10}
-"""
-PASSWORD = "correct horse battery"
+from .api_env import ApiEnv, api_env
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[tuple[testing.TestClient, UserLists]]:
-    root = Path(tempfile.mkdtemp(prefix="mw-lists-", dir="/tmp"))
-    root.chmod(0o755)
-    sandbox = Sandbox(root / "sb")
-    sandbox.prepare(STATE)
-    db = Database(sandbox.layout.database)
-    users = Users(CredentialStore.for_layout(sandbox.layout))
-    for name, role in (("admin", "admin"), ("helper", "helpdesk"), ("auditor", "audit"),
-                       ("bob@example.test", "quser"), ("ann@example.test", "quser")):
-        users.add(name, PASSWORD, role)
-    yield testing.TestClient(create_app(Services(sandbox.layout, db, NoController()))), \
-        UserLists(db)
-    shutil.rmtree(root, ignore_errors=True)
+def env() -> Iterator[ApiEnv]:
+    users = {"admin": "admin", "helper": "helpdesk", "auditor": "audit",
+             "bob@example.test": "quser", "ann@example.test": "quser"}
+    with api_env(users=users) as made:
+        yield made
 
 
-def _as(client: testing.TestClient, username: str) -> dict[str, str]:
-    result = client.simulate_post("/api/session", json={"username": username,
-                                                        "password": PASSWORD})
-    assert result.status_code == 200, result.text
-    return {"X-CSRF-Token": result.json["csrf_token"],
-            "Cookie": f"mw_session={result.cookies['mw_session'].value}"}
-
-
-def test_a_user_keeps_their_own_list(env: tuple[testing.TestClient, UserLists]) -> None:
-    client, lists = env
-    bob = _as(client, "bob@example.test")
+def test_a_user_keeps_their_own_list(env: ApiEnv) -> None:
+    client, lists = env.client, UserLists(env.db)
+    bob = env.login("bob@example.test")
     added = client.simulate_post("/api/lists", headers=bob,
                                  json={"sender": "Friend@Good.example", "kind": "allow"})
     assert added.status_code == 201, added.text
@@ -69,7 +36,7 @@ def test_a_user_keeps_their_own_list(env: tuple[testing.TestClient, UserLists]) 
     assert [(e["sender"], e["kind"]) for e in mine] == [("@spam.example", "block"),
                                                          ("friend@good.example", "allow")]
     # Another's list: neither to read (the parameter is ignored) nor to change.
-    ann = _as(client, "ann@example.test")
+    ann = env.login("ann@example.test")
     assert client.simulate_get("/api/lists", headers=ann,
                                params={"recipient": "bob@example.test"}).json["items"] == []
     refused = client.simulate_post("/api/lists", headers=ann, json={
@@ -84,11 +51,11 @@ def test_a_user_keeps_their_own_list(env: tuple[testing.TestClient, UserLists]) 
     assert again.status_code == 404
 
 
-def test_staff_see_and_search_everyones(env: tuple[testing.TestClient, UserLists]) -> None:
-    client, lists = env
+def test_staff_see_and_search_everyones(env: ApiEnv) -> None:
+    client, lists = env.client, UserLists(env.db)
     lists.set("carol@example.test", "news@shop.example", "block")
     lists.set("dave@example.test", "boss@work.example", "allow")
-    helper = _as(client, "helper")
+    helper = env.login("helper")
     found = client.simulate_get("/api/lists", headers=helper, params={"q": "shop"}).json
     assert [(e["recipient"], e["sender"]) for e in found["items"]] == [
         ("carol@example.test", "news@shop.example")]
@@ -102,7 +69,7 @@ def test_staff_see_and_search_everyones(env: tuple[testing.TestClient, UserLists
     no_recipient = client.simulate_post("/api/lists", headers=helper, json={
         "sender": "a@b.example", "kind": "allow"})
     assert no_recipient.status_code == 400 and no_recipient.json["error"]["field"] == "recipient"
-    auditor = _as(client, "auditor")
+    auditor = env.login("auditor")
     assert client.simulate_get("/api/lists", headers=auditor).status_code == 200
     assert client.simulate_post("/api/lists", headers=auditor, json={
         "sender": "a@b.example", "kind": "allow",
@@ -111,8 +78,8 @@ def test_staff_see_and_search_everyones(env: tuple[testing.TestClient, UserLists
 
 @pytest.mark.parametrize("sender", ["nobody", "two@@signs.example", "a@b", "a b@c.example",
                                     "@", "x" * 400 + "@long.example"])
-def test_bad_senders_are_refused(env: tuple[testing.TestClient, UserLists], sender: str) -> None:
-    client, _ = env
-    result = client.simulate_post("/api/lists", headers=_as(client, "bob@example.test"),
+def test_bad_senders_are_refused(env: ApiEnv, sender: str) -> None:
+    client = env.client
+    result = client.simulate_post("/api/lists", headers=env.login("bob@example.test"),
                                   json={"sender": sender, "kind": "block"})
     assert result.status_code == 400 and result.json["error"]["field"] == "sender", result.text

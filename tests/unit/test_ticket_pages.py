@@ -5,77 +5,25 @@ a ticket works for its own address and message only."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from falcon import testing
 
-from mailwarden.api.app import Services, create_app
-from mailwarden.control.service import NoController
-from mailwarden.store.credentials import CredentialStore
-from mailwarden.store.db import Database
 from mailwarden.store.lists import UserLists
-from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.tickets import Tickets
-from mailwarden.store.users import Users
-from mailwarden_dev.instance import Sandbox
 
-STATE = """\
-version: 3
-system:
-  hostname: mx.example.test
-domains:
-  - name: example.test
-    transport: {host: 192.0.2.10, port: 25}
-quarantine:
-  digest: {enabled: true}
-"""
-PASSWORD = "correct horse battery"
+from .api_env import PASSWORD, STATE, ApiEnv, api_env
 
-
-class Env:
-    def __init__(self, root: Path) -> None:
-        self.sandbox = Sandbox(root / "sb")
-        self.sandbox.prepare(STATE)
-        self.layout = self.sandbox.layout
-        self.db = Database(self.layout.database)
-        self.quarantine = Quarantine(self.db, self.layout.quarantine_dir)
-        self.users = Users(CredentialStore.for_layout(self.layout))
-        self.users.add("admin", PASSWORD, "admin")
-        self.tickets = Tickets(self.layout.ticket_key)
-        self.delivered: list[tuple[bytes, str, list[str]]] = []
-        self.client = testing.TestClient(create_app(Services(
-            self.layout, self.db, NoController(),
-            deliver=lambda raw, s, r: self.delivered.append((raw, s, r)))))
-
-    def hold(self, subject: str, recipients: list[str], *, kind: str = "spam",
-             sender: str = "spam@bad.example") -> str:
-        raw = f"From: {sender}\r\nSubject: {subject}\r\n\r\nbuy now\r\n".encode()
-        return self.quarantine.put(raw, kind=kind, sender=sender, recipients=recipients,
-                                   lifetime_days=7, subject=subject, spam_score=15.0,
-                                   virus="Eicar-Signature" if kind == "virus" else None)
-
-    def get(self, action: str, ticket: str, **headers: str) -> testing.Result:
-        return self.client.simulate_get(f"/ticket/{action}", params={"t": ticket},
-                                        headers=headers)
-
-    def post(self, action: str, ticket: str, **headers: str) -> testing.Result:
-        return self.client.simulate_post(
-            f"/ticket/{action}", body=f"t={ticket}",
-            headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+Env = ApiEnv
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="mw-tickets-", dir="/tmp"))
-    root.chmod(0o755)
-    yield Env(root)
-    shutil.rmtree(root, ignore_errors=True)
+def env() -> Iterator[ApiEnv]:
+    with api_env(STATE + "quarantine:\n  digest: {enabled: true}\n") as made:
+        yield made
 
 
 def _status(env: Env, entry_id: str, recipient: str) -> str:
@@ -196,15 +144,8 @@ def test_a_session_cookie_is_not_looked_at(env: Env) -> None:
     assert any(a["actor"] == "ticket:bob@example.test" and a["target"] == entry for a in audit)
 
 
-def _admin(env: Env) -> dict[str, str]:
-    result = env.client.simulate_post("/api/session", json={"username": "admin",
-                                                            "password": PASSWORD})
-    return {"X-CSRF-Token": result.json["csrf_token"],
-            "Cookie": f"mw_session={result.cookies['mw_session'].value}"}
-
-
 def test_admins_preview_and_send_a_digest(env: Env) -> None:
-    headers = _admin(env)
+    headers = env.login("admin")
     env.hold("digest one", ["erin@example.test"])
     env.hold("digest two", ["erin@example.test"])
     preview = env.client.simulate_get("/api/quarantine/digest",

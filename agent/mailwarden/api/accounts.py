@@ -60,19 +60,20 @@ class UserAddressesResource:
     @accepts(UserAddress)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: UserAddress,
                 username: str) -> None:
-        user = self.users.attach(username, body.address)
-        self.audit.record(req.context.user.username, "user.address_add", username,
-                          {"address": body.address.lower()}, req.remote_addr)
-        resp.media = {"username": user.username, "role": user.role,
-                      "addresses": list(user.addresses)}
+        self._done(req, resp, "user.address_add", self.users.attach(username, body.address),
+                   body.address)
 
     @returns(replies.UserInfo)
     @accepts(UserAddress)
     def on_delete(self, req: falcon.Request, resp: falcon.Response, body: UserAddress,
                   username: str) -> None:
-        user = self.users.detach(username, body.address)
-        self.audit.record(req.context.user.username, "user.address_remove", username,
-                          {"address": body.address.lower()}, req.remote_addr)
+        self._done(req, resp, "user.address_remove",
+                   self.users.detach(username, body.address), body.address)
+
+    def _done(self, req: falcon.Request, resp: falcon.Response, action: str, user: User,
+              address: str) -> None:
+        self.audit.record(req.context.user.username, action, user.username,
+                          {"address": address.lower()}, req.remote_addr)
         resp.media = {"username": user.username, "role": user.role,
                       "addresses": list(user.addresses)}
 
