@@ -69,7 +69,9 @@ def test_schemathesis_finds_no_server_errors(sandbox_root: Path) -> None:
              "-H", f"Authorization: Bearer {token}",
              "--checks", "not_a_server_error,status_code_conformance,"
                          "content_type_conformance,response_schema_conformance",
-             "--max-examples", "25", "--no-color"],
+             "--max-examples", "25", "--no-color",
+             *([f"--seed={os.environ['MAILWARDEN_SCHEMATHESIS_SEED']}"]
+               if os.environ.get("MAILWARDEN_SCHEMATHESIS_SEED") else [])],
             capture_output=True, text=True, timeout=900, check=False)
         SUMMARY.write_text(result.stdout[-6000:])
         print(result.stdout[-3000:])

@@ -13,6 +13,7 @@ from falcon import testing
 
 from mailwarden.api.app import Services, create_app
 from mailwarden.control.service import NoController
+from mailwarden.mail.reinject import RecipientsRefused
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
 from mailwarden.store.quarantine import Quarantine
@@ -43,9 +44,16 @@ class ApiEnv:
             self.users.add(name, PASSWORD, role)
         self.tickets = Tickets(self.layout.ticket_key)
         self.delivered: list[tuple[bytes, str, list[str]]] = []
+        # Set: Postfix refuses every recipient with this 5xx, as it does a malformed address.
+        self.refuse: str | None = None
         self.client = testing.TestClient(create_app(Services(
-            self.layout, self.db, NoController(),
-            deliver=lambda raw, s, r: self.delivered.append((raw, s, r)))))
+            self.layout, self.db, NoController(), deliver=self._deliver)))
+
+    def _deliver(self, raw: bytes, sender: str, recipients: list[str]) -> None:
+        if self.refuse is not None:
+            refused = {r: (501, self.refuse.encode()) for r in recipients}
+            raise RecipientsRefused(f"reinjection refused every recipient: {refused}", refused)
+        self.delivered.append((raw, sender, recipients))
 
     def hold(self, subject: str, recipients: list[str], *, kind: str = "spam",
              sender: str = "spam@bad.example") -> str:

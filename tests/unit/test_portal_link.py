@@ -71,3 +71,15 @@ def test_no_links_while_the_portal_is_off() -> None:
         assert refused.status_code == 403
         assert refused.json["error"]["code"] == "portal_disabled"
         assert env.delivered == []
+
+
+def test_an_address_postfix_refuses_gets_the_same_answer(env: ApiEnv) -> None:
+    """An account whose name Postfix will not take as an address (found by schemathesis:
+    a 500 before): the same 202, and the audit log says what happened."""
+    env.refuse = "5.1.3 Bad recipient address syntax"
+    answer = ask(env, "known@example.test", "192.0.2.99")
+    assert answer.status_code == 202, answer.text
+    admin = env.login("admin@example.test")
+    [entry] = [a for a in env.client.simulate_get("/api/audit", headers=admin).json["items"]
+               if a["action"] == "portal.link"]
+    assert entry["detail"]["sent"] is False and "5.1.3" in entry["detail"]["error"]

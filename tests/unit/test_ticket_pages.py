@@ -177,3 +177,15 @@ def test_a_strange_form_is_refused_not_a_server_error(env: Env) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert crowded.status_code == 403 and "cannot be used" in crowded.text
     assert _status(env, entry, "bob@example.test") == "new"
+
+
+def test_a_digest_postfix_refuses_is_the_callers_mistake(env: Env) -> None:
+    env.hold("for a strange address", ["0@000.example"])
+    env.refuse = "5.1.3 Bad recipient address syntax"
+    try:
+        refused = env.client.simulate_post("/api/quarantine/digest", headers=env.login("admin"),
+                                           json={"address": "0@000.example"})
+    finally:
+        env.refuse = None
+    assert refused.status_code == 400 and refused.json["error"]["field"] == "address"
+    assert "5.1.3" in refused.json["error"]["message"]

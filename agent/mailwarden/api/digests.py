@@ -10,6 +10,7 @@ from typing import Any
 import falcon
 
 from ..mail.digest import DigestMail, Digests
+from ..mail.reinject import RecipientsRefused
 from ..state.schema import State
 from ..store.users import Audit
 from .bodies import DigestSend, accepts
@@ -57,7 +58,12 @@ class DigestResource:
     @returns(media_types=("application/json",))
     @accepts(DigestSend)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: DigestSend) -> None:
-        mail = self.digests.send(self.state(), body.address, self.deliver)
+        try:
+            mail = self.digests.send(self.state(), body.address, self.deliver)
+        except RecipientsRefused as exc:
+            if not exc.permanent:
+                raise
+            raise BadInput(f"Postfix refused {body.address}: {exc.message}", "address") from None
         if mail is None:
             raise falcon.HTTPNotFound(title="Not Found", description=f"nothing new was "
                                       f"quarantined for {body.address} since their last "

@@ -10,6 +10,7 @@ address and per address asked for, and recorded in the audit log.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import falcon
 
 from ..mail.digest import login_link_mail, sender_of
+from ..mail.reinject import RecipientsRefused
 from ..state.schema import Quarantine as QuarantineSettings
 from ..state.schema import State
 from ..store.quarantine import Quarantine
@@ -28,6 +30,8 @@ from .errors import TooManyRequests
 from .quarantine import Deliver
 from .replies import returns
 from .resources import LOGIN_WINDOW, throttle_guessing
+
+log = logging.getLogger("mailwarden.api")
 
 LINK_LIFETIME = 3600
 PER_SOURCE = 5  # requests per source address per 15 minutes
@@ -64,13 +68,21 @@ class PortalLinkResource:
             raise TooManyRequests(f"too many login links for {address}; wait 15 minutes",
                                   "too_many_requests", LOGIN_WINDOW)
         sent = self._eligible(address)
+        detail: dict[str, object] = {"sent": sent}
         if sent:
             state = self.state()
             message = login_link_mail(state, self.tickets, address, LINK_LIFETIME, now)
-            self.deliver(message.as_bytes(), sender_of(state), [address])
+            try:
+                self.deliver(message.as_bytes(), sender_of(state), [address])
+            except RecipientsRefused as exc:
+                if not exc.permanent:
+                    raise
+                # An account's name Postfix will not take as an address: recorded, and
+                # answered like every other address.
+                log.warning("login link for %s refused: %s", address, exc.message)
+                detail = {"sent": False, "error": exc.message}
         # Who was sent a link is for the audit log, never for the answer.
-        self.audit.record(address, "portal.link", address, {"sent": sent}, req.remote_addr,
-                          now=now)
+        self.audit.record(address, "portal.link", address, detail, req.remote_addr, now=now)
         resp.status = falcon.HTTP_202
         resp.media = {"message": ANSWER}
 

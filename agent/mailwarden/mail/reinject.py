@@ -27,6 +27,15 @@ class ReinjectError(MailwardenError):
     code = "reinject_failed"
 
 
+class RecipientsRefused(ReinjectError):
+    """Postfix refused every recipient; `permanent` when each refusal was a 5xx (a bad
+    address, not a busy Postfix)."""
+
+    def __init__(self, message: str, refused: dict[str, tuple[int, bytes]]) -> None:
+        super().__init__(message)
+        self.permanent = all(500 <= code < 600 for code, _ in refused.values())
+
+
 def _needs_smtputf8(sender: str, recipients: Sequence[str]) -> bool:
     return not all(a.isascii() for a in (sender, *recipients))
 
@@ -183,7 +192,7 @@ class Reinjector:
         if len(refused) == len(recipients):
             # The open DATA is abandoned by closing the connection (the caller): a
             # transaction without its final "." is never queued.
-            raise ReinjectError(f"reinjection refused every recipient: {refused}")
+            raise RecipientsRefused(f"reinjection refused every recipient: {refused}", refused)
         code, reply = replies.pop(0)
         if code != 354:
             raise ReinjectError(f"reinjection failed: {code} {reply!r}")
