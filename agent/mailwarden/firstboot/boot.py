@@ -39,6 +39,7 @@ from ..store.db import Database
 from ..store.users import Users, hash_password
 from . import identity, seed, setupcode
 from .configure import adopt_earlier_setup, apply_answers, is_set_up
+from .host import HOST_COMMAND_TIMEOUT
 
 log = logging.getLogger("mailwarden.firstboot")
 
@@ -220,7 +221,6 @@ def _wait_for_scanners(layout: Layout, controller: Controller) -> None:
                 log.warning("%s", exc.message)
 
 
-HOST_TIMEOUT = 600
 # What the first state starts (mailwarden-mail.target) and setup waits for. Not the content
 # filter or the policy service: they are ordered after mailwarden-firstboot.service, which
 # calls this, and start within seconds once it ends.
@@ -238,7 +238,8 @@ def open_mail_path(layout: Layout) -> None:
     reload (all the apply transaction does) keeps the old sockets."""
     # --no-block: the filter and the policy service are ordered after first boot, which
     # calls this; the daemons waited for are below.
-    run(["systemctl", "--no-block", "start", "mailwarden-mail.target"], timeout=HOST_TIMEOUT)
+    run(["systemctl", "--no-block", "start", "mailwarden-mail.target"],
+        timeout=HOST_COMMAND_TIMEOUT)
     # Postfix gets 10 minutes to start (roles/packages): this waits a little longer.
     run(["systemctl", "restart", "postfix.service"], timeout=900)
     for service in FIRST_START:

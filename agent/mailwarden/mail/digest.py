@@ -251,18 +251,16 @@ class Digests:
                 " cutoff = excluded.cutoff", (recipient.lower(), now, now))
         return mail
 
-    def due(self, state: State, now: float) -> list[str]:
-        """Recipients whose digest is due: enabled for them, a scheduled time has passed
-        since their last one, and something new waits."""
+    def scheduled(self, state: State, now: float) -> list[str]:
+        """Recipients with waiting mail whose digest time has come: enabled for them, and a
+        scheduled time passed since their last one. Whether anything is new, send says."""
         due = []
         for recipient in self.recipients():
             schedule = schedule_for(state, recipient)
             if not schedule.enabled:
                 continue
             last = self.last(recipient)
-            if last is not None and last[0] >= last_slot(schedule, now):
-                continue
-            if self.new_for(recipient, now):
+            if last is None or last[0] < last_slot(schedule, now):
                 due.append(recipient)
         return due
 
@@ -272,10 +270,11 @@ class Digests:
         failure does not stop the others; it is retried at the next run."""
         now = time.time() if now is None else now
         results: dict[str, str] = {}
-        for recipient in self.due(state, now):
+        for recipient in self.scheduled(state, now):
             try:
-                self.send(state, recipient, send, now)
-                results[recipient] = "sent"
+                # One query for what is new: nothing new, nothing sent and nothing reported.
+                if self.send(state, recipient, send, now) is not None:
+                    results[recipient] = "sent"
             except MailwardenError as exc:  # Postfix refused it: reported, retried later
                 results[recipient] = f"[{exc.code}] {exc.message}"
             except OSError as exc:  # Postfix not answering: the same
