@@ -136,6 +136,12 @@ class Layout:
         return self.auth_database.parent / "tickets.key"
 
     @property
+    def factory_firewall(self) -> Path:
+        """The image's boot-time ruleset (roles/hardening), put back as /etc/nftables.conf by
+        a factory reset."""
+        return self.path("/usr/share/mailwarden/factory/nftables.conf")
+
+    @property
     def quarantine_dir(self) -> Path:
         return self.path("/var/lib/mailwarden/quarantine")
 

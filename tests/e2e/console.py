@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from ..console_driver import ConsoleDriver
+from .machine import Machine
 
 
 def connect(path: Path, timeout: float = 60.0) -> ConsoleDriver:
@@ -54,3 +58,14 @@ def connect(path: Path, timeout: float = 60.0) -> ConsoleDriver:
     threading.Thread(target=pump, name=f"console {path.name}", daemon=True).start()
     return ConsoleDriver(read, sock.sendall, wait)
 
+
+
+def attach(machine: Machine) -> ConsoleDriver:
+    """The serial console of an interactive machine, as soon as QEMU made its socket (before
+    the guest says much)."""
+    deadline = time.monotonic() + 60
+    while not machine.serial_socket.exists():
+        if time.monotonic() > deadline or not machine.alive():
+            pytest.fail(f"{machine.name}: QEMU made no serial socket ({machine.serial})")
+        time.sleep(0.1)
+    return connect(machine.serial_socket)

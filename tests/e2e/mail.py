@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import email.message
 import email.utils
+import hashlib
 import json
 import re
 import smtplib
@@ -109,6 +110,53 @@ def _context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def call(url: str, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any, list[str]]:
+    """One API request: (status, JSON body, Set-Cookie headers); an error status is an
+    answer here, not an exception."""
+    request = urllib.request.Request(
+        url + path, method=method, headers={"Content-Type": "application/json",
+                                            **(headers or {})},
+        data=None if body is None else json.dumps(body).encode())
+    try:
+        # Setup waits for Rspamd's first start (up to 900 s), as the API's own client does.
+        with urllib.request.urlopen(request, timeout=1500, context=_context()) as response:
+            return (response.status, json.load(response),
+                    response.headers.get_all("Set-Cookie") or [])
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}"), []
+
+
+def sign_in(url: str, password: str, user: str = "admin") -> dict[str, str] | None:
+    """The headers of a session (cookie and CSRF token); None when the password is refused."""
+    status, body, cookies = call(url, "POST", "/api/session",
+                                 {"username": user, "password": password})
+    if status not in (200, 201):
+        return None
+    return {"Cookie": "; ".join(c.split(";", 1)[0] for c in cookies),
+            "X-CSRF-Token": str(body.get("csrf_token", ""))}
+
+
+def answers_health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/api/health", timeout=10,
+                                    context=_context()) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def presented_fingerprint(url: str) -> str:
+    """The SHA-256 fingerprint of the certificate the API presents, as the console shows it."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as raw, \
+            _context().wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
 class Api:

@@ -1,8 +1,9 @@
 """The gateway boot: one boot with a Proxmox VE cloud-init drive under OVMF with Secure Boot
 and Microsoft's keys enrolled (a VM as image/proxmox-import.sh makes it), then every check
 against that guest, in the order an admin would meet them: first boot, mail, the API, SSH,
-the inside views, and last the change of management networks that shuts this host out of 8006,
-then Lynis when asked for."""
+the inside views, the change of management networks that shuts this host out of 8006, Lynis
+when asked for, and last a factory reset from the console menu, after which the web wizard's
+setup code sets the appliance up again."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import mail
+from tests.e2e import console, mail
 from tests.e2e.conftest import Image, boot, poll, wait_for
 from tests.e2e.machine import (
     CACHE,
@@ -50,6 +51,9 @@ TIMED_UNITS = ["mailwarden-digest.service", "mailwarden-quarantine-expire.servic
 # rest of the gateway's checks together (tests/e2e/README.md).
 LYNIS = os.environ.get("MAILWARDEN_E2E_LYNIS", "0") == "1"
 FIRMWARE = os.environ.get("MAILWARDEN_E2E_GATEWAY", "secureboot")
+# The seed's host name (its cloud-init `fqdn`), which the console's factory reset asks for.
+HOSTNAME = "mx.e2e.example.org"
+MENU_RESET = "6"
 
 
 @dataclass
@@ -64,6 +68,9 @@ class Gateway:
     run_id: str
     logdir: Path
     lynis: tuple[Path, Path] | None
+    url: str
+    # QEMU's options without the cloud-init drive, for a boot that must not find the seed.
+    unseeded: list[str]
 
 
 def _seed(work: Path, sink_port: int) -> tuple[Path, str, Path]:
@@ -81,7 +88,7 @@ def _seed(work: Path, sink_port: int) -> tuple[Path, str, Path]:
     snippet = f"""\
 #cloud-config
 # Mailwarden end-to-end test seed (tests/e2e)
-fqdn: mx.e2e.example.org
+fqdn: {HOSTNAME}
 ssh_authorized_keys:
   - "{pub}"
 mailwarden:
@@ -148,17 +155,18 @@ def gateway(image: Image, figure: Figure) -> Iterator[Gateway]:
     iso, password, key = _seed(work, sink_port)
     lynis = _lynis(image.path) if LYNIS else None
     qga = work / "qga.sock"
-    extra = [*bridge_list("seed-drive", str(iso)),
-             "-chardev", f"socket,id=qga0,path={qga},server=on,wait=off",
-             "-device", "virtio-serial",
-             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+    unseeded = ["-chardev", f"socket,id=qga0,path={qga},server=on,wait=off",
+                "-device", "virtio-serial",
+                "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
     if lynis:
-        extra += ["-virtfs",
-                  f"local,path={lynis[0]},mount_tag=lynis,security_model=none,readonly=on"]
+        unseeded += ["-virtfs",
+                     f"local,path={lynis[0]},mount_tag=lynis,security_model=none,readonly=on"]
     machine = Machine(
         "gateway", FIRMWARE, image.path, image.accel, work, logdir,
         # 2 GiB larger than the image: the root file system must grow into it at boot.
-        size="10G", extra=extra,
+        size="10G", extra=[*bridge_list("seed-drive", str(iso)), *unseeded],
+        # Its serial console is also a socket: the last test drives the console menu.
+        interactive=True,
         hostfwd=f"hostfwd=tcp:127.0.0.1:{smtp_port}-:25,"
                 f"hostfwd=tcp:127.0.0.1:{https_port}-:8006,"
                 f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22")
@@ -182,7 +190,7 @@ def gateway(image: Image, figure: Figure) -> Iterator[Gateway]:
         yield Gateway(machine, Guest(qga), mail.Api(f"https://127.0.0.1:{https_port}",
                                                     "admin", password),
                       smtp_port, ssh_port, sink, key, f"{int(time.time())}-{os.getpid()}",
-                      logdir, lynis)
+                      logdir, lynis, f"https://127.0.0.1:{https_port}", unseeded)
     finally:
         if machine.alive():
             try:
@@ -550,3 +558,60 @@ def test_lynis_hardening_index_at_least_85(gateway: Gateway, guest: Guest,
             shutil.copyfile(gateway.logdir / name, cache / name)
     figure("Lynis hardening index", f"{index.group(1)} ({how})")
     assert int(index.group(1)) >= 85
+
+
+# --- last: a factory reset from the console, then the web wizard's setup code --------------
+
+def test_factory_reset_then_the_setup_code(gateway: Gateway, figure: Figure) -> None:
+    """The console menu's factory reset, typed over the serial line, reboots into the
+    wizard with the firewall of a fresh appliance: this host, shut out of 8006 by the
+    management change above, reaches the web wizard again. There the setup code the console
+    shows is refused once its lifetime is over (the guest's clock moved on), a new one is
+    accepted once and refused after use, and the web wizard's admin signs in."""
+    machine = gateway.machine
+    driver = console.attach(machine)
+    # The menu asked long ago: an empty answer is refused and asked again.
+    driver.send(b"\r")
+    driver.answer_all([("choice", MENU_RESET), ("reset-confirm", HOSTNAME)], timeout=120)
+    driver.expect(r"MWCONSOLE factory reset done", timeout=600)
+    # The console reboots the guest; QEMU runs with -no-reboot and ends there.
+    if not poll(lambda: not machine.alive(), 600, every=2):
+        pytest.fail(f"the guest did not reboot after the factory reset ({machine.serial})")
+    machine.stop()
+    # Without the cloud-init drive: a seed still attached would set the appliance up again.
+    machine.extra = gateway.unseeded
+    machine.start(again=True)
+    driver = console.attach(machine)
+    driver.expect("MWCONSOLE wizard", timeout=SMTP_TIMEOUT)
+    figure("console: factory reset to the wizard again", f"{machine.elapsed():.0f} s")
+    driver.answer("how", "web", timeout=300)
+    # The screen: address, code, its lifetime, the certificate; then the mark for scripts.
+    shown = driver.expect(r"Certificate\s+SHA-256 ([0-9A-F:]{95})", timeout=300)
+    code = driver.expect(r"MWCONSOLE setup-code (\S+)\s", timeout=60).group(1).decode()
+    if not poll(lambda: mail.answers_health(gateway.url) or not machine.alive(), SMTP_TIMEOUT):
+        pytest.fail(f"the API did not answer after the factory reset ({machine.serial})")
+    assert shown.group(1).decode() == mail.presented_fingerprint(gateway.url)
+
+    password = "web-" + secrets.token_urlsafe(12)
+    answers = {"version": 1, "hostname": HOSTNAME, "admin": {"password": password},
+               "domains": [{"name": "e2e.example.org", "server": "10.0.2.2"}]}
+    # Past its lifetime: the guest's clock moved on by more than the 60 minutes.
+    now = int(gateway.guest.run("/usr/bin/date", "+%s").out)
+    moved = gateway.guest.run("/usr/bin/date", "-s", f"@{now + 61 * 60}")
+    assert moved.status == 0, moved.err
+    status, body, _ = mail.call(gateway.url, "POST", "/api/setup",
+                                {"setup_code": code, "answers": answers})
+    assert (status, body["error"]["code"]) == (403, "setup_code_expired"), body
+    # The console shows a new one by itself; it is accepted once.
+    fresh = driver.expect(r"MWCONSOLE setup-code (\S+)\s", timeout=300).group(1).decode()
+    assert fresh != code
+    started = time.monotonic()
+    status, body, _ = mail.call(gateway.url, "POST", "/api/setup",
+                                {"setup_code": fresh, "answers": answers})
+    assert status == 201, body
+    figure("web wizard after the factory reset: set up in", f"{time.monotonic() - started:.0f} s")
+    driver.expect("MWCONSOLE set up by the web wizard", timeout=300)
+    status, body, _ = mail.call(gateway.url, "POST", "/api/setup",
+                                {"setup_code": fresh, "answers": answers})
+    assert (status, body["error"]["code"]) == (409, "already_set_up"), body
+    assert mail.sign_in(gateway.url, password), "the web wizard's admin does not sign in"

@@ -10,32 +10,26 @@ takes with a new appliance, in order.
 3. No answers for first boot, so the console wizard: one wrong answer refused in the web
    wizard's words, static address, host name and admin password set; the admin signs in to
    the API (HTTPS on 8006) with that password; SMTP on 25 quarantines a GTUBE message.
-4. The console menu's password reset and SSH toggle, each a revision; a factory reset, and
-   the web wizard's setup code as the console shows it: refused once its lifetime is over
-   (the guest's clock moved on), a new one accepted once, and refused after use.
+4. The console menu's password reset and SSH toggle, each a revision.
 
 One guest for all of it: a boot of its own for the console would cost CI another ten
 minutes of TCG. First boot from answers (the NoCloud drive, the installer's answers on the
-ESP) is the gateway's boot and the unit tests'.
+ESP) is the gateway's boot and the unit tests'. The factory reset and the web wizard's setup
+code end the gateway's module instead: this guest's run is the tier's longest, and the two
+run side by side (tests/e2e/README.md, "Two guests at once").
 
 MAILWARDEN_E2E_INSTALL_FIRMWARES: a comma-separated list of bios, uefi, secureboot (default
 secureboot; `./build.sh test e2e --all-firmware` runs all three; empty: none)."""
 
 # Every URL opened here is the booted guest's API, forwarded to a loopback port over HTTPS.
-# ruff: noqa: S310
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +42,7 @@ from mailwarden.firstboot.answers import validate_answers
 from tests.console_driver import ConsoleDriver
 from tests.e2e import console, mail
 from tests.e2e.bootreport import FIRMWARE_LINE, HARDENING, INSTALLED, WAITING, has
-from tests.e2e.conftest import Image, wait_for
+from tests.e2e.conftest import Image, poll, wait_for
 from tests.e2e.machine import (
     BOOT_TIMEOUT,
     SMTP_TIMEOUT,
@@ -57,7 +51,6 @@ from tests.e2e.machine import (
     free_port,
     image_path,
 )
-from tests.e2e.mail import _context
 from tests.e2e.qga import Guest
 
 Figure = Callable[[str, object], None]
@@ -87,19 +80,6 @@ class ConsoleVM:
     install_log: str
     report: str
 
-    def reconnect(self) -> None:
-        self.driver = _connect(self.machine)
-
-
-def _connect(machine: Machine) -> ConsoleDriver:
-    """The serial console's socket, as soon as QEMU made it (before the guest says much)."""
-    deadline = time.monotonic() + 60
-    while not machine.serial_socket.exists():
-        if time.monotonic() > deadline or not machine.alive():
-            pytest.fail(f"{machine.name}: QEMU made no serial socket ({machine.serial})")
-        time.sleep(0.1)
-    return console.connect(machine.serial_socket)
-
 
 def _answers(work: Path) -> Path:
     """The answer file on a cidata volume: where to install, nothing else (first boot then
@@ -123,7 +103,7 @@ def _cdrom(name: str, path: Path, bootindex: int | None = None) -> list[str]:
 def _install(machine: Machine, figure: Figure, accel: str) -> str:
     """The installer's run, to the restart that ends QEMU; its console log."""
     machine.start()
-    driver = _connect(machine)
+    driver = console.attach(machine)
     # GRUB's menu (its serial terminal under SeaBIOS, OVMF's console otherwise); the entry's
     # hotkey starts it.
     driver.expect("Rescue shell", timeout=BOOT_TIMEOUT)
@@ -172,7 +152,7 @@ def vm(request: pytest.FixtureRequest, image: Image, figure: Figure) -> Iterator
         # The installed disk alone (no ISO, no answer volume), same disk and UEFI variables.
         machine.extra = agent
         machine.start(again=True)
-        driver = _connect(machine)
+        driver = console.attach(machine)
         driver.expect("MWCONSOLE wizard", timeout=BOOT_TIMEOUT)
         figure(f"installed disk ({firmware}): power-on to the console wizard",
                f"{machine.elapsed():.0f} s")
@@ -188,49 +168,16 @@ def vm(request: pytest.FixtureRequest, image: Image, figure: Figure) -> Iterator
 
 # --- the API from this host -------------------------------------------------------------------
 
-def _call(url: str, method: str, path: str, body: Any = None,
-          headers: dict[str, str] | None = None) -> tuple[int, Any, list[str]]:
-    request = urllib.request.Request(
-        url + path, method=method, headers={"Content-Type": "application/json",
-                                            **(headers or {})},
-        data=None if body is None else json.dumps(body).encode())
-    try:
-        # Setup waits for Rspamd's first start (up to 900 s), as the API's own client does.
-        with urllib.request.urlopen(request, timeout=1500, context=_context()) as response:
-            return (response.status, json.load(response),
-                    response.headers.get_all("Set-Cookie") or [])
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}"), []
-
-
-def _sign_in(vm: ConsoleVM, password: str) -> dict[str, str] | None:
-    status, body, cookies = _call(vm.url, "POST", "/api/session",
-                                  {"username": "admin", "password": password})
-    if status not in (200, 201):
-        return None
-    return {"Cookie": "; ".join(c.split(";", 1)[0] for c in cookies),
-            "X-CSRF-Token": str(body.get("csrf_token", ""))}
-
-
 def _revisions(vm: ConsoleVM, headers: dict[str, str]) -> list[dict[str, Any]]:
-    status, body, _ = _call(vm.url, "GET", "/api/state/revisions", headers=headers)
+    status, body, _ = mail.call(vm.url, "GET", "/api/state/revisions", headers=headers)
     assert status == 200, body
     return list(body["items"])
 
 
 def _wait_api(vm: ConsoleVM) -> None:
-    deadline = time.monotonic() + SMTP_TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(vm.url + "/api/health", timeout=10,
-                                        context=_context()) as response:
-                if response.status == 200:
-                    return
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline or not vm.machine.alive():
-            pytest.fail(f"the API did not answer ({vm.machine.serial})")
-        time.sleep(3)
+    if not poll(lambda: mail.answers_health(vm.url) or not vm.machine.alive(), SMTP_TIMEOUT):
+        pytest.fail(f"the API did not answer ({vm.machine.serial})")
+    assert vm.machine.alive(), f"QEMU ended ({vm.machine.serial})"
 
 
 def _web_wizard_message(answers: dict[str, Any], field: str) -> str:
@@ -239,16 +186,6 @@ def _web_wizard_message(answers: dict[str, Any], field: str) -> str:
     with pytest.raises(StateError) as refused:
         validate_answers(answers, "answers")
     return next(e.message for e in refused.value.errors if field in e.path)
-
-
-def _presented_fingerprint(url: str) -> str:
-    host, port = url.removeprefix("https://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=30) as raw, \
-            _context().wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
 # --- the tests, in order ----------------------------------------------------------------------
@@ -303,7 +240,7 @@ def test_console_wizard_sets_the_appliance_up(vm: ConsoleVM, figure: Figure) -> 
 
 def test_admin_signs_in_with_the_console_password(vm: ConsoleVM) -> None:
     _wait_api(vm)
-    headers = _sign_in(vm, vm.password)
+    headers = mail.sign_in(vm.url, vm.password)
     assert headers, "the API refused the password set on the console"
     first = next(r for r in _revisions(vm, headers) if r["number"] == 1)
     assert first["number"] == 1 and first["author"] == "console wizard", first
@@ -333,8 +270,8 @@ def test_menu_password_reset_is_a_revision(vm: ConsoleVM) -> None:
     vm.driver.answer_all([("choice", MENU_PASSWORD), ("admin-password", new),
                           ("admin-password-again", new)], timeout=120)
     reset = vm.driver.expect(r"MWCONSOLE admin password reset revision=(\d+)\s", timeout=600)
-    assert _sign_in(vm, vm.password) is None, "the old password still signs in"
-    headers = _sign_in(vm, new)
+    assert mail.sign_in(vm.url, vm.password) is None, "the old password still signs in"
+    headers = mail.sign_in(vm.url, new)
     assert headers, "the new password does not sign in"
     vm.password = new
     revision = next(r for r in _revisions(vm, headers) if r["number"] == int(reset.group(1)))
@@ -358,52 +295,8 @@ def test_menu_ssh_toggle_is_a_revision(vm: ConsoleVM, image: Image) -> None:
     assert state == "active"
     vm.driver.answer_all([("choice", MENU_SSH), ("ssh-off", "yes")], timeout=120)
     off = int(vm.driver.expect(r"MWCONSOLE ssh off revision=(\d+)\s", timeout=600).group(1))
-    headers = _sign_in(vm, vm.password)
+    headers = mail.sign_in(vm.url, vm.password)
     assert headers
     comments = {r["number"]: (r["author"], r["comment"]) for r in _revisions(vm, headers)}
     assert comments[on] == ("console", "SSH on (console)")
     assert comments[off] == ("console", "SSH off (console)")
-
-
-def test_factory_reset_then_the_setup_code(vm: ConsoleVM, figure: Figure) -> None:
-    machine = vm.machine
-    vm.driver.answer_all([("choice", MENU_RESET), ("reset-confirm", HOSTNAME)], timeout=120)
-    vm.driver.expect(r"MWCONSOLE factory reset done", timeout=600)
-    # The console reboots the guest; QEMU runs with -no-reboot and ends there.
-    deadline = time.monotonic() + 600
-    while machine.alive() and time.monotonic() < deadline:
-        time.sleep(2)
-    assert not machine.alive(), "the guest did not reboot after the factory reset"
-    machine.stop()
-    machine.start(again=True)
-    vm.reconnect()
-    vm.driver.expect("MWCONSOLE wizard", timeout=BOOT_TIMEOUT)
-    figure("console: factory reset to the wizard again", f"{machine.elapsed():.0f} s")
-    vm.driver.answer("how", "web", timeout=300)
-    # The screen: address, code, its lifetime, the certificate; then the mark for scripts.
-    shown = vm.driver.expect(r"Certificate\s+SHA-256 ([0-9A-F:]{95})", timeout=300)
-    code = vm.driver.expect(r"MWCONSOLE setup-code (\S+)\s", timeout=60).group(1).decode()
-    _wait_api(vm)
-    assert shown.group(1).decode() == _presented_fingerprint(vm.url)
-
-    password = "web-" + secrets.token_urlsafe(12)
-    answers = {"version": 1, "hostname": HOSTNAME, "admin": {"password": password},
-               "domains": [{"name": DOMAIN, "server": GATEWAY}]}
-    # Past its lifetime: the guest's clock moved on by more than the 60 minutes.
-    now = int(vm.guest.run("/usr/bin/date", "+%s").out)
-    moved = vm.guest.run("/usr/bin/date", "-s", f"@{now + 61 * 60}")
-    assert moved.status == 0, moved.err
-    status, body, _ = _call(vm.url, "POST", "/api/setup",
-                            {"setup_code": code, "answers": answers})
-    assert (status, body["error"]["code"]) == (403, "setup_code_expired"), body
-    # The console shows a new one by itself; it is accepted once.
-    fresh = vm.driver.expect(r"MWCONSOLE setup-code (\S+)\s", timeout=300).group(1).decode()
-    assert fresh != code
-    status, body, _ = _call(vm.url, "POST", "/api/setup",
-                            {"setup_code": fresh, "answers": answers})
-    assert status == 201, body
-    vm.driver.expect("MWCONSOLE set up by the web wizard", timeout=300)
-    status, body, _ = _call(vm.url, "POST", "/api/setup",
-                            {"setup_code": fresh, "answers": answers})
-    assert (status, body["error"]["code"]) == (409, "already_set_up"), body
-    assert _sign_in(vm, password), "the web wizard's admin does not sign in"

@@ -182,10 +182,15 @@ def test_factory_reset_keeps_the_identity_and_returns_to_the_wizard(fresh: Sandb
     certificate = (layout.secrets_dir / "smtp.crt").read_bytes()
     (layout.quarantine_dir / "ab").mkdir(parents=True)
     (layout.quarantine_dir / "ab" / "message.eml").write_text("quarantined")
+    rendered = layout.path("/etc/nftables.conf").read_text()
+    assert "Managed by Mailwarden from" in rendered
+    layout.factory_firewall.parent.mkdir(parents=True)
+    layout.factory_firewall.write_text("# the image's boot-time default\n")
     term, out = _console(fresh, ["6", "wrong.name", "6", "mx.console.test"])
     menu = Menu(term, layout, NoController(), _host(fresh), live=False)
     assert menu.run_once() is True
     assert "MWCONSOLE reset cancelled" in out.getvalue() and is_set_up(layout)
+    assert layout.path("/etc/nftables.conf").read_text() == rendered
     assert menu.run_once() is False
     assert "MWCONSOLE factory reset done" in out.getvalue()
     assert not is_set_up(layout) and not layout.state_file.exists()
@@ -194,6 +199,8 @@ def test_factory_reset_keeps_the_identity_and_returns_to_the_wizard(fresh: Sandb
     assert not (layout.secrets_dir / "example.test.dkim.key").exists()
     assert (layout.secrets_dir / "smtp.crt").read_bytes() == certificate
     assert layout.quarantine_dir.is_dir() and not any(layout.quarantine_dir.iterdir())
+    # The firewall a fresh appliance has: the last state's management networks are gone.
+    assert layout.path("/etc/nftables.conf").read_text() == "# the image's boot-time default\n"
     # Back to the wizard: the next round asks how to set up.
     term, out = _console(fresh, [])
     with pytest.raises(Hangup):

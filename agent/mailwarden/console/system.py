@@ -21,7 +21,7 @@ from ..control import health
 from ..control.apply import ApplyResult, apply_state
 from ..control.service import Controller
 from ..errors import MailwardenError
-from ..files import remove
+from ..files import read_regular, remove, write_atomic
 from ..firstboot.answers import NetworkAnswer
 from ..firstboot.boot import API_USER, COMPLETE, create_admin
 from ..firstboot.configure import ADMIN, Host
@@ -201,7 +201,8 @@ def factory_reset(layout: Layout, host: ConsoleHost, *, live: bool) -> list[str]
     the mail queue, every other secret (DKIM keys, certificates added later), the seed's
     record (a NoCloud volume still attached is applied again; answers on the boot partition
     were removed when applied), root's SSH keys and the static
-    network (DHCP again)."""
+    network (DHCP again). Put back: the image's firewall (8006 open to the private ranges
+    again, as on a fresh appliance)."""
     removed: list[str] = []
     if live:
         for unit in ("mailwarden-api.service", "mailwarden-filter.service",
@@ -242,5 +243,21 @@ def factory_reset(layout: Layout, host: ConsoleHost, *, live: bool) -> list[str]
     host.set_ssh_keys([])
     with contextlib.suppress(MailwardenError):
         host.set_network(NetworkAnswer(mode="dhcp"))
+    _factory_firewall(layout, live=live)
     log.warning("factory reset: %d items removed", len(removed))
     return removed
+
+
+def _factory_firewall(layout: Layout, *, live: bool) -> None:
+    """The image's boot-time ruleset again: the last state's management networks may
+    exclude the next owner's, who must reach the setup wizard on 8006 from the LAN."""
+    default = read_regular(layout.factory_firewall)
+    if default is None:
+        # A development sandbox has no image defaults; an appliance without them was built
+        # by an older image, whose firewall stays as the last state made it.
+        log.warning("factory reset: no factory firewall at %s; the ruleset is kept",
+                    layout.factory_firewall)
+        return
+    write_atomic(layout.path("/etc/nftables.conf"), default, mode=0o640, durable=True)
+    if live:
+        run(["systemctl", "reload", "nftables.service"], check=False, timeout=120)
