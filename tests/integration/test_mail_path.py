@@ -35,6 +35,8 @@ mail:
   reject_unknown_sender_domain: false   # Postfix resolves with the host's resolver here
 greylisting:
   enabled: false
+quarantine:
+  lifetimes: {spam: 3, virus: 11, attachment: 5}
 """
 
 
@@ -124,6 +126,7 @@ def test_gtube_is_quarantined_and_released_exactly_once(gw: Sandbox) -> None:
     send(gw, build(subject, body=f"{GTUBE}\n"))
     entry = wait_quarantined(gw, subject)
     assert entry.kind == "spam" and (entry.spam_score or 0) >= 15
+    assert round(entry.expires - entry.time) == 3 * 86400  # quarantine.lifetimes.spam
     assert gw.sink.containing(subject) == []
     out = run([".venv/bin/mailwarden", "quarantine", "release", entry.id, "--root",
                str(gw.root)])
@@ -149,6 +152,7 @@ def test_eicar_is_quarantined_as_virus_and_never_delivered(gw: Sandbox) -> None:
     send(gw, build(subject, attachment=("eicar.com", EICAR)))
     entry = wait_quarantined(gw, subject)
     assert entry.kind == "virus" and entry.virus and "Eicar" in entry.virus
+    assert round(entry.expires - entry.time) == 11 * 86400  # quarantine.lifetimes.virus
     # virus.scan = parts: clamd got the decoded attachment, not the inline text.
     assert _virus_scan_of(gw, subject) == "clamd: 1 part"
     time.sleep(2)
@@ -235,6 +239,9 @@ def test_zip_holding_an_exe_loses_the_attachment(gw: Sandbox) -> None:
     assert b"invoice.zip" in delivered  # named in the notice
     assert b"was removed" in delivered
     assert b"UEsDB" not in delivered  # base64 of the zip's magic: the archive is gone
+    original = wait_quarantined(gw, subject)  # the untouched original, for release
+    assert original.kind == "attachment"
+    assert round(original.expires - original.time) == 5 * 86400  # quarantine.lifetimes.attachment
 
 
 def test_before_queue_rejects_gtube_during_data(gw: Sandbox) -> None:

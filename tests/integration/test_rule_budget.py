@@ -32,6 +32,8 @@ mail:
   rules_budget_ms: 2000
 greylisting:
   enabled: false
+quarantine:
+  lifetimes: {blocked: 2}
 rule_objects:
   only_as:
     - body: '^(a+)+$'
@@ -97,6 +99,7 @@ def test_the_same_rule_matching_quarantines(gw: Sandbox) -> None:
     send(gw, build(subject, body="a" * 100_000 + "\n"))
     entry = wait_quarantined(gw, subject, timeout=120)
     assert (entry.kind, entry.rule) == ("blocked", "Only a's")
+    assert round(entry.expires - entry.time) == 2 * 86400  # quarantine.lifetimes.blocked
     assert gw.sink.containing(subject) == []
 
 

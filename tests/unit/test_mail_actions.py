@@ -240,6 +240,30 @@ def test_side_effects_notify_once_per_rule_and_bcc() -> None:
     assert [e.to for e in effects if isinstance(e, Notification)] == ["admin"]
 
 
+def test_admin_notices_go_to_the_admin_email_and_come_from_it() -> None:
+    rules = [{"name": "Virus", "priority": 90, "what": {"objects": ["virus"]},
+              "actions": [{"notify": {"to": "admin"}}, "block"]}]
+    objects = {"virus": [{"virus": True}]}
+    envelope = Envelope(sender="alice@sender.test", recipients=("a@example.test",),
+                        direction="in")
+    result = ScanResult(spam=SpamResult(score=1), virus=VirusResult(virus="Eicar"))
+    msg = parse_message(load("plain.eml"))
+
+    def notice(st: State) -> Any:
+        decisions = evaluate(st, msg, envelope, result, now=dt.datetime(2026, 11, 25, 12))
+        [note] = [e for e in side_effects(decisions, msg, envelope, st, result)
+                  if isinstance(e, Notification)]
+        return note
+
+    unset = notice(state(rules=rules, rule_objects=objects))
+    assert unset.recipients == ("postmaster@example.test",)  # the first domain's postmaster
+    st = state(rules=rules, rule_objects=objects,
+               system={"hostname": "mx.example.test", "admin_email": "it@example.test"})
+    note = notice(st)
+    assert note.recipients == ("it@example.test",)
+    assert reparse(note.raw)["From"] == "Mailwarden <it@example.test>"
+
+
 def test_non_ascii_header_value_is_rfc2047_encoded() -> None:
     out = modify(parse_message(load("plain.eml")),
                  [act({"add_header": {"name": "X-Note", "value": "geprüft von {rule}"}})], ctx())

@@ -336,6 +336,26 @@ def test_greylist_exemptions_and_ipv6(db: Database) -> None:
     assert v6.decide(rcpt(client="2001:db8::25")).verb == "DEFER_IF_PERMIT"
 
 
+def test_greylist_netmasks_decide_which_clients_share_a_triplet(db: Database) -> None:
+    def retry_from_a_neighbour(extra: str, first: str, second: str) -> str:
+        clock = Clock()
+        policy = make_policy(db, extra, clock=clock)
+        assert policy.decide(rcpt(client=first)).verb == "DEFER_IF_PERMIT"
+        clock.now += 61
+        return policy.decide(rcpt(client=second)).verb
+
+    # IPv4: the default /24 makes a neighbour's retry the same triplet; /32 does not.
+    assert retry_from_a_neighbour(GREY, "192.0.2.25", "192.0.2.99") == "PREPEND"
+    assert retry_from_a_neighbour(GREY.replace("}", ", ipv4_netmask: 32}"),
+                                  "198.51.100.25", "198.51.100.99") == "DEFER_IF_PERMIT"
+    # IPv6 likewise, by ipv6_netmask.
+    v6 = GREY.replace("}", ", ipv6: true, ipv6_netmask: 64}")
+    assert retry_from_a_neighbour(v6, "2001:db8:1::25", "2001:db8:1::99") == "PREPEND"
+    v6_host = GREY.replace("}", ", ipv6: true, ipv6_netmask: 128}")
+    assert retry_from_a_neighbour(v6_host, "2001:db8:2::25", "2001:db8:2::99") \
+        == "DEFER_IF_PERMIT"
+
+
 def test_null_sender_is_greylisted(db: Database) -> None:
     policy = make_policy(db, GREY)
     assert policy.decide(rcpt(sender="")).verb == "DEFER_IF_PERMIT"

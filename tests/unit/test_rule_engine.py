@@ -340,6 +340,62 @@ def test_office_hours_daytime_frame() -> None:
     assert run(st, now=dt.datetime(2026, 11, 29, 12, 0))[0].final == "accept"  # Sunday
 
 
+def test_an_inactive_rule_is_skipped() -> None:
+    objects = {"any": [{"size": {"min_kb": 0}}]}
+    rule = {"name": "Block", "priority": 50, "what": {"objects": ["any"]}, "actions": ["block"]}
+    assert run(custom([rule], objects))[0].final == "block"
+    assert run(custom([{**rule, "active": False}], objects))[0].final == "accept"
+
+
+def test_to_and_when_groups_invert_and_need_all_in_mode_all() -> None:
+    objects = {"ceo": [{"email": "ceo@example.test"}], "board": [{"domain": "example.test"}],
+               "office": [{"timeframe": {"start": "08:00", "end": "16:00",
+                                         "days": ["mon", "tue", "wed", "thu", "fri"]}}],
+               "weekday": [{"timeframe": {"start": "00:00", "end": "23:59",
+                                          "days": ["mon", "tue", "wed", "thu", "fri"]}}]}
+    everyone_else = custom([{"name": "Not the CEO", "priority": 50,
+                             "to": {"objects": ["ceo"], "invert": True},
+                             "actions": ["block"]}], objects)
+    decisions = run(everyone_else, envelope=env("ceo@example.test", "a@example.test"))
+    assert [(d.recipient, d.final) for d in decisions] == [
+        ("ceo@example.test", "accept"), ("a@example.test", "block")]
+    both = custom([{"name": "CEO in the company", "priority": 50,
+                    "to": {"objects": ["ceo", "board"], "mode": "all"},
+                    "actions": ["block"]}], objects)
+    decisions = run(both, envelope=env("ceo@example.test", "a@example.test"))
+    assert [d.final for d in decisions] == ["block", "accept"]
+    after_hours = custom([{"name": "After hours", "priority": 50,
+                           "when": {"objects": ["office"], "invert": True},
+                           "actions": ["block"]}], objects)
+    assert run(after_hours)[0].final == "accept"  # Wednesday noon
+    assert run(after_hours, now=dt.datetime(2026, 11, 25, 20, 0))[0].final == "block"
+    office_and_weekday = custom([{"name": "Office", "priority": 50,
+                                  "when": {"objects": ["office", "weekday"], "mode": "all"},
+                                  "actions": ["block"]}], objects)
+    assert run(office_and_weekday)[0].final == "block"
+    assert run(office_and_weekday, now=dt.datetime(2026, 11, 25, 20, 0))[0].final == "accept"
+
+
+def test_upper_bounds_of_size_and_spam_score() -> None:
+    objects = {"small": [{"size": {"max_kb": 1}}], "grey": [{"spam": {"min": 3, "max": 5}}]}
+    small = custom([{"name": "Small", "priority": 50, "what": {"objects": ["small"]},
+                     "actions": ["block"]}], objects)
+    assert run(small)[0].final == "block"
+    assert run(small, raw=PLAIN + b"x" * 2048)[0].final == "accept"
+    grey = custom([{"name": "Grey", "priority": 50, "what": {"objects": ["grey"]},
+                    "actions": ["block"]}], objects)
+    assert run(grey, result=scan(4.0))[0].final == "block"
+    assert run(grey, result=scan(6.0))[0].final == "accept"
+
+
+def test_archive_filename_object_matches_a_member_not_the_archive() -> None:
+    objects = {"exe_inside": [{"archive_filename": "*.exe"}]}
+    st = custom([{"name": "Exe in archive", "priority": 50,
+                  "what": {"objects": ["exe_inside"]}, "actions": ["block"]}], objects)
+    assert run(st, raw=zip_mail("setup.exe"))[0].final == "block"
+    assert run(st, raw=zip_mail("notes.txt"))[0].final == "accept"
+
+
 # --- user lists -------------------------------------------------------------------------------
 
 
