@@ -20,7 +20,9 @@ from mailwarden_dev.process import Supervised, wait_until
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-ANSWER_WITHIN = 3.0  # seconds: what "the UI still answers" means here
+# A stall guard, not a measure: "still answers" is shown by the order of events (the answer
+# came while the idle connections were held), never by how soon it came.
+STALL = 60.0
 CONTEXT = ssl.create_default_context()
 CONTEXT.check_hostname = False
 CONTEXT.verify_mode = ssl.CERT_NONE  # the sandbox's own self-signed certificate
@@ -64,6 +66,22 @@ def fresh_request(port: int, path: str, timeout: float) -> tuple[bytes, float]:
         return f"no answer: {exc!r}".encode(), time.monotonic() - started
 
 
+def held(conn: ssl.SSLSocket) -> bool:
+    """Whether the server still holds conn: nothing to read, not even the end of it. (Not
+    select(): TLS 1.3 session tickets make the socket readable with nothing for us.)"""
+    timeout = conn.gettimeout()
+    conn.setblocking(False)
+    try:
+        conn.recv(1)
+    except ssl.SSLWantReadError:
+        return True
+    except (ConnectionError, ssl.SSLError):
+        return False
+    finally:
+        conn.settimeout(timeout)
+    return False  # the end of the stream, or an answer
+
+
 def closed_by_server(conn: socket.socket, deadline: float) -> bool:
     """Whether the server closes conn before deadline (monotonic)."""
     try:
@@ -91,11 +109,13 @@ def test_idle_and_slow_clients_do_not_starve_the_api(api: Sandbox) -> None:
     try:
         time.sleep(0.5)
         for _ in range(5):
-            answer, took = fresh_request(port, "/api/health", ANSWER_WITHIN)
+            answer, _ = fresh_request(port, "/api/health", STALL)
             assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-            assert took < ANSWER_WITHIN, f"a normal request took {took:.1f} s"
+            # Answered while more idle connections than request threads were held: they
+            # did not take the threads (the server lets them go only after KEEPALIVE).
+            assert all(held(c) for c in idle), "answered only once idle clients were let go"
         # An idle connection is still a connection: a request on it later is answered.
-        answer = request(idle[0], "/api/setup", ANSWER_WITHIN)
+        answer = request(idle[0], "/api/setup", STALL)
         assert answer.startswith(b"HTTP/1.1 200") and b'"needed"' in answer, answer[:200]
         # The server lets go of the rest by itself: idle ones after the keep-alive time,
         # half a request after the read timeout.
@@ -103,8 +123,8 @@ def test_idle_and_slow_clients_do_not_starve_the_api(api: Sandbox) -> None:
         lingering = [c for c in [*idle[1:], *silent_tcp, *half]
                      if not closed_by_server(c, deadline)]
         assert lingering == [], f"{len(lingering)} connections still open"
-        answer, took = fresh_request(port, "/api/health", ANSWER_WITHIN)
-        assert answer.startswith(b"HTTP/1.1 200") and took < ANSWER_WITHIN
+        answer, _ = fresh_request(port, "/api/health", STALL)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     finally:
         for conn in [*idle, *silent_tcp, *half]:
             conn.close()
@@ -144,9 +164,10 @@ def test_a_request_outlasts_the_worker_timeout(api: Sandbox) -> None:
         with connect(port) as slow:
             slow.settimeout(30)
             slow.sendall(b"GET /slow?seconds=7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            # Meanwhile the other thread answers at once.
-            answer, took = fresh_request(port, "/", ANSWER_WITHIN)
-            assert answer.startswith(b"HTTP/1.1 200") and took < ANSWER_WITHIN
+            # Meanwhile the other thread answers: while the slow answer is still to come.
+            answer, _ = fresh_request(port, "/", STALL)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert held(slow), "answered only after the slow request was done"
             body = b""
             while chunk := slow.recv(65536):
                 body += chunk
