@@ -258,7 +258,8 @@ def test_notification_defaults() -> None:
     assert state.notification_recipients == []  # no system.admin_email: nobody, all off
     assert state.notification_sender == "postmaster@mx1.example.org"
     with_admin = load_state_text(NOTIFY.replace(
-        "{hostname: mx1.example.org}", "{hostname: mx1.example.org, admin_email: boss@example.org}"))
+        "{hostname: mx1.example.org}",
+        "{hostname: mx1.example.org, admin_email: boss@example.org}"))
     assert with_admin.notification_recipients == ["boss@example.org"]
 
 
