@@ -221,3 +221,24 @@ def test_service_alert_for_a_stopped_daemon(gw: Sandbox) -> None:
         _notify_run(gw)
         alerts = _wait_notice(gw, admin, "alert", count=before + 1)
     assert "policy is not running (stopped)" in alerts[-1].get_content()
+
+
+def test_on_demand_commands(gw: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's test notification and report now, whatever the schedule says; the previews
+    send nothing."""
+    admin = _admin()
+    _apply(gw, admin, "  daily_report: {enabled: false}\n")
+    root = ["--root", str(gw.root)]
+    assert main(["notify", "preview", "report", *root]) == 0
+    assert main(["notify", "preview", "alerts", *root]) == 0
+    out = capsys.readouterr().out
+    assert f"To: {admin}" in out and "Daily report of mx.example.test" in out
+    _settled(gw)
+    assert _notices(gw, admin, "report") == []
+
+    assert main(["notify", "test", *root]) == 0
+    (test,) = _wait_notice(gw, admin, "test")
+    assert "No notification is turned on yet" in test.get_content()
+    assert main(["notify", "send-report", *root]) == 0
+    _wait_notice(gw, admin, "report")
+    assert f"sent the daily report to {admin}" in capsys.readouterr().out
