@@ -590,7 +590,12 @@ function readForm(root, prefix) {
     switch (input.dataset.kind) {
       case "bool": value = input.checked; break;
       case "integer": case "number": value = raw === "" ? null : Number(raw); break;
-      case "lines": value = raw.split("\n").map((l) => l.trim()).filter(Boolean); break;
+      case "lines": {
+        // An empty nullable list is "not set" (its default applies), as an empty string is.
+        const lines = raw.split("\n").map((l) => l.trim()).filter(Boolean);
+        value = !lines.length && input.dataset.nullable ? null : lines;
+        break;
+      }
       case "json": value = JSON.parse(raw || "null"); break;
       default: value = raw === "" && input.dataset.nullable ? null : raw;
     }
@@ -662,8 +667,45 @@ async function viewSettings(section, render) {
       ". A list without your own network shuts you out of this page once applied; the console still works."));
   }
   form.append(body, h("div", { class: "field" }, h("label", { for: "comment" }, "Why (kept in the history)"), h("input", { id: "comment", name: "comment" })), h("p", {}, save), messages);
-  render(h("h1", {}, `Settings: ${section}`), h("p", {}, h("a", { href: "#/settings" }, "All sections")), form);
+  const extra = section === "notifications" ? notificationActions() : [];
+  render(h("h1", {}, `Settings: ${section}`), h("p", {}, h("a", { href: "#/settings" }, "All sections")), form, ...extra);
 }
+
+// --- notifications: a test, and the report and alerts as they would go out now -----------
+function notificationActions() {
+  const output = h("div", { class: "notification-preview", id: "notification-output" });
+  const shown = (out) => output.replaceChildren(
+    h("p", {}, h("b", {}, out.subject), ` to ${out.recipients.join(", ")}`),
+    h("pre", { class: "digest-text" }, out.text));
+  async function act(what) {
+    try {
+      if (what === "test") {
+        const out = await api("POST", "/api/notifications/test", {});
+        toast(`Test notification sent to ${out.recipients.join(", ")}`);
+        shown(out);
+      } else if (what === "report") {
+        shown(await api("GET", "/api/notifications/report"));
+      } else {
+        const out = await api("GET", "/api/notifications/alerts");
+        output.replaceChildren(
+          h("p", {}, out.conditions.length ? "Alert conditions now:" : "No alert condition now."),
+          h("ul", {}, ...out.conditions.map((c) => h("li", {}, c))));
+        if (out.mail) output.append(h("p", { class: "muted" }, "Not mailed yet; the next run would send:"), h("pre", { class: "digest-text" }, out.mail.text));
+      }
+    } catch (e) {
+      output.replaceChildren(h("p", { class: "errors", role: "alert" }, e.message));
+    }
+  }
+  const admin = state.user.role === "admin";
+  return [h("section", { class: "notifications" }, h("h2", {}, "Try them"),
+    h("p", { class: "muted" }, "Uses the applied settings: apply a change first. Previews send nothing."),
+    h("p", { class: "toolbar" },
+      admin && h("button", { type: "button", onclick: () => act("test") }, "Send a test notification"),
+      h("button", { type: "button", onclick: () => act("report") }, "Preview the daily report"),
+      h("button", { type: "button", onclick: () => act("alerts") }, "Check service alerts")),
+    output)];
+}
+// --- end of notifications ------------------------------------------------------------------
 
 const kindOf = (oneOf) => Object.keys(oneOf).find((k) => oneOf[k] !== null && oneOf[k] !== undefined);
 const describeEntry = (entry) => {

@@ -287,6 +287,89 @@ def cmd_digest_send(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- notifications (mail/notify.py) ------------------------------------------------------
+
+
+def _notifier(layout: Layout) -> tuple[Any, Any, Callable[[bytes, str, list[str]], None]]:
+    """(Notifier, the state, how a notification is handed to Postfix)."""
+    from .mail.notify import Notifier, Sources
+    from .mail.reinject import reinject
+
+    state = load_state_file(layout.state_file)
+    sources = Sources(clamav_dir=layout.path("/var/lib/clamav"),
+                      disks=(layout.database.parent, layout.quarantine_dir,
+                             layout.path("/var/spool/postfix")))
+
+    def send(raw: bytes, sender: str, recipients: list[str]) -> None:
+        reinject(raw, sender, recipients, port=layout.ports.reinject,
+                 hostname=state.system.hostname)
+
+    return Notifier(Database(layout.database), sources), state, send
+
+
+def cmd_notify_run(args: argparse.Namespace) -> int:
+    from .control.service import service_status
+
+    layout = _layout(args)
+    notifier, state, send = _notifier(layout)
+    results = notifier.run(state, send, lambda: service_status(layout))
+    for name, result in results.items():
+        print(f"{name}: {result}")
+    failed = [n for n, result in results.items() if result not in ("sent", "nothing new")]
+    if failed:
+        # Not swallowed: the unit fails (and shows in the service health); the next run
+        # tries again.
+        print(f"mailwarden: {', '.join(failed)} not sent [notification_failed]",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _print_notice(notice: Any, raw: bool) -> None:
+    if raw:
+        sys.stdout.buffer.write(notice.message.as_bytes())
+        return
+    print(f"To: {notice.message['To']}\nSubject: {notice.message['Subject']}\n")
+    print(notice.message.get_content())
+
+
+def cmd_notify_preview(args: argparse.Namespace) -> int:
+    from .control.service import service_status
+
+    layout = _layout(args)
+    notifier, state, _ = _notifier(layout)
+    if args.what == "report":
+        _print_notice(notifier.report(state), args.raw)
+        return 0
+    check = notifier.alerts(state, service_status(layout))
+    if check.notice is None:
+        print("no new alert condition" + (
+            f" ({len(check.current)} mailed before and still so)" if check.current else ""))
+        return 0
+    _print_notice(check.notice, args.raw)
+    return 0
+
+
+def cmd_notify_send_report(args: argparse.Namespace) -> int:
+    notifier, state, send = _notifier(_layout(args))
+    notice = notifier.send_report(state, send)
+    print(f"sent the daily report to {', '.join(notice.recipients)}")
+    return 0
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from .mail.notify import hand_over
+
+    notifier, state, send = _notifier(_layout(args))
+    notice = notifier.test_notice(state)
+    hand_over(notice, state, send)
+    print(f"sent a test notification to {', '.join(notice.recipients)}")
+    return 0
+
+
+# --- end of notifications -----------------------------------------------------------------
+
+
 def _list_entry(recipient: str, sender: str, kind: str = "block") -> Any:
     """The API's own checks on a list entry, with its messages."""
     from pydantic import ValidationError
@@ -722,6 +805,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address")
     root_option(p)
     p.set_defaults(func=cmd_digest_send)
+
+    # --- notifications ---
+    notify = sub.add_parser("notify", help="notifications to the administrators"
+                            ).add_subparsers(dest="notify_command", required=True)
+    p = notify.add_parser("run", help="send the daily report and service alerts that are due "
+                          "(mailwarden-notify.timer)")
+    root_option(p)
+    p.set_defaults(func=cmd_notify_run)
+    p = notify.add_parser("preview", help="the report, or the alert mail, as it would go out "
+                          "now (not sent, nothing recorded)")
+    p.add_argument("what", choices=["report", "alerts"])
+    p.add_argument("--raw", action="store_true", help="the whole message as it would go out")
+    root_option(p)
+    p.set_defaults(func=cmd_notify_preview)
+    p = notify.add_parser("send-report", help="send the daily report now")
+    root_option(p)
+    p.set_defaults(func=cmd_notify_send_report)
+    p = notify.add_parser("test", help="send a test notification to the recipients")
+    root_option(p)
+    p.set_defaults(func=cmd_notify_test)
+    # --- end of notifications ---
 
     users = sub.add_parser("user", help="API and web UI users (first admin, recovery)"
                            ).add_subparsers(dest="user_command", required=True)

@@ -572,3 +572,39 @@ def test_two_aliases_one_quarantine_reached_by_a_link(page: Page, ui_gateway: Sa
     send(ui_gateway, build(following, sender=pest, to=alias), sender=pest, to=(alias,))
     held = wait_quarantined(ui_gateway, following)
     assert (held.kind, held.recipients) == ("blocked", {alias: "new"})
+
+
+# --- notifications ---
+
+
+def test_notification_settings_refuse_nobody_and_send_a_test(page: Page, ui_gateway: Sandbox,
+                                                             admin: None) -> None:
+    """The notifications' page: one turned on with nobody to send it to is refused at the
+    recipients' field; with a recipient it applies, and the test notification reaches the
+    sink; the report is previewed."""
+    page.login("admin")
+    p = page.page
+    p.goto(f"{page.base}/#/settings/notifications")
+    p.wait_for_selector("h1:has-text('Settings: notifications')")
+    p.check("[id='notifications.daily_report.enabled']")
+    page.expect_http_error(400, "Bad Request")
+    p.click("text=Apply")
+    error = p.wait_for_selector(
+        "[data-error-for='notifications.recipients']:has-text('nobody to send it to')")
+    assert error.is_visible()
+    admin_box = f"ops-{marker()}@example.test"
+    p.fill("[id='notifications.recipients']", admin_box)
+    p.fill("#comment", "daily report to the operators")
+    p.click("text=Apply")
+    p.wait_for_selector("text=Applied as revision")
+    p.click("text=Send a test notification")
+    p.wait_for_selector(f"text=Test notification sent to {admin_box}")
+    [received] = ui_gateway.sink.wait_for_marker(admin_box)
+    assert b"X-Mailwarden-Notification: test" in received
+    assert b"Turned on: daily_report.enabled." in received
+    p.click("text=Preview the daily report")
+    p.wait_for_selector("#notification-output >> text=Daily report of mx.example.test")
+    p.screenshot(path=str(SCREENSHOTS / "notifications.png"), full_page=True)
+    p.click("text=Check service alerts")
+    p.wait_for_selector("#notification-output >> text=alert condition")
+# --- end of notifications ---

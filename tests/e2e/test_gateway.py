@@ -46,7 +46,8 @@ AGENT_UNITS = ["mailwarden-filter.service", "mailwarden-policy.service",
                "mailwarden-api.service"]
 ROOT_UNITS = ["mailwarden-apply.service", "mailwarden-firstboot.service"]
 # Run by timers, as the agent's users.
-TIMED_UNITS = ["mailwarden-digest.service", "mailwarden-quarantine-expire.service"]
+TIMED_UNITS = ["mailwarden-digest.service", "mailwarden-notify.service",
+               "mailwarden-quarantine-expire.service"]
 # The audit is asked for (`./build.sh test e2e --lynis`): under TCG it costs more than the
 # rest of the gateway's checks together (tests/e2e/README.md).
 LYNIS = os.environ.get("MAILWARDEN_E2E_LYNIS", "0") == "1"

@@ -22,7 +22,7 @@ from mailwarden.store.users import Users
 from mailwarden_dev.instance import Sandbox
 
 STATE = """\
-version: 3
+version: 4
 system: {hostname: mx.example.test}
 domains:
   - name: example.test

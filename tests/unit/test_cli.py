@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str, name: str = "state.yaml") -> Path:
 
 def test_validate_accepts_a_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["state", "validate", str(write(tmp_path, MINIMAL))]) == 0
-    assert "valid (version 3, 1 relay domain" in capsys.readouterr().out
+    assert "valid (version 4, 1 relay domain" in capsys.readouterr().out
 
 
 def test_validate_reports_every_error_with_path_and_code(

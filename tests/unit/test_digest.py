@@ -22,7 +22,7 @@ from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.tickets import TicketError, TicketExpired, Tickets
 
 STATE = """\
-version: 3
+version: 4
 system: {hostname: mx.example.org}
 domains:
   - name: example.org

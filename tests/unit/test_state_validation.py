@@ -214,16 +214,83 @@ def test_version_1_without_them_only_changes_the_version() -> None:
 
 def test_version_2_only_changes_the_version() -> None:
     old = _yaml(STATES / "version2" / "full.yaml")
-    assert migrate(old) == old | {"version": 3}
+    assert migrate(old, target=3) == old | {"version": 3}
+    assert migrate(old) == old | {"version": 4}
     state = State.model_validate(migrate(old))
     assert state.quarantine.digest.enabled is False  # digests stay off until turned on
     assert all(domain.digest is None for domain in state.domains)
 
 
-def test_version_3_has_digests_and_still_no_notifications() -> None:
+def test_version_3_only_changes_the_version() -> None:
+    old = _yaml(STATES / "version3" / "full.yaml")
+    assert migrate(old) == old | {"version": 4}
+    state = State.model_validate(migrate(old))
+    # Every notification stays off until turned on: an upgrade sends no new mail.
+    assert state.notifications.enabled() == []
+    # The version 3 file is the current full one without its notifications.
+    current = _yaml(STATES / "full.yaml")
+    del current["notifications"]
+    assert migrate(old) == current | {"version": 4}
+
+
+def test_version_1_shape_of_the_daily_report_is_refused_at_its_key() -> None:
     text = MINIMAL.replace("version: 1", "version: 3")
     (error,) = errors_of(text + "notifications: {daily_report: true}\n")
-    assert error.path == "notifications"
+    assert error.path == "notifications.daily_report"
+
+
+def test_notifications_of_the_full_file() -> None:
+    full = load_state_file(STATES / "full.yaml")
+    n = full.notifications
+    assert full.notification_recipients == ["admin@full.example", "oncall@full.example"]
+    assert full.notification_sender == "alerts@full.example"
+    assert n.enabled() == ["virus_to_admin", "daily_report.enabled", "service_alerts.enabled"]
+    assert (n.daily_report.time, n.service_alerts.signature_max_age_hours,
+            n.service_alerts.disk_used_percent) == ("06:30", 36, 85)
+
+
+NOTIFY = MINIMAL.replace("version: 1", "version: 4")
+
+
+def test_notification_defaults() -> None:
+    state = load_state_text(NOTIFY)
+    assert state.notifications.enabled() == []
+    assert state.notification_recipients == []  # no system.admin_email: nobody, all off
+    assert state.notification_sender == "postmaster@mx1.example.org"
+    with_admin = load_state_text(NOTIFY.replace(
+        "{hostname: mx1.example.org}",
+        "{hostname: mx1.example.org, admin_email: boss@example.org}"))
+    assert with_admin.notification_recipients == ["boss@example.org"]
+
+
+@pytest.mark.parametrize("setting", ["virus_to_admin: true", "daily_report: {enabled: true}",
+                                     "service_alerts: {enabled: true}"])
+def test_a_notification_on_needs_somebody_to_send_it_to(setting: str) -> None:
+    (error,) = errors_of(NOTIFY + f"notifications:\n  {setting}\n")
+    assert error.path == "notifications.recipients"
+    assert "nobody to send it to" in error.message
+    assert error.line is not None
+    (error,) = errors_of(NOTIFY + f"notifications:\n  recipients: []\n  {setting}\n")
+    assert error.path == "notifications.recipients" and "is empty" in error.message
+    # With a recipient, or with system.admin_email, it is fine.
+    load_state_text(NOTIFY + f"notifications:\n  recipients: [a@example.org]\n  {setting}\n")
+
+
+@pytest.mark.parametrize(("setting", "path"), [
+    ("daily_report: {time: '24:00'}", "notifications.daily_report.time"),
+    ("service_alerts: {disk_used_percent: 101}", "notifications.service_alerts.disk_used_percent"),
+    ("service_alerts: {signature_max_age_hours: 0}",
+     "notifications.service_alerts.signature_max_age_hours"),
+    ("sender: not-an-address", "notifications.sender"),
+    ("recipients: [nobody]", "notifications.recipients[0]"),
+])
+def test_notification_settings_are_checked(setting: str, path: str) -> None:
+    (error,) = errors_of(NOTIFY + f"notifications:\n  {setting}\n")
+    assert error.path == path
+
+
+def test_version_3_has_digests() -> None:
+    text = MINIMAL.replace("version: 1", "version: 3")
     full = load_state_file(STATES / "full.yaml")
     assert (full.quarantine.digest.enabled, full.quarantine.digest.time) == (True, "06:45")
     assert full.domains[1].digest is not None and full.domains[1].digest.weekday == "friday"

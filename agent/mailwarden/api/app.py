@@ -17,12 +17,13 @@ from typing import Any
 import falcon
 
 from ..control.apply import ApplyResult, apply_state, rollback
-from ..control.service import Controller
+from ..control.service import Controller, service_status
 from ..errors import MailwardenError
 from ..firstboot.answers import Answers
 from ..firstboot.configure import FirstbootResult, Host, NullHost, apply_answers, is_set_up
 from ..layout import Layout
 from ..mail.digest import Digests
+from ..mail.notify import Notifier, Sources
 from ..mail.reinject import reinject
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
@@ -41,6 +42,11 @@ from .digests import DigestResource
 from .dkim import DkimKeysResource
 from .lists import ListsResource
 from .metrics import MetricsResource
+from .notify import (
+    NotificationAlertsResource,
+    NotificationReportResource,
+    NotificationTestResource,
+)
 from .openapi import openapi_document
 from .portal import PortalLinkResource
 from .quarantine import (
@@ -260,6 +266,17 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
             quarantine, UserLists(db), services.deliver or deliver, audit,
             users_may_release_viruses),
     }
+    # --- notifications (mail/notify.py) ---
+    notifier = Notifier(db, Sources(
+        clamav_dir=layout.path("/var/lib/clamav"),
+        disks=(layout.database.parent, layout.quarantine_dir, layout.path("/var/spool/postfix"))))
+    routes["/api/notifications/test"] = NotificationTestResource(
+        notifier, lambda: load_state_file(layout.state_file), services.deliver or deliver, audit)
+    routes["/api/notifications/report"] = NotificationReportResource(
+        notifier, lambda: load_state_file(layout.state_file))
+    routes["/api/notifications/alerts"] = NotificationAlertsResource(
+        notifier, lambda: load_state_file(layout.state_file), lambda: service_status(layout))
+    # --- end of notifications ---
     # Prometheus' path, outside /api; documented with the rest all the same.
     routes["/metrics"] = MetricsResource(layout, Statistics(db))
     document = routes["/api/openapi.json"] = OpenApiResource()

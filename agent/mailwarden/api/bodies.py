@@ -178,6 +178,12 @@ class QueueFlush(Body):
     """Nothing to say: flushing takes no options."""
 
 
+# --- notifications ---
+class NotificationTest(Body):
+    """Nothing to say: the test goes to notifications.recipients from notifications.sender."""
+# --- end of notifications ---
+
+
 class QuarantineDecision(Body):
     recipients: list[Address] | None = Field(
         None, max_length=1000,

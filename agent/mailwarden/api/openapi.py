@@ -63,6 +63,11 @@ _DESCRIPTIONS = {
     "add or change (POST), remove (DELETE). A quarantine user's are their own.",
     "/api/quarantine/digest": "One recipient's quarantine digest: what it would list now "
     "(GET ?address=), or send it now (POST).",
+    "/api/notifications/test": "Send a test notification to the notification recipients now.",
+    "/api/notifications/report": "The administrators' daily report as it would go out now "
+    "(nothing sent).",
+    "/api/notifications/alerts": "Every service alert condition now, and the mail the next "
+    "run would send for those not mailed yet (nothing sent, nothing recorded).",
     "/api/quarantine/{entry_id}/preview": "Headers, text and sanitised HTML (?format=html: a "
     "page for a sandboxed frame, with a strict Content-Security-Policy).",
     "/api/quarantine/{entry_id}/raw": "The message as received (message/rfc822).",

@@ -16,7 +16,8 @@ from typing import Protocol, cast
 
 from ..errors import MailwardenError
 from ..layout import Layout
-from .systemd import SystemdController
+from ..mail.notify import ServiceStatus
+from .systemd import WATCHED, SystemdController, unit_status
 
 ENTRY_POINT_GROUP = "mailwarden.service_control"
 
@@ -72,5 +73,23 @@ def controller_for(layout: Layout) -> Controller:
     return factory(layout)
 
 
+def service_status(layout: Layout) -> list[ServiceStatus]:
+    """The watched services as their supervisor sees them, for the service alerts. systemd
+    says each unit's state and its restarts. Elsewhere (a development sandbox) the layout's
+    controller says only whether a service runs, for those that wrote a pid file (the ones
+    this sandbox started; Postfix always): restarts are not counted there."""
+    if layout.service_control == "systemd":
+        return unit_status()
+    controller = controller_for(layout)
+    found = []
+    for name in WATCHED:
+        pidfile = layout.pidfile(name)
+        if name != "postfix" and (pidfile is None or not pidfile.exists()):
+            continue
+        running = controller.is_running(name)
+        found.append(ServiceStatus(name, running, "running" if running else "stopped"))
+    return found
+
+
 __all__ = ["ENTRY_POINT_GROUP", "Controller", "NoController", "UnknownServiceControl",
-           "controller_for"]
+           "controller_for", "service_status"]

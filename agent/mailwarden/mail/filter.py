@@ -35,7 +35,7 @@ from ..store.quarantine import Quarantine
 from ..store.tracking import Delivery, MessageRecord, Tracking
 from ..store.tracking import insert as tracking_insert
 from . import actions as mail_actions
-from . import compat, cpu
+from . import compat, cpu, notify
 from . import ruleengine as engine
 from .auth import Authenticator
 from .message import ParsedMessage, Part, parse_message, scan_targets
@@ -250,6 +250,7 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
         return f"550 {reply}"
 
     deliveries: list[Delivery] = []
+    viruses: list[tuple[str, list[str]]] = []  # (quarantine id, its recipients)
     hostname = state.system.hostname
     xf = {"NAME": envelope.client_name or "", "ADDR": envelope.client_ip or "",
           "HELO": envelope.helo or "", "IDENT": envelope.queue_id or ""}
@@ -292,10 +293,14 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
                     spam_score=None if scan.spam.skipped else scan.spam.score,
                     virus=scan.virus.virus, rule=first.rule)))
             deliveries += [Delivery(r, "quarantine", first.rule, qid) for r in rcpts]
+            if kind == "virus":
+                viruses.append((qid, rcpts))
         else:  # block: discarded on purpose, recorded
             deliveries += [Delivery(r, first.final, first.rule) for r in rcpts]
 
     await _side_effects(ctx, state, message, envelope, decisions, scan)
+    if viruses and state.notifications.virus_to_admin:
+        await _virus_notices(ctx, state, message, envelope, scan, viruses)
     _record(ctx, envelope, message, scan, deliveries, started)
     return "250 2.0.0 Ok: filtered"
 
@@ -311,6 +316,26 @@ async def _side_effects(ctx: FilterContext, state: State, message: ParsedMessage
                 partial(ctx.reinjector.send, effect.raw, effect.sender, list(effect.recipients))))
         except MailwardenError:
             log.exception("could not send %s to %s", type(effect).__name__, effect.recipients)
+
+
+async def _virus_notices(ctx: FilterContext, state: State, message: ParsedMessage,
+                         envelope: Envelope, scan: ScanResult,
+                         viruses: list[tuple[str, list[str]]]) -> None:
+    """notifications.virus_to_admin: a notice per quarantined copy, once the message is safe
+    in the quarantine. Like the BCC copies, a failure is logged with the quarantine id and
+    never turns into a 4xx (the message is held already; a retry would hold it twice)."""
+    loop = asyncio.get_running_loop()
+    for qid, rcpts in viruses:
+        try:
+            notice = notify.virus_notice(
+                state, quarantine_id=qid, virus=scan.virus.virus or "unknown",
+                sender=envelope.sender, recipients=rcpts, subject=message.subject,
+                queue_id=envelope.queue_id, client_ip=envelope.client_ip)
+            await loop.run_in_executor(None, cpu.in_thread(partial(
+                ctx.reinjector.send, notice.message.as_bytes(), state.notification_sender,
+                list(notice.recipients))))
+        except MailwardenError:
+            log.exception("could not send the virus notice for quarantined message %s", qid)
 
 
 def _record(ctx: FilterContext, envelope: Envelope, message: ParsedMessage, scan: ScanResult,

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import FieldError
 from .rules import Entry, Rule
-from .schema import Dkim, RelayDomain, Tls
+from .schema import Dkim, Notifications, RelayDomain, System, Tls
 
 Check = Callable[[Any], Iterator[FieldError]]
 
@@ -62,6 +62,23 @@ def check_tls(tls: Tls) -> Iterator[FieldError]:
         tls.policies, lambda p: p.destination.lower(), "tls.policies[{}].destination",
         "a policy for",
     )
+
+
+def check_notifications(notifications: Notifications,
+                        system: System | None) -> Iterator[FieldError]:
+    """A notification turned on must have somebody to go to: notifications.recipients, or
+    system.admin_email when that list is not given."""
+    on = notifications.enabled()
+    if not on:
+        return
+    if notifications.recipients == []:
+        yield FieldError("notifications.recipients",
+                         f"is empty, but notifications.{on[0]} is on: give at least one "
+                         "address, or turn it off")
+    elif notifications.recipients is None and system is not None and not system.admin_email:
+        yield FieldError("notifications.recipients",
+                         f"notifications.{on[0]} is on, but there is nobody to send it to: "
+                         "give notifications.recipients or system.admin_email")
 
 
 def check_dkim(dkim: Dkim) -> Iterator[FieldError]:

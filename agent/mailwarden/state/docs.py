@@ -54,7 +54,9 @@ files in `/etc/mailwarden/secrets/`, referred to by name.
   version at a time, and then validated as a current one; the stored text keeps its
   version until the next apply. A version newer than this Mailwarden is refused. Version 2
   dropped `quarantine.digest` and `notifications`, which nothing acted on; version 3 brought
-  digests back, now sent (`quarantine.digest`, `domains[].digest`), off unless turned on.
+  digests back, now sent (`quarantine.digest`, `domains[].digest`), off unless turned on;
+  version 4 brought `notifications` back, now sent (virus notices, the daily report, service
+  alerts), each off unless turned on.
 
 Paths are written as in error messages: `domains[].transport.port` is the `port` key of the
 `transport` mapping of each entry of the `domains` list; `rule_objects.<name>` is a key you

@@ -277,6 +277,8 @@ def _semantic(sections: dict[str, Any]) -> Iterator[FieldError]:
     if "rules" in sections:
         objects: dict[str, list[Entry] | None] | None = sections.get("rule_objects")
         yield from checks.check_rules(sections["rules"], objects)
+    if sections.get("notifications") is not None:
+        yield from checks.check_notifications(sections["notifications"], sections.get("system"))
 
 
 def _located(errors: Iterator[FieldError], lines: dict[Loc, int]) -> list[FieldError]:

@@ -29,7 +29,7 @@ from .types import (
     TimeOfDay,
 )
 
-CURRENT_VERSION = 3
+CURRENT_VERSION = 4
 
 TlsLevel = Literal["none", "may", "encrypt", "dane", "verify", "secure"]
 ScannerFailure = Literal["tempfail", "accept_tagged"]
@@ -582,11 +582,68 @@ class Quarantine(Section):
     user_release_virus: bool = Field(False, description="Users may release viruses (never wise).")
 
 
+# --- notifications ----------------------------------------------------------------------
+
+
+class DailyReport(Section):
+    enabled: bool = Field(
+        False, description="Send the administrators a report of the last 24 hours once a day: "
+        "messages by outcome and by domain, top senders and recipients, the quarantine's "
+        "size and the ClamAV signatures' age."
+    )
+    time: TimeOfDay = Field("07:00", description="Local time (the appliance's time zone) the "
+                            "report goes out, HH:MM.")
+
+
+class ServiceAlerts(Section):
+    enabled: bool = Field(
+        False, description="Mail the administrators when a service has failed or was "
+        "restarted, when the ClamAV signatures are older than the limit below, or when a "
+        "disk is fuller than the threshold below; once per condition, again only after it "
+        "cleared and came back."
+    )
+    signature_max_age_hours: Annotated[int, Field(ge=1, le=8760)] = Field(
+        48, description="Alert when the newest ClamAV signature database was built longer "
+        "ago than this (freshclam is not getting updates)."
+    )
+    disk_used_percent: Annotated[int, Field(ge=1, le=100)] = Field(
+        90, description="Alert when the file system holding the store and the quarantine, or "
+        "the one holding the Postfix queue, is fuller than this percentage."
+    )
+
+
+class Notifications(Section):
+    recipients: list[Email] | None = Field(
+        None, description="Who receives the notifications below (default: "
+        "system.admin_email). A notification turned on with nobody to send it to is an "
+        "error.", max_length=20,
+    )
+    sender: Email | None = Field(
+        None, description="From address (and envelope sender) of the notifications "
+        "(default: postmaster@<system.hostname>)."
+    )
+    virus_to_admin: bool = Field(
+        False, description="Mail the recipients a notice for each message the filter "
+        "quarantines as a virus: sender, recipients, subject, virus name and quarantine id."
+    )
+    daily_report: DailyReport = Field(default_factory=DailyReport,
+                                      description="The daily report.")
+    service_alerts: ServiceAlerts = Field(default_factory=ServiceAlerts,
+                                          description="Alerts about the gateway's health.")
+
+    def enabled(self) -> list[str]:
+        """The paths of the notifications turned on."""
+        on = [("virus_to_admin", self.virus_to_admin),
+              ("daily_report.enabled", self.daily_report.enabled),
+              ("service_alerts.enabled", self.service_alerts.enabled)]
+        return [path for path, value in on if value]
+
+
 # --- the whole file ---------------------------------------------------------------------
 
 
 class State(Section):
-    version: Literal[3] = Field(
+    version: Literal[4] = Field(
         description="Format version of this file; older versions are migrated forward."
     )
     system: System = Field(description="This gateway.")
@@ -608,6 +665,11 @@ class State(Section):
     tls: Tls = Field(default_factory=Tls, description="TLS in and out.")
     dkim: Dkim = Field(default_factory=Dkim, description="DKIM and DMARC.")
     quarantine: Quarantine = Field(default_factory=Quarantine, description="The quarantine.")
+    notifications: Notifications = Field(
+        default_factory=Notifications,
+        description="Mail from the appliance to its administrators: virus notices, the daily "
+        "report, service alerts (docs/operations.md, \"Notifications\").",
+    )
     rule_objects: RuleObjects = Field(
         default_factory=default_rule_objects,
         description="Named objects the rules refer to: who (email, domain, regex, network), "
@@ -623,6 +685,18 @@ class State(Section):
     @property
     def admin_email(self) -> str:
         return self.system.admin_email or f"postmaster@{self.domains[0].name}"
+
+    @property
+    def notification_recipients(self) -> list[str]:
+        """Who the notifications go to; empty only when none is on (a check refuses that)."""
+        given = self.notifications.recipients
+        if given is not None:
+            return list(given)
+        return [self.system.admin_email] if self.system.admin_email else []
+
+    @property
+    def notification_sender(self) -> str:
+        return self.notifications.sender or f"postmaster@{self.system.hostname}"
 
 
 __all__ = ["CURRENT_VERSION", "Section", "State"]

@@ -202,6 +202,16 @@ SCHEMA: list[str] = [
         cutoff REAL NOT NULL
     );
     """,
+    # version 7: notifications to the administrators (mail/notify.py): the daily report's
+    # last sending, and each service alert's condition while it lasts, so that one condition
+    # is mailed once and not at every run
+    """
+    CREATE TABLE notices (
+        key TEXT PRIMARY KEY,
+        sent REAL NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -77,6 +77,33 @@ class Statistics:
                 "daily": daily, "domains": domains, "users": users, "top_senders": top_senders,
                 "top_recipients": top_recipients, "top_viruses": top_viruses}
 
+    def outcomes(self, since: float, until: float) -> dict[str, dict[str, int]]:
+        """{direction: {outcome (accept, quarantine, block, reject...): recipients}}."""
+        found: dict[str, dict[str, int]] = {}
+        for r in self.db.connection().execute(
+                "SELECT m.direction, d.action, COUNT(*) n FROM deliveries d"
+                " JOIN messages m ON m.id = d.message WHERE m.time >= ? AND m.time < ?"
+                " GROUP BY m.direction, d.action ORDER BY m.direction, d.action",
+                (since, until)):
+            found.setdefault(r["direction"], {})[r["action"]] = r["n"]
+        return found
+
+    def quarantined(self, since: float, until: float) -> dict[str, int]:
+        """{quarantine kind (spam, virus, attachment, blocked): messages held} in the time."""
+        return {r["kind"]: r["n"] for r in self.db.connection().execute(
+            "SELECT kind, COUNT(*) n FROM quarantine WHERE time >= ? AND time < ?"
+            " GROUP BY kind ORDER BY kind", (since, until))}
+
+    def quarantine_size(self) -> dict[str, int]:
+        """What the quarantine holds now: messages, bytes, and messages still waiting for a
+        decision."""
+        conn = self.db.connection()
+        row = conn.execute("SELECT COUNT(*) n, SUM(size) bytes FROM quarantine").fetchone()
+        waiting = conn.execute(
+            "SELECT COUNT(DISTINCT quarantine_id) FROM quarantine_recipients"
+            " WHERE status = ?", ("new",)).fetchone()[0]
+        return {"messages": row["n"], "bytes": row["bytes"] or 0, "waiting": waiting}
+
     def totals(self) -> Totals:
         conn = self.db.connection()
         deliveries = {
