@@ -182,6 +182,7 @@ MP = IT + "test_mail_path.py::"
 MPB = IT + "test_mail_policy_and_bad_input.py::"
 PS = IT + "test_policy_service.py::"
 SC = IT + "test_scanner_settings.py::"
+NOTIFY = IT + "test_notify.py::"
 
 # Leaf -> tests that show what the agent does with it.
 TESTED: dict[str, tuple[str, ...]] = {
@@ -282,6 +283,18 @@ TESTED: dict[str, tuple[str, ...]] = {
     "quarantine.user_release_virus": (
         U + "test_api_edges.py::test_user_release_virus_lets_users_allow_and_release",
     ),
+    "notifications.recipients": (U + "test_notify.py::test_recipients_and_sender",),
+    "notifications.sender": (U + "test_notify.py::test_recipients_and_sender",),
+    "notifications.virus_to_admin": (NOTIFY + "test_virus_notice_on_and_off",),
+    "notifications.daily_report.enabled": (NOTIFY + "test_daily_report_on_and_off",),
+    "notifications.daily_report.time": (
+        U + "test_notify.py::test_the_report_is_due_once_a_day_at_its_time",),
+    "notifications.service_alerts.enabled": (
+        NOTIFY + "test_service_alert_for_a_full_disk_on_and_off",),
+    "notifications.service_alerts.disk_used_percent": (
+        NOTIFY + "test_service_alert_for_a_full_disk_on_and_off",),
+    "notifications.service_alerts.signature_max_age_hours": (
+        NOTIFY + "test_service_alert_for_old_signatures",),
     "rule_objects.*[].email": (ENGINE + "test_welcomelist_accept_beats_spam_rules",),
     "rule_objects.*[].domain": (ENGINE + "test_domain_entries_are_exact_not_subdomains",),
     "rule_objects.*[].regex": (ENGINE + "test_what_entries_content_type_detected_and_regex_who",),
