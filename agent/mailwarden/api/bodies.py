@@ -204,6 +204,21 @@ class ListRemoval(Body):
         None, description="Whose list (staff only; a quarantine user's is their own).")
 
 
+# --- global sender lists ---
+
+
+class GlobalListEntry(Body):
+    sender: ListSender = Field(description="An address, or @domain for all of its senders.")
+    kind: Literal["allow", "block"]
+
+
+class GlobalListRemoval(Body):
+    sender: ListSender
+
+
+# --- end of global sender lists ---
+
+
 class UserAddress(Body):
     address: Annotated[str, Field(min_length=3, max_length=320,
                                   pattern=r"^[^@\s]+@[A-Za-z0-9.-]+$")] = Field(
