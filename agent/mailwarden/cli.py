@@ -298,8 +298,8 @@ def _list_entry(recipient: str | None, sender: str, kind: str = "block") -> Any:
                                          "kind": kind})
     except ValidationError as exc:
         problem = exc.errors()[0]
-        raise MailwardenError(f"{'.'.join(str(p) for p in problem['loc'])}: "
-                              f"{problem['msg']}") from None
+        said = problem.get("ctx", {}).get("error", problem["msg"])  # a ValueError's own words
+        raise MailwardenError(f"{'.'.join(str(p) for p in problem['loc'])}: {said}") from None
 
 
 def cmd_lists_show(args: argparse.Namespace) -> int:

@@ -211,6 +211,8 @@ def test_bad_entries_are_refused_with_the_field(api: ApiEnv, body: dict[str, Any
                                       json=body)
     assert result.status_code == 400, result.text
     assert result.json["error"]["field"] == field and result.json["error"]["message"]
+    if body["sender"] == "example.com":  # said for a person, not as a regular expression
+        assert "(for the whole domain: @example.com)" in result.json["error"]["message"]
     assert GlobalLists(api.db).search() == [] or all(
         e["sender"] != body["sender"] for e in GlobalLists(api.db).search())
 
@@ -244,7 +246,8 @@ def test_the_command_line_keeps_the_global_lists(tmp_path: Path,
     assert cli.main(["lists", "add", "@a.example", "block", *root]) == 1
     assert "--global" in capsys.readouterr().err
     assert cli.main(["lists", "add", "--global", "pest.example", "block", *root]) == 1
-    assert "sender" in capsys.readouterr().err
+    assert "sender: 'pest.example' is neither an address nor @domain (for the whole domain: " \
+        "@pest.example)" in capsys.readouterr().err
     assert cli.main(["lists", "remove", "--global", "@pest.example", *root]) == 0
     assert cli.main(["lists", "remove", "--global", "@pest.example", *root]) == 1
     assert "[not_found]" in capsys.readouterr().err
