@@ -209,13 +209,12 @@ def budget_exceeded(envelope: Envelope, scan: ScanResult, limit_ms: int, rule: s
 def _decide(ctx: _Context, rules: list[Rule], recipient: str,
             user_list: UserList, global_list: GlobalList) -> RecipientDecision:
     listed = _user_listing(ctx, recipient, user_list)
-    whose = f"{recipient}'s"
+    whose, name = f"{recipient}'s", USER_BLOCKLIST
     if listed is None:
         listed = ctx.global_listing(global_list)
-        whose = "the global"
+        whose, name = "the global", GLOBAL_BLOCKLIST
     if listed == "block" and ctx.scan.virus.virus is None:
         who = ctx.envelope.sender or ctx.message.from_address or "(null sender)"
-        name = USER_BLOCKLIST if whose != "the global" else GLOBAL_BLOCKLIST
         return RecipientDecision(
             recipient=recipient, final="quarantine", quarantine_kind="blocked",
             rule=name, reject_message=None, actions=[], steps=[],
