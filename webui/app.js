@@ -449,6 +449,7 @@ async function viewQuarantine(arg, render) {
 async function viewLists(arg, render) {
   // A quarantine user's own list; the staff see everyone's and search them.
   const own = state.user.role === "quser";
+  if (!own && arg === "global") return viewGlobalLists(render);
   const writer = ["admin", "qmanager", "helpdesk", "quser"].includes(state.user.role);
   const filters = { q: "", kind: "" };
   const tbody = h("tbody");
@@ -491,6 +492,7 @@ async function viewLists(arg, render) {
     h("option", { value: "" }, "Allow and block"), h("option", { value: "allow" }, "Allowed"), h("option", { value: "block" }, "Blocked"));
   render(
     h("h1", {}, own ? "My sender lists" : "Sender lists"),
+    own ? "" : listsNav(false),
     h("p", { class: "muted" }, own
       ? "Mail from a sender you allow reaches you even when it looks like spam (never a virus); mail from a sender you block is held in your quarantine. A sender is an address, or @domain for everyone there."
       : "Each recipient's allowed and blocked senders (an address, or @domain). The rules honour them for that recipient; viruses are never let through."),
@@ -499,6 +501,65 @@ async function viewLists(arg, render) {
     h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ...(own ? [] : ["Recipient"]).concat(["Sender", "Kind", "Added", ""]).map((c) => h("th", {}, c)))), tbody));
   await load();
 }
+
+// --- global sender lists (staff) ------------------------------------------------------------
+
+function listsNav(global) {
+  return h("nav", { class: "toolbar lists-nav", "aria-label": "Which sender lists" },
+    h("a", { href: "#/lists", "aria-current": global ? null : "page" }, "Per recipient"),
+    h("a", { href: "#/lists/global", "aria-current": global ? "page" : null }, "Global"));
+}
+
+async function viewGlobalLists(render) {
+  const writer = ["admin", "qmanager"].includes(state.user.role);
+  const filters = { q: "", kind: "" };
+  const tbody = h("tbody");
+  async function load() {
+    const params = new URLSearchParams({ limit: "500" });
+    if (filters.q) params.set("q", filters.q);
+    if (filters.kind) params.set("kind", filters.kind);
+    const items = (await api("GET", `/api/lists/global?${params}`)).items;
+    tbody.replaceChildren(...items.map((e) => h("tr", {},
+      h("td", {}, e.sender), h("td", {}, e.kind), h("td", {}, e.added_by), h("td", {}, fmtTime(e.created)),
+      h("td", {}, writer && h("button", { class: "danger", "aria-label": `Remove ${e.sender}`, onclick: async () => {
+        try {
+          await api("DELETE", "/api/lists/global", { sender: e.sender });
+          toast(`${e.sender} removed from the global lists`);
+          await load();
+        } catch (err) { toast(err.message); }
+      } }, "Remove")))));
+    if (!items.length) tbody.append(h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No entries.")));
+  }
+  const error = h("p", { class: "errors", role: "alert" });
+  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { sender: form.sender.value.trim(), kind: form.kind.value };
+    try {
+      await api("POST", "/api/lists/global", body);
+      error.textContent = "";
+      toast(`${body.sender}: ${body.kind} for everyone`);
+      form.sender.value = "";
+      await load();
+    } catch (err) { error.textContent = err.message; }
+  } },
+  h("input", { name: "sender", required: true, placeholder: "sender@example.com or @example.com", "aria-label": "Sender" }),
+  h("select", { name: "kind", "aria-label": "Allow or block" }, h("option", { value: "block" }, "Block"), h("option", { value: "allow" }, "Allow")),
+  h("button", { type: "submit", class: "primary" }, "Add"));
+  const search = h("input", { type: "search", placeholder: "Search sender", "aria-label": "Search global lists",
+    onchange: (e) => { filters.q = e.target.value; load(); } });
+  const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
+    h("option", { value: "" }, "Allow and block"), h("option", { value: "allow" }, "Allowed"), h("option", { value: "block" }, "Blocked"));
+  render(
+    h("h1", {}, "Sender lists"),
+    listsNav(true),
+    h("p", { class: "muted" }, "Allowed and blocked senders for every recipient (an address, or @domain). Mail from a blocked sender is held in the quarantine; mail from an allowed one is not held as spam (a virus always is). A recipient's own entry for a sender comes first."),
+    writer ? form : "", error,
+    h("div", { class: "toolbar" }, search, kind),
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ...["Sender", "Kind", "Added by", "Added", ""].map((c) => h("th", {}, c)))), tbody));
+  await load();
+}
+
+// --- end of global sender lists ---------------------------------------------------------------
 
 async function viewTracking(arg, render) {
   const results = h("tbody");

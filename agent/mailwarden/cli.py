@@ -370,7 +370,7 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
 # --- end of notifications -----------------------------------------------------------------
 
 
-def _list_entry(recipient: str, sender: str, kind: str = "block") -> Any:
+def _list_entry(recipient: str | None, sender: str, kind: str = "block") -> Any:
     """The API's own checks on a list entry, with its messages."""
     from pydantic import ValidationError
 
@@ -381,12 +381,15 @@ def _list_entry(recipient: str, sender: str, kind: str = "block") -> Any:
                                          "kind": kind})
     except ValidationError as exc:
         problem = exc.errors()[0]
-        raise MailwardenError(f"{'.'.join(str(p) for p in problem['loc'])}: "
-                              f"{problem['msg']}") from None
+        said = problem.get("ctx", {}).get("error", problem["msg"])  # a ValueError's own words
+        raise MailwardenError(f"{'.'.join(str(p) for p in problem['loc'])}: {said}") from None
 
 
 def cmd_lists_show(args: argparse.Namespace) -> int:
     from .store.lists import UserLists
+
+    if args.global_:
+        return _global_lists_show(args)
 
     entries = UserLists(Database(_layout(args).database)).search(
         recipient=args.recipient, text=args.search, kind=args.kind, limit=args.limit)
@@ -398,6 +401,9 @@ def cmd_lists_show(args: argparse.Namespace) -> int:
 def cmd_lists_add(args: argparse.Namespace) -> int:
     from .store.lists import UserLists
 
+    if _global_list_wanted(args):
+        return _global_lists_add(args)
+
     entry = _list_entry(args.recipient, args.sender, args.kind)
     assert entry.recipient is not None
     UserLists(Database(_layout(args).database)).set(entry.recipient, entry.sender, entry.kind)
@@ -408,6 +414,9 @@ def cmd_lists_add(args: argparse.Namespace) -> int:
 def cmd_lists_remove(args: argparse.Namespace) -> int:
     from .store.lists import UserLists
 
+    if _global_list_wanted(args):
+        return _global_lists_remove(args)
+
     entry = _list_entry(args.recipient, args.sender)
     assert entry.recipient is not None
     if not UserLists(Database(_layout(args).database)).remove(entry.recipient, entry.sender):
@@ -416,6 +425,58 @@ def cmd_lists_remove(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     print("removed")
     return 0
+
+
+# --- global sender lists ---------------------------------------------------------------------
+
+
+def _global_list_wanted(args: argparse.Namespace) -> bool:
+    """--global, or a recipient: one of the two, never both."""
+    if args.global_ and args.recipient is not None:
+        raise MailwardenError("a global entry has no recipient: give --global or a recipient")
+    if not args.global_ and args.recipient is None:
+        raise MailwardenError("say whose list: a recipient, or --global for everyone's")
+    return bool(args.global_)
+
+
+def _global_lists_show(args: argparse.Namespace) -> int:
+    from .store.lists import GlobalLists
+
+    if args.recipient is not None:
+        raise MailwardenError("--global and --recipient exclude each other")
+    for e in GlobalLists(Database(_layout(args).database)).search(
+            text=args.search, kind=args.kind, limit=args.limit):
+        print(f"global  {e['kind']:<5}  {e['sender']}  (by {e['added_by']})")
+    return 0
+
+
+def _console_actor() -> str:
+    return f"console:{os.environ.get('SUDO_USER') or getpass.getuser()}"
+
+
+def _global_lists_add(args: argparse.Namespace) -> int:
+    from .store.lists import GlobalLists
+
+    entry = _list_entry(None, args.sender, args.kind)
+    GlobalLists(Database(_layout(args).database)).set(entry.sender, entry.kind,
+                                                      _console_actor())
+    print(f"{entry.sender.lower()}: {entry.kind} for every recipient")
+    return 0
+
+
+def _global_lists_remove(args: argparse.Namespace) -> int:
+    from .store.lists import GlobalLists
+
+    entry = _list_entry(None, args.sender)
+    if GlobalLists(Database(_layout(args).database)).remove(entry.sender) is None:
+        print(f"mailwarden: {args.sender} is not on the global lists [not_found]",
+              file=sys.stderr)
+        return EXIT_ERROR
+    print("removed")
+    return 0
+
+
+# --- end of global sender lists ---------------------------------------------------------------
 
 
 def cmd_quarantine_delete(args: argparse.Namespace) -> int:
@@ -767,24 +828,31 @@ def build_parser() -> argparse.ArgumentParser:
     root_option(p)
     p.set_defaults(func=cmd_quarantine_delete)
 
-    lists = sub.add_parser("lists", help="per-recipient sender allow and block lists"
-                           ).add_subparsers(dest="lists_command", required=True)
+    lists = sub.add_parser("lists", help="sender allow and block lists, per recipient and "
+                           "global").add_subparsers(dest="lists_command", required=True)
     p = lists.add_parser("show", help="entries, by recipient then sender")
     p.add_argument("--recipient", help="one recipient's list")
+    p.add_argument("--global", dest="global_", action="store_true",
+                   help="the global lists (every recipient's) instead")
     p.add_argument("--search", help="a piece of the sender or recipient")
     p.add_argument("--kind", choices=["allow", "block"])
     p.add_argument("--limit", type=int, default=1000)
     root_option(p)
     p.set_defaults(func=cmd_lists_show)
     p = lists.add_parser("add", help="allow or block a sender (an address, or @domain) for a "
-                         "recipient")
-    p.add_argument("recipient")
+                         "recipient, or --global for every recipient")
+    p.add_argument("--global", dest="global_", action="store_true",
+                   help="on the global lists (then no recipient)")
+    p.add_argument("recipient", nargs="?")
     p.add_argument("sender")
     p.add_argument("kind", choices=["allow", "block"])
     root_option(p)
     p.set_defaults(func=cmd_lists_add)
-    p = lists.add_parser("remove", help="take a sender off a recipient's list")
-    p.add_argument("recipient")
+    p = lists.add_parser("remove", help="take a sender off a recipient's list, or --global "
+                         "off the global lists")
+    p.add_argument("--global", dest="global_", action="store_true",
+                   help="off the global lists (then no recipient)")
+    p.add_argument("recipient", nargs="?")
     p.add_argument("sender")
     root_option(p)
     p.set_defaults(func=cmd_lists_remove)

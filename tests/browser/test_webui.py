@@ -486,6 +486,79 @@ def test_a_user_blocks_a_sender_on_their_list_and_the_next_mail_is_held(
     ui_gateway.sink.wait_for_marker(passed)
 
 
+NOT_IN_TABLE = "(text) => !document.querySelector('tbody').innerText.includes(text)"
+
+
+def test_staff_keep_the_global_lists_and_the_next_mail_is_held_for_everyone(
+        browser: object, page: Page, ui_gateway: Sandbox, admin: None) -> None:
+    users = Users(CredentialStore.for_layout(ui_gateway.layout))
+    manager, helper = f"gl-qm-{marker()}", f"gl-hd-{marker()}"
+    users.add(manager, PASSWORD, "qmanager")
+    users.add(helper, PASSWORD, "helpdesk")
+    domain = f"{marker()}.example"
+    page.login(manager)
+    p = page.page
+    p.goto(f"{page.base}/#/lists")
+    p.click("nav[aria-label='Which sender lists'] a:has-text('Global')")
+    p.wait_for_selector("a[aria-current='page']:has-text('Global')")
+    p.fill("input[aria-label='Sender']", f"@{domain}")
+    p.select_option("select[aria-label='Allow or block']", "block")
+    p.click("button:has-text('Add')")
+    p.wait_for_selector(f"td:has-text('@{domain}')")
+    p.fill("input[aria-label='Sender']", "partner@friends.example")
+    p.select_option("select[aria-label='Allow or block']", "allow")
+    p.click("button:has-text('Add')")
+    p.wait_for_selector("td:has-text('partner@friends.example')")
+    # A domain is written @domain: the API's message appears next to the form.
+    page.expect_http_error(400, "Bad Request")
+    p.fill("input[aria-label='Sender']", domain)
+    p.click("button:has-text('Add')")
+    p.wait_for_selector("p.errors[role='alert']:not(:empty)")
+    p.fill("input[aria-label='Search global lists']", "friends")
+    p.press("input[aria-label='Search global lists']", "Enter")
+    p.wait_for_function(NOT_IN_TABLE, arg=f"@{domain}")
+    assert p.locator("tbody tr").count() == 1
+    p.fill("input[aria-label='Search global lists']", "")
+    p.press("input[aria-label='Search global lists']", "Enter")
+    p.wait_for_selector(f"td:has-text('@{domain}')")
+    p.screenshot(path=str(SCREENSHOTS / "lists-global.png"), full_page=True)
+    held = f"From a globally blocked sender {marker()}"
+    recipient = f"anyone-{marker()}@example.test"
+    send(ui_gateway, build(held, sender=f"news@{domain}", to=recipient),
+         sender=f"news@{domain}", to=(recipient,))
+    entry = wait_quarantined(ui_gateway, held)
+    assert (entry.kind, entry.rule) == ("blocked", "global-blocklist")
+    # The help desk reads the global lists; only admins and quarantine managers change them.
+    reader = Page(browser, page.base)
+    try:
+        reader.login(helper)
+        reader.page.goto(f"{page.base}/#/lists/global")
+        reader.page.wait_for_selector(f"td:has-text('@{domain}')")
+        assert reader.page.query_selector("input[aria-label='Sender']") is None
+        assert reader.page.query_selector(f"button[aria-label='Remove @{domain}']") is None
+    finally:
+        reader.context.close()
+    assert reader.errors == []
+    p.click(f"button[aria-label='Remove @{domain}']")
+    p.wait_for_function(NOT_IN_TABLE, arg=f"@{domain}")
+    passed = f"After the global list {marker()}"
+    send(ui_gateway, build(passed, sender=f"news@{domain}", to=recipient),
+         sender=f"news@{domain}", to=(recipient,))
+    ui_gateway.sink.wait_for_marker(passed)
+
+
+def test_a_quarantine_user_never_sees_the_global_lists(
+        page: Page, ui_gateway: Sandbox, admin: None) -> None:
+    name = f"gl-user-{marker()}@example.test"
+    Users(CredentialStore.for_layout(ui_gateway.layout)).add(name, PASSWORD, "quser")
+    page.login(name)
+    p = page.page
+    p.goto(f"{page.base}/#/lists/global")
+    p.wait_for_selector("h1:has-text('My sender lists')")
+    assert p.query_selector("a:has-text('Global')") is None
+    assert p.query_selector("th:has-text('Added by')") is None
+
+
 def test_a_user_without_a_password_gets_in_by_a_link_by_mail(
         page: Page, ui_gateway: Sandbox, admin: None) -> None:
     """Nobody made this person an account: their mail was quarantined, they ask for a login

@@ -30,7 +30,7 @@ from ..state.revisions import RevisionStore
 from ..state.schema import Quarantine as QuarantineSettings
 from ..store.credentials import CredentialStore
 from ..store.db import Database
-from ..store.lists import UserLists
+from ..store.lists import GlobalLists, UserLists
 from ..store.quarantine import Quarantine
 from ..store.statistics import Statistics
 from ..store.tickets import Tickets
@@ -40,7 +40,7 @@ from . import accounts, errors, resources, system
 from .auth import AuthMiddleware, Forbidden
 from .digests import DigestResource
 from .dkim import DkimKeysResource
-from .lists import ListsResource
+from .lists import GlobalListsResource, ListsResource
 from .metrics import MetricsResource
 from .notify import (
     NotificationAlertsResource,
@@ -252,6 +252,8 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         "/api/quarantine/{entry_id}": QuarantineEntryResource(quarantine,
                                                               users_may_release_viruses),
         "/api/lists": ListsResource(UserLists(db), audit),
+        # global sender lists
+        "/api/lists/global": GlobalListsResource(GlobalLists(db), audit),
         "/api/portal/link": PortalLinkResource(
             users, audit, quarantine, tickets, services.deliver or deliver,
             lambda: load_state_file(layout.state_file), quarantine_settings, services.clock),

@@ -15,11 +15,20 @@ state_invalid), and a second, partial check here would only disagree with it.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import falcon
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+)
 
 from ..firstboot.answers import MIN_PASSWORD
 from ..state.load import field_errors
@@ -191,8 +200,19 @@ class QuarantineDecision(Body):
 
 
 # An address, or "@domain" for everyone there: what a list entry names.
-ListSender = Annotated[str, Field(min_length=3, max_length=320,
-                                  pattern=r"^([^@\s]+)?@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")]
+_LIST_SENDER = r"^([^@\s]+)?@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$"
+
+
+def _list_sender(value: Any) -> Any:
+    """The pattern's own message is a regular expression; a person needs the two forms."""
+    if isinstance(value, str) and 3 <= len(value) <= 320 and not re.match(_LIST_SENDER, value):
+        hint = f" (for the whole domain: @{value})" if "@" not in value else ""
+        raise ValueError(f"{value!r} is neither an address nor @domain{hint}")
+    return value
+
+
+ListSender = Annotated[str, Field(min_length=3, max_length=320, pattern=_LIST_SENDER),
+                       BeforeValidator(_list_sender)]
 ListRecipient = Annotated[str, Field(min_length=3, max_length=320,
                                      pattern=r"^[^@\s]+@[A-Za-z0-9.-]+$")]
 
@@ -208,6 +228,21 @@ class ListRemoval(Body):
     sender: ListSender
     recipient: ListRecipient | None = Field(
         None, description="Whose list (staff only; a quarantine user's is their own).")
+
+
+# --- global sender lists ---
+
+
+class GlobalListEntry(Body):
+    sender: ListSender = Field(description="An address, or @domain for all of its senders.")
+    kind: Literal["allow", "block"]
+
+
+class GlobalListRemoval(Body):
+    sender: ListSender
+
+
+# --- end of global sender lists ---
 
 
 class UserAddress(Body):

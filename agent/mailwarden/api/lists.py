@@ -9,10 +9,10 @@ from typing import Literal, cast
 
 import falcon
 
-from ..store.lists import UserLists
+from ..store.lists import GlobalLists, UserLists
 from ..store.users import Audit, User
 from .auth import Forbidden
-from .bodies import ListEntry, ListRemoval, accepts
+from .bodies import GlobalListEntry, GlobalListRemoval, ListEntry, ListRemoval, accepts
 from .errors import BadInput
 from .replies import returns
 
@@ -80,4 +80,65 @@ class ListsResource:
         resp.status = falcon.HTTP_204
 
 
-__all__ = ["ListsResource"]
+# --- global sender lists --------------------------------------------------------------------
+
+GLOBAL_READERS = ("admin", "qmanager", "helpdesk", "audit")
+# Who may let a sender past everyone's spam checks, or hold everyone's mail from one.
+GLOBAL_WRITERS = ("admin", "qmanager")
+
+
+def _kind(req: falcon.Request) -> Literal["allow", "block"] | None:
+    kind = req.get_param("kind")
+    if kind is not None and kind not in ("allow", "block"):
+        raise BadInput("kind must be allow or block", "kind")
+    return cast(Literal["allow", "block"] | None, kind)
+
+
+@dataclass
+class GlobalListsResource:
+    """The lists for every recipient; a recipient's own entry for a sender comes first."""
+
+    lists: GlobalLists
+    audit: Audit
+    roles = {"GET": GLOBAL_READERS, "POST": GLOBAL_WRITERS, "DELETE": GLOBAL_WRITERS}
+
+    @returns(media_types=("application/json",))
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """?q= a piece of the sender, ?kind=allow|block, ?limit=, ?offset=."""
+        kind = _kind(req)
+        limit = req.get_param_as_int("limit", default=100, min_value=1, max_value=1000)
+        offset = req.get_param_as_int("offset", default=0, min_value=0)
+        items = self.lists.search(text=req.get_param("q"), kind=kind, limit=limit,
+                                  offset=offset)
+        resp.media = {"items": items, "limit": limit, "offset": offset}
+
+    @returns(media_types=("application/json",), status=201)
+    @accepts(GlobalListEntry)
+    def on_post(self, req: falcon.Request, resp: falcon.Response,
+                body: GlobalListEntry) -> None:
+        user: User = req.context.user
+        sender = body.sender.lower()
+        before = self.lists.set(sender, body.kind, user.username)
+        self.audit.record(user.username, f"list.global.{body.kind}", sender,
+                          {"sender": sender, "before": before}, req.remote_addr)
+        resp.status = falcon.HTTP_201
+        resp.media = {"sender": sender, "kind": body.kind, "before": before}
+
+    @accepts(GlobalListRemoval)
+    def on_delete(self, req: falcon.Request, resp: falcon.Response,
+                  body: GlobalListRemoval) -> None:
+        user: User = req.context.user
+        sender = body.sender.lower()
+        before = self.lists.remove(sender)
+        if before is None:
+            raise falcon.HTTPNotFound(title="Not Found",
+                                      description=f"{sender} is not on the global lists")
+        self.audit.record(user.username, "list.global.remove", sender,
+                          {"sender": sender, "before": before}, req.remote_addr)
+        resp.status = falcon.HTTP_204
+
+
+# --- end of global sender lists --------------------------------------------------------------
+
+
+__all__ = ["GlobalListsResource", "ListsResource"]

@@ -61,6 +61,9 @@ _DESCRIPTIONS = {
     "page); the same answer whether or not one went out; throttled.",
     "/api/lists": "Sender allow and block lists per recipient: list (?recipient=&q=&kind=), "
     "add or change (POST), remove (DELETE). A quarantine user's are their own.",
+    "/api/lists/global": "Sender allow and block lists for every recipient (a recipient's "
+    "own entry comes first): list (?q=&kind=), add or change (POST; admin, qmanager), "
+    "remove (DELETE).",
     "/api/quarantine/digest": "One recipient's quarantine digest: what it would list now "
     "(GET ?address=), or send it now (POST).",
     "/api/notifications/test": "Send a test notification to the notification recipients now.",

@@ -30,7 +30,7 @@ from ..layout import Layout
 from ..state.schema import State, Virus
 from ..store.batch import BatchWriter
 from ..store.db import Database
-from ..store.lists import UserLists
+from ..store.lists import GlobalLists, UserLists
 from ..store.quarantine import Quarantine
 from ..store.tracking import Delivery, MessageRecord, Tracking
 from ..store.tracking import insert as tracking_insert
@@ -89,6 +89,7 @@ class FilterContext:
     quarantine: Quarantine = field(init=False)
     tracking: Tracking = field(init=False)
     lists: UserLists = field(init=False)
+    global_lists: GlobalLists = field(init=False)
     auth: Authenticator = field(init=False)
     reinjector: Reinjector = field(init=False)
     # Tracking, statistics and DMARC rows: batched off the event loop (store/batch.py).
@@ -101,6 +102,7 @@ class FilterContext:
         self.quarantine = Quarantine(self.db, self.layout.quarantine_dir)
         self.tracking = Tracking(self.db)
         self.lists = UserLists(self.db)
+        self.global_lists = GlobalLists(self.db)
         self.auth = Authenticator(self.layout, self.db, self.writer)
 
 
@@ -237,7 +239,8 @@ async def process(ctx: FilterContext, direction: Direction, raw: bytes, sender: 
     now = dt.datetime.now()
     decisions = await loop.run_in_executor(None, cpu.in_thread(
         lambda: engine.evaluate(state, message, envelope, scan, now=now,
-                                user_list=ctx.lists.lookup)))
+                                user_list=ctx.lists.lookup,
+                                global_list=ctx.global_lists.lookup)))
     if decisions and decisions[0].rule == engine.RULE_BUDGET:
         log.warning("quarantined %s from %r: %s", envelope.queue_id or "a message",
                     envelope.sender, decisions[0].matches[0].reasons[0])

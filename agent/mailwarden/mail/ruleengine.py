@@ -58,6 +58,8 @@ from .types import Envelope, ScanResult
 Final = Literal["accept", "block", "reject", "quarantine"]
 QuarantineKind = Literal["spam", "virus", "attachment", "blocked"]
 UserList = Callable[[str, str], Literal["allow", "block"] | None]
+# The administrators' lists for every recipient: the sender's entry, if any.
+GlobalList = Callable[[str], Literal["allow", "block"] | None]
 
 # PMG's execution priority of each action kind (RuleDB/<Action>.pm `sub priority`).
 ACTION_PRIORITY: dict[str, int] = {
@@ -70,6 +72,7 @@ ACTION_PRIORITY: dict[str, int] = {
 }
 DEFAULT_ACCEPT = "default-accept"
 USER_BLOCKLIST = "user-blocklist"
+GLOBAL_BLOCKLIST = "global-blocklist"
 RULE_BUDGET = "rule-budget-exceeded"
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -163,15 +166,22 @@ class _Budget:
 def evaluate(state: State, message: ParsedMessage, envelope: Envelope, scan: ScanResult, *,
              now: dt.datetime,
              user_list: UserList = lambda r, s: None,
+             global_list: GlobalList = lambda s: None,
              budget_ms: int | None = None) -> list[RecipientDecision]:
     """One decision per envelope recipient, in envelope order. ``budget_ms`` overrides
-    mail.rules_budget_ms (the CPU time the rules of this message may take)."""
+    mail.rules_budget_ms (the CPU time the rules of this message may take).
+
+    Sender lists, inbound only: a recipient's own entry for the sender (user_list) decides
+    for that recipient; the global lists (global_list) only where their own says nothing.
+    Block holds the copy in the quarantine before any rule; allow turns the rules' spam
+    entries off. Neither lets a virus through."""
     budget = _Budget(state.mail.rules_budget_ms if budget_ms is None else budget_ms)
     ctx = _Context(state, message, envelope, scan, now, budget)
     rules = sorted((r for r in state.rules if r.active and _direction_ok(r, envelope)),
                    key=lambda r: -r.priority)  # sorted() is stable: ties keep file order
     try:
-        return [_decide(ctx, rules, rcpt, user_list) for rcpt in envelope.recipients]
+        return [_decide(ctx, rules, rcpt, user_list, global_list)
+                for rcpt in envelope.recipients]
     except BudgetExceeded as exc:
         limit = round(budget.limit * 1000)
         return budget_exceeded(envelope, scan, limit, exc.rule, exc.spent_ms)
@@ -197,14 +207,18 @@ def budget_exceeded(envelope: Envelope, scan: ScanResult, limit_ms: int, rule: s
 
 
 def _decide(ctx: _Context, rules: list[Rule], recipient: str,
-            user_list: UserList) -> RecipientDecision:
+            user_list: UserList, global_list: GlobalList) -> RecipientDecision:
     listed = _user_listing(ctx, recipient, user_list)
+    whose, name = f"{recipient}'s", USER_BLOCKLIST
+    if listed is None:
+        listed = ctx.global_listing(global_list)
+        whose, name = "the global", GLOBAL_BLOCKLIST
     if listed == "block" and ctx.scan.virus.virus is None:
         who = ctx.envelope.sender or ctx.message.from_address or "(null sender)"
         return RecipientDecision(
             recipient=recipient, final="quarantine", quarantine_kind="blocked",
-            rule=USER_BLOCKLIST, reject_message=None, actions=[], steps=[],
-            matches=[RuleMatch(USER_BLOCKLIST, [f"{recipient}'s block list holds {who}"])])
+            rule=name, reject_message=None, actions=[], steps=[],
+            matches=[RuleMatch(name, [f"{whose} block list holds {who}"])])
     allow_spam = listed != "allow"
     steps: list[Step] = []
     matches: list[RuleMatch] = []
@@ -215,7 +229,8 @@ def _decide(ctx: _Context, rules: list[Rule], recipient: str,
         if match is None:
             continue
         if listed == "allow" and _has_spam_entries(ctx, rule):
-            match.reasons.append(f"(spam entries ignored: {recipient} allows this sender)")
+            match.reasons.append(f"(spam entries ignored: {whose} allow list holds this "
+                                 "sender)")
         matches.append(match)
         steps += [Step(a, rule.name, match.parts) for a in rule.actions if not a.final]
         final = rule.final_action
@@ -313,6 +328,20 @@ class _Context:
         self._by_kind: dict[str, list[Part]] = {}
         self.senders = [a for a in dict.fromkeys(
             (envelope.sender.lower(), message.from_address.lower())) if a]
+        self._global: tuple[str | None] | None = None
+
+    def global_listing(self, global_list: GlobalList) -> str | None:
+        """The global lists' entry for the envelope sender, else the From address; asked
+        once per message, whatever the number of recipients."""
+        if self._global is None:
+            found: str | None = None
+            if self.envelope.direction == "in":
+                for sender in self.senders:
+                    found = global_list(sender)
+                    if found is not None:
+                        break
+            self._global = (found,)
+        return self._global[0]
 
     def rule_match(self, rule: Rule, recipient: str, spam_ok: bool) -> RuleMatch | None:
         reasons: list[str] = []

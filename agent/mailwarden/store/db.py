@@ -212,6 +212,16 @@ SCHEMA: list[str] = [
         detail TEXT NOT NULL
     );
     """,
+    # version 8: sender allow and block lists for every recipient (store/lists.py
+    # GlobalLists). The mail path looks a sender up by its key, never by scanning the list.
+    """
+    CREATE TABLE global_lists (
+        sender TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('allow', 'block')),
+        created REAL NOT NULL,
+        added_by TEXT NOT NULL
+    );
+    """,
 ]
 
 

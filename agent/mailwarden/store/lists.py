@@ -67,3 +67,67 @@ class UserLists:
         return [(r["sender"], r["kind"]) for r in self.db.connection().execute(
             "SELECT sender, kind FROM user_lists WHERE recipient = ? ORDER BY sender",
             (recipient.lower(),))]
+
+
+def _sender_keys(sender: str) -> tuple[str, str | None]:
+    """The address and its '@domain', the two keys an entry may have."""
+    sender = sender.lower()
+    return sender, ("@" + sender.rpartition("@")[2] if "@" in sender else None)
+
+
+class GlobalLists:
+    """Sender allow and block lists for every recipient, kept by the administrators. Data,
+    not configuration (like UserLists): a change takes effect with the next message, without
+    an apply, and the rule engine consults them only where a recipient's own list says
+    nothing about the sender."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def set(self, sender: str, kind: ListKind, added_by: str) -> ListKind | None:
+        """The entry's kind before (None: it is new)."""
+        with self.db.transaction() as conn:
+            before = conn.execute("SELECT kind FROM global_lists WHERE sender = ?",
+                                  (sender.lower(),)).fetchone()
+            conn.execute(
+                "INSERT INTO global_lists (sender, kind, created, added_by) VALUES (?,?,?,?)"
+                " ON CONFLICT (sender) DO UPDATE SET kind = excluded.kind,"
+                " created = excluded.created, added_by = excluded.added_by",
+                (sender.lower(), kind, time.time(), added_by))
+            return before["kind"] if before is not None else None
+
+    def remove(self, sender: str) -> ListKind | None:
+        """The kind of the entry taken off (None: there was none)."""
+        with self.db.transaction() as conn:
+            row = conn.execute("DELETE FROM global_lists WHERE sender = ? RETURNING kind",
+                               (sender.lower(),)).fetchone()
+            return row["kind"] if row is not None else None
+
+    def search(self, *, text: str | None = None, kind: ListKind | None = None,
+               limit: int = 100, offset: int = 0) -> list[dict[str, object]]:
+        """Entries by a piece of the sender and kind, by sender."""
+        where: list[str] = []
+        args: list[object] = []
+        if text:
+            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("sender LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        # Only fixed fragments are joined; every value is a bound parameter.
+        sql = "SELECT sender, kind, created, added_by FROM global_lists"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY sender LIMIT ? OFFSET ?"
+        return [dict(r) for r in self.db.connection().execute(sql, (*args, limit, offset))]
+
+    def lookup(self, sender: str) -> ListKind | None:
+        """The entry for this sender address, else for its domain ('@domain'): two keys of
+        the primary key, however long the list."""
+        address, domain = _sender_keys(sender)
+        rows = self.db.connection().execute(
+            "SELECT sender, kind FROM global_lists WHERE sender IN (?, ?)",
+            (address, domain or address)).fetchall()
+        by_sender = {r["sender"]: r["kind"] for r in rows}
+        return by_sender.get(address) or (by_sender.get(domain) if domain else None)
