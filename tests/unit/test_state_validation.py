@@ -212,18 +212,26 @@ def test_version_1_without_them_only_changes_the_version() -> None:
     State.model_validate(migrate(new))
 
 
+def _without_settings_of_no_effect(data: dict[str, Any]) -> dict[str, Any]:
+    """data as version 4 has it: without virus.signatures.freshclam."""
+    virus = data["virus"] | {"signatures": {k: v for k, v in data["virus"]["signatures"].items()
+                                            if k != "freshclam"}}
+    return data | {"virus": virus}
+
+
 def test_version_2_only_changes_the_version() -> None:
     old = _yaml(STATES / "version2" / "full.yaml")
     assert migrate(old, target=3) == old | {"version": 3}
-    assert migrate(old) == old | {"version": 4}
+    assert migrate(old) == _without_settings_of_no_effect(old) | {"version": 4}
     state = State.model_validate(migrate(old))
     assert state.quarantine.digest.enabled is False  # digests stay off until turned on
     assert all(domain.digest is None for domain in state.domains)
 
 
-def test_version_3_only_changes_the_version() -> None:
+def test_version_3_drops_only_the_settings_that_did_nothing() -> None:
     old = _yaml(STATES / "version3" / "full.yaml")
-    assert migrate(old) == old | {"version": 4}
+    assert old["virus"]["signatures"]["freshclam"] is True
+    assert migrate(old) == _without_settings_of_no_effect(old) | {"version": 4}
     state = State.model_validate(migrate(old))
     # Every notification stays off until turned on: an upgrade sends no new mail.
     assert state.notifications.enabled() == []
@@ -231,6 +239,25 @@ def test_version_3_only_changes_the_version() -> None:
     current = _yaml(STATES / "full.yaml")
     del current["notifications"]
     assert migrate(old) == current | {"version": 4}
+
+
+def test_version_3_dkim_algorithm_goes_and_an_ed25519_key_is_refused() -> None:
+    text = MINIMAL.replace("version: 1", "version: 3") + (
+        "dkim:\n  sign:\n"
+        "    - {domain: example.org, selector: s1, key: dkim-s1, algorithm: rsa-sha256}\n")
+    state = load_state_text(text)
+    assert [(k.domain, k.selector, k.key) for k in state.dkim.sign] == [
+        ("example.org", "s1", "dkim-s1")]
+    ed25519 = text.replace("rsa-sha256", "ed25519-sha256")
+    with pytest.raises(StateError) as refused:
+        load_state_text(ed25519, "state.yaml")
+    (error,) = refused.value.errors
+    assert refused.value.source == "state.yaml"
+    assert error.path == "dkim.sign[0].algorithm"
+    assert "never signed" in error.message and "RSA key" in error.message
+    # Version 4 has no such key: a typo, not a migration.
+    (error,) = errors_of(text.replace("version: 3", "version: 4"))
+    assert error.path == "dkim.sign[0].algorithm"
 
 
 def test_version_1_shape_of_the_daily_report_is_refused_at_its_key() -> None:

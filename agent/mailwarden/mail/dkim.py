@@ -142,7 +142,7 @@ def public_record(layout: Layout, key: DkimKey) -> DkimKeyInfo:
     if not path.exists():
         raise DkimError(f"DKIM key {path} does not exist")
     public_pem = run(["openssl", "rsa", "-in", path, "-pubout"]).stdout
-    return DkimKeyInfo(domain=key.domain, selector=key.selector, algorithm=key.algorithm,
+    return DkimKeyInfo(domain=key.domain, selector=key.selector, algorithm="rsa-sha256",
                        key_name=key.key, path=path,
                        dns_name=f"{key.selector}._domainkey.{key.domain}",
                        txt=f"v=DKIM1; k=rsa; p={_pem_body(public_pem)}")
@@ -191,8 +191,6 @@ def sign(raw: bytes, state: State, layout: Layout) -> bytes:
     key = signing_key(state, domain) if domain else None
     if key is None:
         return raw
-    if key.algorithm != "rsa-sha256":
-        raise DkimError(f"{key.algorithm}: only rsa-sha256 signing is supported")
     path = layout.secrets_dir / key.key
     try:
         private = path.read_bytes()

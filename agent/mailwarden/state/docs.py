@@ -56,7 +56,11 @@ files in `/etc/mailwarden/secrets/`, referred to by name.
   dropped `quarantine.digest` and `notifications`, which nothing acted on; version 3 brought
   digests back, now sent (`quarantine.digest`, `domains[].digest`), off unless turned on;
   version 4 brought `notifications` back, now sent (virus notices, the daily report, service
-  alerts), each off unless turned on.
+  alerts), each off unless turned on, and dropped two settings that never did anything:
+  `virus.signatures.freshclam` (freshclam always runs) and `dkim.sign[].algorithm` (keys
+  sign rsa-sha256; an entry that said ed25519-sha256 never signed, and is refused with a
+  message saying so). Every setting here has a test that shows its effect
+  (tests/unit/test_schema_coverage.py).
 
 Paths are written as in error messages: `domains[].transport.port` is the `port` key of the
 `transport` mapping of each entry of the `domains` list; `rule_objects.<name>` is a key you

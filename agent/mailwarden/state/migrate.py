@@ -39,9 +39,32 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
 
 def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
     """Version 4 brings `notifications` back, now sent (virus notices, the daily report,
-    service alerts), each off unless the file turns it on: nothing to reshape. Version 1's
-    keys of that name were dropped by the migration to version 2, so none arrives here.
+    service alerts), each off unless the file turns it on: nothing to reshape for them.
+    Version 1's keys of that name were dropped by the migration to version 2, so none
+    arrives here.
+
+    It drops two settings that never had an effect: `virus.signatures.freshclam` (freshclam
+    ran whatever it said) and `dkim.sign[].algorithm` (every key signs rsa-sha256). A key
+    that said ed25519-sha256 never signed a message, only failed to: it is refused here
+    rather than silently made RSA.
     """
+    virus = data.get("virus")
+    if isinstance(virus, dict) and isinstance(virus.get("signatures"), dict):
+        signatures = {k: v for k, v in virus["signatures"].items() if k != "freshclam"}
+        data["virus"] = {**virus, "signatures": signatures}
+    dkim = data.get("dkim")
+    if isinstance(dkim, dict) and isinstance(dkim.get("sign"), list):
+        keys: list[Any] = []
+        for index, key in enumerate(dkim["sign"]):
+            if isinstance(key, dict) and "algorithm" in key:
+                if key["algorithm"] != "rsa-sha256":
+                    raise StateError([FieldError(
+                        f"dkim.sign[{index}].algorithm",
+                        f"{key['algorithm']!r} keys never signed (only rsa-sha256 does): "
+                        "make an RSA key for this selector, or remove the entry")])
+                key = {k: v for k, v in key.items() if k != "algorithm"}
+            keys.append(key)
+        data["dkim"] = {**dkim, "sign": keys}
     return data
 
 
@@ -74,7 +97,10 @@ def migrate(
         if version not in steps:
             raise StateError([FieldError("version", f"no migration from version {version}")],
                              source)
-        data = steps[version](dict(data))
+        try:
+            data = steps[version](dict(data))
+        except StateError as exc:  # named after the file it came from
+            raise StateError(exc.errors, source) from None
         version += 1
         data["version"] = version
     return data

@@ -310,7 +310,8 @@ class Spam(Section):
 
 
 class Signatures(Section):
-    freshclam: bool = Field(True, description="Update signatures with freshclam.")
+    # freshclam always runs: clamd without fresh signatures is not a choice offered (version
+    # 4 dropped the `freshclam` switch, which never turned it off).
     checks_per_day: Annotated[int, Field(ge=1, le=50)] = Field(
         12, description="freshclam update checks per day."
     )
@@ -541,9 +542,9 @@ class DkimKey(Section):
     selector: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = Field(
         description="Selector (s=): the key is published at <selector>._domainkey.<domain>."
     )
-    key: SecretName = Field(description="Private key file name in the secrets folder.")
-    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = Field(
-        "rsa-sha256", description="Signature algorithm."
+    key: SecretName = Field(
+        description="Private key file name in the secrets folder (an RSA key: signatures are "
+        "rsa-sha256)."
     )
 
 
