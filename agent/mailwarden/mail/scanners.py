@@ -27,8 +27,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from ..errors import ScannerError
-from .types import Envelope, SpamResult, VirusResult
+from ..errors import LearnError, ScannerError
+from .types import BayesCounts, Envelope, Learned, SpamResult, VirusResult
 
 CHUNK = 256 * 1024  # clamd INSTREAM chunks: fewer event-loop turns per large message
 T = TypeVar("T")
@@ -165,6 +165,74 @@ async def rspamd_check(
         raise ScannerError("rspamd", f"unexpected answer: {body[:200]!r} ({exc})") from None
 
 
+# --- the controller worker: learning and Bayes' counts ------------------------------------
+# Rspamd's controller answers 208 for a message it has already learned as that class (its
+# Bayes keeps a digest of each learned message) and 204 for one with fewer words than its
+# classifier needs; every other status but 200 is a failure with {"error": "..."}.
+ALREADY_LEARNED = 208
+TOO_FEW_TOKENS = 204
+
+
+async def rspamd_learn(raw: bytes, kind: str, *, port: int, timeout: float) -> Learned:
+    """POST the message to the controller's /learnspam or /learnham."""
+    if kind not in ("spam", "ham"):
+        raise ValueError(f"learn spam or ham, not {kind!r}")
+    request = (f"POST /learn{kind} HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive"
+               f"\r\nContent-Length: {len(raw)}\r\n\r\n").encode() + raw
+    status, body = await _controller(port, timeout, request)
+    if status == 200:
+        return Learned(kind=kind)
+    message = _error_text(body) or f"HTTP status {status}"
+    if status == ALREADY_LEARNED:
+        return Learned(kind=kind, already=True, message=message)
+    if status == TOO_FEW_TOKENS or "less tokens" in message:
+        raise LearnError(f"Rspamd will not learn this message: it has too few words to learn "
+                         f"from ({message})", "learn_too_few_tokens")
+    raise ScannerError("rspamd", f"learning as {kind} failed: {message}")
+
+
+async def rspamd_stat(*, port: int, timeout: float) -> BayesCounts:
+    """GET the controller's /stat: each Bayes statfile's revision is the number of messages
+    learned into it (Redis backend)."""
+    request = b"GET /stat HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n"
+    status, body = await _controller(port, timeout, request)
+    if status != 200:
+        raise ScannerError("rspamd", f"/stat answered {status}: {_error_text(body)}")
+    try:
+        stat = json.loads(body)
+        counts = {"BAYES_SPAM": 0, "BAYES_HAM": 0}
+        for statfile in stat.get("statfiles", []):
+            if statfile.get("symbol") in counts:
+                counts[statfile["symbol"]] += int(statfile.get("revision", 0))
+        return BayesCounts(spam=counts["BAYES_SPAM"], ham=counts["BAYES_HAM"],
+                           learned=int(stat.get("learned", 0)))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ScannerError("rspamd", f"unexpected /stat answer: {body[:200]!r} ({exc})") \
+            from None
+
+
+async def _controller(port: int, timeout: float, request: bytes) -> tuple[int, bytes]:
+    try:
+        return await asyncio.wait_for(
+            _pool("rspamd-controller", port).run(lambda conn: _exchange(conn, request)),
+            timeout)
+    except TimeoutError:
+        raise ScannerError("rspamd", f"the controller gave no answer within {timeout:.0f} s") \
+            from None
+    except OSError as exc:
+        raise ScannerError("rspamd", f"cannot reach the controller: {exc}") from None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body[:200].decode(errors="replace").strip()
+    if isinstance(answer, dict):
+        return str(answer.get("error", "")).strip()
+    return ""
+
+
 def _clean(header: str) -> str:
     # Envelope values come from the network: no header injection into our request.
     return header.replace("\r", " ").replace("\n", " ")
@@ -183,6 +251,14 @@ async def _answer(conn: _Connection, end: bytes, closed: str) -> bytes:
 
 
 async def _http(conn: _Connection, request: bytes) -> bytes:
+    status, body = await _exchange(conn, request)
+    if status != 200:
+        raise OSError(f"HTTP status {status}")
+    return body
+
+
+async def _exchange(conn: _Connection, request: bytes) -> tuple[int, bytes]:
+    """One request and its answer: the status code and the body, whatever the status."""
     conn.writer.write(request)
     await conn.writer.drain()
     head = await _answer(conn, b"\r\n\r\n", "connection closed during the answer")
@@ -202,9 +278,10 @@ async def _http(conn: _Connection, request: bytes) -> bytes:
     if fields.get("connection", "").lower() == "close" or status.startswith("HTTP/1.0"):
         conn.writer.close()  # the server says so: not kept
         conn.reader.feed_eof()
-    if " 200 " not in status + " ":
-        raise OSError(f"HTTP status {status}")
-    return body
+    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
+    if not code.isdigit():
+        raise OSError(f"not an HTTP answer: {status[:80]!r}")
+    return int(code), body
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

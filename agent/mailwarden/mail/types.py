@@ -32,6 +32,25 @@ class SpamResult:
 
 
 @dataclass(frozen=True)
+class Learned:
+    """Rspamd's answer to learning one message: learned now, or already learned as that
+    class before (then nothing changed)."""
+
+    kind: str  # "spam" or "ham"
+    already: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class BayesCounts:
+    """What Rspamd's Bayes has learned, per class, and messages learned in all."""
+
+    spam: int
+    ham: int
+    learned: int
+
+
+@dataclass(frozen=True)
 class VirusResult:
     virus: str | None  # signature name, or None when clean
     skipped: str | None = None  # not scanned though it should have been ("disabled", "failed")
