@@ -347,7 +347,7 @@ def cmd_quarantine_delete(args: argparse.Namespace) -> int:
 def _learner(layout: Layout) -> Any:
     from .mail.learning import Learner
 
-    return Learner(layout.ports.rspamd_controller,
+    return Learner(layout.ports.rspamd_controller, layout.ports.redis,
                    lambda: load_state_file(layout.state_file).spam.bayes)
 
 
@@ -395,7 +395,7 @@ def cmd_learn_stats(args: argparse.Namespace) -> int:
     layout = _layout(args)
     bayes = load_state_file(layout.state_file).spam.bayes
     counts = _learner(layout).counts()
-    print(f"spam: {counts.spam}\nham: {counts.ham}\nlearned: {counts.learned}")
+    print(f"spam: {counts.spam}\nham: {counts.ham}")
     state = "on" if bayes.enabled else "off"
     waiting = [kind for kind, n in (("spam", counts.spam), ("ham", counts.ham))
                if n < bayes.min_learns]

@@ -1,7 +1,7 @@
-"""A stand-in for Rspamd's controller worker on loopback, answering learning and /stat as
-Rspamd 3.4 does: 200 {"success": true} once per message and class, 208 for a message
-already learned as that class, 204 for one with too few words, {"error"} otherwise; /stat
-with a BAYES_SPAM and a BAYES_HAM statfile whose revision counts what was learned.
+"""A stand-in for Rspamd's controller worker on loopback, answering learning as Rspamd 3.4
+does: 200 {"success": true} once per message and class, 208 for a message already learned
+as that class, 204 with no body for one with too few words, {"error"} otherwise; and for
+the Redis it learns into, the one command the agent sends (HMGET RS learns_spam learns_ham).
 
 The unit tier has no Rspamd; the integration tier holds the client to the real one
 (tests/integration/test_learning.py)."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,16 +48,7 @@ def _handler(fake: FakeController) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             fake.requests.append(f"GET {self.path}")
-            if self.path != "/stat":
-                self._send(404, {"error": "Unknown command"})
-                return
-            counts = fake.counts()
-            self._send(200, {"read_only": False, "learned": sum(counts.values()),
-                             "statfiles": [
-                                 {"symbol": "BAYES_SPAM", "type": "redis",
-                                  "revision": counts["spam"], "users": 1},
-                                 {"symbol": "BAYES_HAM", "type": "redis",
-                                  "revision": counts["ham"], "users": 1}]})
+            self._send(404, {"error": "Unknown command"})
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -67,8 +59,8 @@ def _handler(fake: FakeController) -> type[BaseHTTPRequestHandler]:
                 return
             words = re.split(rb"\r?\n\r?\n", body, maxsplit=1)[-1].split()
             if len(words) < MIN_WORDS:
-                self._send(204, {"error": f"<msg> contains less tokens than required for "
-                                          f"bayes classifier: {len(words)} < {MIN_WORDS}"})
+                self.send_response(204)
+                self.end_headers()
                 return
             digest = hashlib.sha256(body).hexdigest()
             with fake.lock:
@@ -82,18 +74,46 @@ def _handler(fake: FakeController) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _redis(fake: FakeController) -> type[socketserver.StreamRequestHandler]:
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            count = int(self.rfile.readline()[1:])
+            parts = []
+            for _ in range(count):
+                size = int(self.rfile.readline()[1:])
+                parts.append(self.rfile.read(size + 2)[:-2])
+            fake.requests.append("REDIS " + b" ".join(parts).decode())
+            if parts != [b"HMGET", b"RS", b"learns_spam", b"learns_ham"]:
+                self.wfile.write(b"-ERR not what the agent asks\r\n")
+                return
+            counts = fake.counts()
+            # A class never learned has no field: nil, as Redis answers.
+            values = [str(counts[k]).encode() if counts[k] else None for k in ("spam", "ham")]
+            self.wfile.write(b"*2\r\n" + b"".join(
+                b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values))
+
+    return Handler
+
+
 @contextmanager
-def fake_controller(port: int = 0) -> Iterator[tuple[FakeController, int]]:
+def fake_controller(port: int = 0, redis_port: int = 0,
+                    ) -> Iterator[tuple[FakeController, int, int]]:
+    """The controller on port and Redis on redis_port (0: any free one)."""
     fake = FakeController()
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    controller = ThreadingHTTPServer(("127.0.0.1", port), _handler(fake))
+    redis = socketserver.ThreadingTCPServer(("127.0.0.1", redis_port), _redis(fake))
+    threads = [threading.Thread(target=s.serve_forever, daemon=True)
+               for s in (controller, redis)]
+    for thread in threads:
+        thread.start()
     try:
-        yield fake, server.server_address[1]
+        yield fake, controller.server_address[1], redis.server_address[1]
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        for server in (controller, redis):
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join()
 
 
 def message(subject: str, words: int = 40) -> bytes:

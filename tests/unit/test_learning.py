@@ -18,13 +18,13 @@ from .api_env import STATE, ApiEnv, api_env
 from .fake_rspamd import FakeController, fake_controller, message
 
 
-def _learner(port: int, enabled: bool = True) -> Learner:
-    return Learner(port, lambda: Bayes(enabled=enabled))
+def _learner(ports: tuple[int, int], enabled: bool = True) -> Learner:
+    return Learner(*ports, lambda: Bayes(enabled=enabled))
 
 
 def test_learned_already_learned_and_too_few_words_are_told_apart() -> None:
-    with fake_controller() as (fake, port):
-        learner = _learner(port)
+    with fake_controller() as (fake, port, redis):
+        learner = _learner((port, redis))
         first = learner.learn(message("a"), "spam")
         assert not first.already
         again = learner.learn(message("a"), "spam")
@@ -34,26 +34,28 @@ def test_learned_already_learned_and_too_few_words_are_told_apart() -> None:
         assert refused.value.code == "learn_too_few_tokens"
         learner.learn(message("a"), "ham")  # relearned as the other class
         counts = learner.counts()
-    assert (counts.spam, counts.ham, counts.learned) == (0, 1, 1)
+    assert (counts.spam, counts.ham) == (0, 1)
     assert fake.requests.count("POST /learnspam") == 2
 
 
 def test_bayes_off_is_a_clear_error_and_nothing_is_sent() -> None:
-    with fake_controller() as (fake, port), pytest.raises(LearnError) as refused:
-        _learner(port, enabled=False).learn(message("b"), "spam")
+    with fake_controller() as (fake, *ports), pytest.raises(LearnError) as refused:
+        _learner((ports[0], ports[1]), enabled=False).learn(message("b"), "spam")
     assert refused.value.code == "bayes_disabled"
     assert "spam.bayes.enabled" in refused.value.message
     assert fake.requests == []
 
 
-def test_a_controller_nobody_runs_is_a_scanner_error() -> None:
-    with fake_controller() as (_, port):
+def test_a_controller_or_redis_nobody_runs_is_a_scanner_error() -> None:
+    with fake_controller() as (_, port, redis):
         pass
     with pytest.raises(ScannerError, match="cannot reach the controller"):
-        _learner(port).counts()
+        _learner((port, redis)).learn(message("c"), "spam")
+    with pytest.raises(ScannerError, match="redis: cannot read Bayes' counts"):
+        _learner((port, redis)).counts()
 
     async def other_status() -> None:
-        with fake_controller() as (_, live):
+        with fake_controller() as (_, live, _redis):
             # Not a learning path: Rspamd's 404 with its {"error"} is passed on.
             request = b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
             status, body = await scanners._controller(live, 5, request)
@@ -72,13 +74,13 @@ def test_an_mbox_is_split_into_its_messages_and_from_quoting_undone() -> None:
     assert split_mbox(single) == [single]
 
 
-def _controller(env: ApiEnv) -> AbstractContextManager[tuple[FakeController, int]]:
-    return fake_controller(env.layout.ports.rspamd_controller)
+def _controller(env: ApiEnv) -> AbstractContextManager[tuple[FakeController, int, int]]:
+    return fake_controller(env.layout.ports.rspamd_controller, env.layout.ports.redis)
 
 
 def test_release_as_ham_learns_before_it_releases_and_is_audited() -> None:
     with api_env(users={"admin": "admin", "u@example.test": "quser"}) as env, \
-            _controller(env) as (fake, _):
+            _controller(env) as (fake, _, _):
         entry_id = env.quarantine.put(message("ham-1"), kind="spam", sender="s@x.test",
                                       recipients=["u@example.test"], lifetime_days=7,
                                       subject="ham-1", spam_score=9.0)
@@ -102,7 +104,7 @@ def test_release_as_ham_learns_before_it_releases_and_is_audited() -> None:
 
 
 def test_a_message_rspamd_will_not_learn_is_not_released_either() -> None:
-    with api_env() as env, _controller(env) as (fake, _):
+    with api_env() as env, _controller(env) as (fake, _, _):
         entry_id = env.quarantine.put(message("tiny", words=3), kind="spam", sender="s@x.test",
                                       recipients=["u@example.test"], lifetime_days=7)
         admin = env.login("admin")
@@ -134,7 +136,7 @@ def test_learning_input_that_does_not_fit_is_bad_input() -> None:
 
 
 def test_mark_as_spam_learns_and_deletes_when_asked() -> None:
-    with api_env() as env, _controller(env) as (fake, _):
+    with api_env() as env, _controller(env) as (fake, _, _):
         keep = env.quarantine.put(message("keep"), kind="attachment", sender="s@x.test",
                                   recipients=["u@example.test"], lifetime_days=7)
         drop = env.quarantine.put(message("drop"), kind="spam", sender="s@x.test",
@@ -157,7 +159,7 @@ def test_bulk_upload_learns_each_message_and_reports_each() -> None:
     mbox = b"".join(b"From x@y Mon Dec  7 10:00:00 2026\n" + m.replace(b"\r\n", b"\n") + b"\n"
                     for m in (message("u1"), message("u2", words=3), message("u3")))
     with api_env(users={"admin": "admin", "help": "helpdesk"}) as env, \
-            _controller(env) as (fake, _):
+            _controller(env) as (fake, _, _):
         admin = env.login("admin")
         result = env.client.simulate_post(
             "/api/learning/spam", body=mbox,
@@ -193,7 +195,7 @@ def test_bulk_upload_learns_each_message_and_reports_each() -> None:
 
 def test_bayes_off_refuses_every_way_of_learning() -> None:
     state = STATE + "spam:\n  bayes: {enabled: false}\n"
-    with api_env(state) as env, _controller(env) as (fake, _):
+    with api_env(state) as env, _controller(env) as (fake, _, _):
         spam = env.hold("s", ["u@example.test"])
         admin = env.login("admin")
         for result in (
@@ -214,4 +216,4 @@ def test_counts_without_rspamd_are_an_error_in_the_reply_not_a_failure() -> None
     with api_env() as env:
         status = env.client.simulate_get("/api/learning", headers=env.login("admin"))
         assert status.status_code == 200
-        assert status.json["counts"] is None and "cannot reach" in status.json["error"]
+        assert status.json["counts"] is None and "cannot read" in status.json["error"]

@@ -217,7 +217,7 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
             return Bayes.model_validate({})  # before the first-run wizard: the defaults
         return load_state_file(layout.state_file).spam.bayes
 
-    learner = Learner(layout.ports.rspamd_controller, bayes_settings)
+    learner = Learner(layout.ports.rspamd_controller, layout.ports.redis, bayes_settings)
     # --- end of learning ---
 
     app: falcon.App[falcon.Request, falcon.Response] = falcon.App(

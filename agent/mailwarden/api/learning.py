@@ -104,9 +104,10 @@ class LearnUploadResource:
                 learned = self.learner.learn(raw, learn_kind)
                 results.append({"index": index, "result": outcome(learned),
                                 "message": learned.message})
-            except LearnError as exc:
+            except (LearnError, ScannerError) as exc:
                 if exc.code == "bayes_disabled":
                     raise  # the same for every message: one clear error
+                # Told per message: those learned before it stay learned, and are reported.
                 results.append({"index": index, "result": exc.code, "message": exc.message})
         tally = {name: sum(1 for r in results if r["result"] == name)
                  for name in ("learned", "already_learned")}

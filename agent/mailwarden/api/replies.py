@@ -140,7 +140,6 @@ class Proposal(Reply):
 class LearnedCounts(Reply):
     spam: int = Field(description="Messages Rspamd's Bayes has learned as spam.")
     ham: int = Field(description="Messages Rspamd's Bayes has learned as ham (not spam).")
-    learned: int = Field(description="Messages learned in all, as Rspamd counts them.")
 
 
 class BayesSettings(Reply):
@@ -160,7 +159,7 @@ class LearningEvent(Reply):
 
 class LearningStatus(Reply):
     bayes: BayesSettings
-    counts: LearnedCounts | None = Field(description="Null when Rspamd does not answer.")
+    counts: LearnedCounts | None = Field(description="Null when Redis does not answer.")
     error: str | None = Field(None, description="Why there are no counts.")
     recent: list[LearningEvent]
 

@@ -3,7 +3,7 @@
 The API (quarantine actions, bulk uploads) and the CLI learn through `Learner`; it asks the
 state first, so a gateway with Bayes turned off says so (`bayes_disabled`) instead of
 Rspamd's own less telling refusal. Rspamd's controller worker does the learning and keeps
-the counts in Redis; its answers are mapped in mail/scanners.py.
+the counts in Redis, where they are read; both are in mail/scanners.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 
 from ..errors import LearnError
 from ..state.schema import Bayes
-from .scanners import close_pools, rspamd_learn, rspamd_stat
+from .scanners import bayes_counts, close_pools, rspamd_learn
 from .types import BayesCounts, Learned
 
 Kind = Literal["spam", "ham"]
@@ -26,11 +26,12 @@ TIMEOUT = 30.0
 
 
 class Learner:
-    """Learning and the learned counts, against the controller on `port`; `bayes` gives the
-    state's spam.bayes section at the time of the call."""
+    """Learning through the controller on `port`, and the learned counts from Redis on
+    `redis_port`; `bayes` gives the state's spam.bayes section at the time of the call."""
 
-    def __init__(self, port: int, bayes: Callable[[], Bayes], timeout: float = TIMEOUT) -> None:
-        self.port, self.bayes, self.timeout = port, bayes, timeout
+    def __init__(self, port: int, redis_port: int, bayes: Callable[[], Bayes],
+                 timeout: float = TIMEOUT) -> None:
+        self.port, self.redis_port, self.bayes, self.timeout = port, redis_port, bayes, timeout
 
     def learn(self, raw: bytes, kind: Kind) -> Learned:
         self._enabled()
@@ -39,7 +40,7 @@ class Learner:
         return _run(lambda: rspamd_learn(raw, kind, port=self.port, timeout=self.timeout))
 
     def counts(self) -> BayesCounts:
-        return _run(lambda: rspamd_stat(port=self.port, timeout=self.timeout))
+        return _run(lambda: bayes_counts(port=self.redis_port, timeout=self.timeout))
 
     def _enabled(self) -> None:
         if not self.bayes().enabled:

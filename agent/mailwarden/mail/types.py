@@ -43,11 +43,10 @@ class Learned:
 
 @dataclass(frozen=True)
 class BayesCounts:
-    """What Rspamd's Bayes has learned, per class, and messages learned in all."""
+    """How many messages Rspamd's Bayes has learned as each class."""
 
     spam: int
     ham: int
-    learned: int
 
 
 @dataclass(frozen=True)
