@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -585,8 +586,12 @@ def test_two_aliases_one_quarantine_reached_by_a_link(page: Page, ui_gateway: Sa
 
 
 def _bayes_counts(gw: Sandbox) -> BayesCounts:
-    return Learner(gw.layout.ports.rspamd_controller, gw.layout.ports.redis,
-                   lambda: load_state_file(gw.layout.state_file).spam.bayes).counts()
+    """Read from Redis by the agent's own reader, in a thread of its own: Playwright's sync
+    API keeps an event loop running in this one."""
+    learner = Learner(gw.layout.ports.rspamd_controller, gw.layout.ports.redis,
+                      lambda: load_state_file(gw.layout.state_file).spam.bayes)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(learner.counts).result()
 
 
 def test_release_as_ham_and_an_uploaded_spam_raise_the_learned_counts(
