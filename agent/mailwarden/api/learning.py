@@ -27,7 +27,8 @@ from .replies import LearningStatus, LearnReport, returns
 VIEWERS = ("admin", "qmanager", "helpdesk", "audit")
 LEARNERS = ("admin", "qmanager")
 LEARN_ACTIONS = tuple(f"learn.{kind}" for kind in KINDS)
-UPLOAD_TYPES = ("message/rfc822", "application/mbox")
+# application/octet-stream: a file sent as it is, one message or an mbox (split_mbox tells).
+UPLOAD_TYPES = ("message/rfc822", "application/mbox", "application/octet-stream")
 MAX_UPLOAD = 50 * 1024 * 1024
 MAX_MESSAGES = 1000
 
