@@ -50,14 +50,15 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body, { ifMatch } = {}) {
+// contentType: the body goes as it is (a File or bytes), not as JSON.
+async function api(method, path, body, { ifMatch, contentType } = {}) {
   const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (body !== undefined) headers["Content-Type"] = contentType || "application/json";
   if (!["GET", "HEAD"].includes(method)) headers["X-CSRF-Token"] = state.csrf;
   if (ifMatch !== undefined) headers["If-Match"] = `"${ifMatch}"`;
   const response = await fetch(path, {
     method, headers, credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: body === undefined ? undefined : contentType ? body : JSON.stringify(body),
   });
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
@@ -342,6 +343,11 @@ async function viewQuarantine(arg, render) {
       // quarantine users unless the administrators allow it).
       h("div", { class: "toolbar" },
         offers(item, "release") && h("button", { class: "primary", onclick: () => act(item, "release") }, "Release (r)"),
+        // --- learning ---
+        offers(item, "release") && item.kind === "spam" && h("button", { onclick: () => act(item, "release", { learn: true }) }, "Release and learn as not spam"),
+        offers(item, "spam") && h("button", { onclick: () => act(item, "spam") }, "Mark as spam"),
+        offers(item, "spam") && offers(item, "delete") && h("button", { class: "danger", onclick: () => act(item, "spam", { delete: true }) }, "Mark as spam and delete"),
+        // --- end of learning ---
         offers(item, "delete") && h("button", { class: "danger", onclick: () => act(item, "delete") }, "Delete (d)"),
         offers(item, "allow") && h("button", { onclick: () => act(item, "allow") }, "Always allow sender"),
         offers(item, "block") && h("button", { onclick: () => act(item, "block") }, "Always block sender"),
@@ -356,11 +362,11 @@ async function viewQuarantine(arg, render) {
   // Bulk actions are for the staff who act on messages; the server refuses everyone else.
   const bulkAllowed = ["admin", "qmanager", "helpdesk"].includes(state.user.role);
 
-  async function act(item, action) {
+  async function act(item, action, body = {}) {
     if (!offers(item, action)) return;
     try {
-      await api("POST", `/api/quarantine/${encodeURIComponent(item.id)}/${action}`, {});
-      toast(`${action}: done`);
+      const out = await api("POST", `/api/quarantine/${encodeURIComponent(item.id)}/${action}`, body);
+      toast(out.learned ? learnedText(out.learned) + (out.released ? ", released" : out.deleted ? ", deleted" : "") : `${action}: done`);
       details.replaceChildren();
       frame.removeAttribute("src");
       await load();
@@ -578,9 +584,87 @@ async function viewTracking(arg, render) {
   h("input", { name: "queue_id", placeholder: "Queue id", "aria-label": "Queue id" }),
   h("button", { class: "primary", type: "submit" }, "Search"));
   render(h("h1", {}, "Message tracking"), form,
+    // --- learning ---
+    ["admin", "qmanager"].includes(state.user.role) && h("p", { class: "muted" }, "A delivered message that is spam is no longer here to mark: ",
+      h("a", { href: "#/learning" }, "upload its copy on the Learning page"), " to learn it as spam."),
+    // --- end of learning ---
     h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["Time", "Dir", "Queue id", "Sender", "Subject", "Outcome"].map((c) => h("th", {}, c)))), results));
   form.requestSubmit();
 }
+
+// --- learning: what Rspamd's Bayes has learned, and uploads to learn from ------------------
+
+function learnedText(learned) {
+  return learned.result === "already_learned" ? `Already learned as ${learned.as}` : `Learned as ${learned.as}`;
+}
+
+async function viewLearning(arg, render) {
+  const canLearn = ["admin", "qmanager"].includes(state.user.role);
+  const status = await api("GET", "/api/learning");
+  const { bayes, counts } = status;
+  const card = (label, value, note) => h("div", { class: "card" }, h("div", { class: "value" }, value), h("div", { class: "label" }, label),
+    note ? h("div", { class: "muted" }, note) : "");
+  const needed = (n) => (bayes.enabled && n < bayes.min_learns ? `${bayes.min_learns - n} more before Bayes scores` : "");
+  const report = h("div", { "aria-live": "polite" });
+  const form = h("form", { class: "toolbar learn-upload", onsubmit: async (event) => {
+    event.preventDefault();
+    const files = [...form.files.files];
+    if (!files.length) { toast("Choose one or more messages (.eml) or mailboxes (.mbox)"); return; }
+    const kind = form.kind.value;
+    const rows = [];
+    for (const file of files) {
+      const type = /\.mbox$/i.test(file.name) ? "application/mbox" : "message/rfc822";
+      try {
+        const out = await api("POST", `/api/learning/${kind}`, file, { contentType: type });
+        rows.push(h("tr", {}, h("td", {}, file.name), h("td", {}, String(out.messages)), h("td", { class: "ok" }, String(out.learned)),
+          h("td", {}, String(out.already_learned)), h("td", { class: out.failed ? "bad" : "" },
+            out.failed ? out.results.filter((r) => !["learned", "already_learned"].includes(r.result)).map((r) => `#${r.index + 1}: ${r.message}`).join("; ") : "0")));
+      } catch (e) {
+        rows.push(h("tr", {}, h("td", {}, file.name), h("td", { colspan: "4", class: "bad" }, e.message)));
+      }
+    }
+    report.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["File", "Messages", `Learned as ${kind}`, "Already learned", "Not learned"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows)));
+    toast(`Learning as ${kind}: done`);
+    await drawCounts();
+  } },
+  h("label", {}, "Learn as ", h("select", { name: "kind", "aria-label": "Learn as" }, h("option", { value: "spam" }, "spam"), h("option", { value: "ham" }, "not spam (ham)"))),
+  h("input", { type: "file", name: "files", multiple: true, accept: ".eml,.mbox,message/rfc822,application/mbox", "aria-label": "Messages to learn" }),
+  h("button", { class: "primary", type: "submit" }, "Learn"));
+  const cards = h("div", { class: "cards" });
+  const recent = h("tbody");
+  function drawCards(now) {
+    cards.replaceChildren(
+      card("Learned as spam", now ? String(now.spam) : "?", now ? needed(now.spam) : ""),
+      card("Learned as ham (not spam)", now ? String(now.ham) : "?", now ? needed(now.ham) : ""),
+      card("Bayes", bayes.enabled ? "on" : "off", bayes.enabled ? `autolearn ${bayes.autolearn ? "on" : "off"}; scores after ${bayes.min_learns} of each` : "spam.bayes.enabled is off: nothing is learned"));
+  }
+  function drawRecent(items) {
+    recent.replaceChildren(...items.map((e) => h("tr", {}, h("td", {}, fmtTime(e.time)), h("td", {}, e.actor),
+      h("td", {}, e.action === "learn.spam" ? "spam" : "ham"), h("td", {}, e.target || ""),
+      h("td", {}, e.detail ? (e.detail.result || "") + (e.detail.failed ? ` (${e.detail.failed} not learned)` : "") : ""))));
+    if (!items.length) recent.append(h("tr", {}, h("td", { colspan: "5", class: "muted" }, "Nothing learned yet.")));
+  }
+  async function drawCounts() {
+    const now = await api("GET", "/api/learning");
+    drawCards(now.counts);
+    drawRecent(now.recent);
+  }
+  drawCards(counts);
+  drawRecent(status.recent);
+  render(
+    h("h1", {}, "Learning"),
+    h("p", { class: "muted" }, "Rspamd's Bayes classifier learns from the messages you mark: releasing a spam as not spam teaches it ham, marking a message as spam teaches it spam. It scores mail only after it has learned enough of each."),
+    status.error ? h("p", { class: "errors" }, `Rspamd did not answer: ${status.error}`) : "",
+    cards,
+    canLearn && h("section", { class: "learn" }, h("h2", {}, "Learn from messages"),
+      h("p", { class: "muted" }, "Upload delivered messages (.eml, as saved from a mail program or forwarded as an attachment) or whole mailboxes (.mbox)."),
+      form, report),
+    h("h2", {}, "Recent learning"),
+    h("table", { class: "responsive" }, h("thead", {}, h("tr", {}, ["Time", "Who", "As", "Message", "Result"].map((c) => h("th", {}, c)))), recent));
+}
+
+// --- end of learning ----------------------------------------------------------------------
 
 // --- settings: forms generated from the OpenAPI schema ------------------------------------
 
@@ -1126,6 +1210,7 @@ async function viewSystem(arg, render) {
 const routes = {
   login: viewLogin, setup: viewSetup, dashboard: viewDashboard, quarantine: viewQuarantine, lists: viewLists, tracking: viewTracking,
   settings: viewSettings, rules: viewRules, dkim: viewDkim, account: viewAccount, history: viewHistory, users: viewUsers, system: viewSystem,
+  learning: viewLearning,
 };
 
 let navigation = 0;

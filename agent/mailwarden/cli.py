@@ -485,6 +485,73 @@ def cmd_quarantine_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- learning ---------------------------------------------------------------------------
+
+
+def _learner(layout: Layout) -> Any:
+    from .mail.learning import Learner
+
+    return Learner(layout.ports.rspamd_controller, layout.ports.redis,
+                   lambda: load_state_file(layout.state_file).spam.bayes)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Each file is one message or an mbox; every message learned on its own, the run
+    recorded in the audit log like an upload in the web UI."""
+    from .errors import LearnError
+    from .mail.learning import split_mbox
+    from .store.users import Audit
+
+    layout = _layout(args)
+    learner = _learner(layout)
+    tally = {"learned": 0, "already_learned": 0, "failed": 0}
+    for name in args.files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            # On the appliance this runs as the API's user (it owns the audit log).
+            raise MailwardenError(f"cannot read {name}: {exc.strerror}; on the appliance "
+                                  f"the file must be readable by {API_USER}") from None
+        messages = split_mbox(data)
+        for index, raw in enumerate(messages):
+            where = name if len(messages) == 1 else f"{name} #{index + 1}"
+            try:
+                learned = learner.learn(raw, args.kind)
+            except LearnError as exc:
+                if exc.code == "bayes_disabled":
+                    raise
+                tally["failed"] += 1
+                print(f"{where}: not learned: {exc.message} [{exc.code}]", file=sys.stderr)
+                continue
+            result = "already_learned" if learned.already else "learned"
+            tally[result] += 1
+            print(f"{where}: {result.replace('_', ' ')} as {args.kind}")
+    total = sum(tally.values())
+    Audit(CredentialStore.for_layout(layout)).record(
+        _author(args), f"learn.{args.kind}", f"{total} uploaded",
+        {"result": "learned" if not tally["failed"] else "partly", **tally, "via": "cli"})
+    counts = learner.counts()
+    print(f"Bayes has learned {counts.spam} spam and {counts.ham} ham")
+    return EXIT_ERROR if tally["failed"] else 0
+
+
+def cmd_learn_stats(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    bayes = load_state_file(layout.state_file).spam.bayes
+    counts = _learner(layout).counts()
+    print(f"spam: {counts.spam}\nham: {counts.ham}")
+    state = "on" if bayes.enabled else "off"
+    waiting = [kind for kind, n in (("spam", counts.spam), ("ham", counts.ham))
+               if n < bayes.min_learns]
+    print(f"bayes: {state}, autolearn {'on' if bayes.autolearn else 'off'}, scores after "
+          f"{bayes.min_learns} of each" + (f" (needs more {' and '.join(waiting)})"
+                                            if waiting and bayes.enabled else ""))
+    return 0
+
+
+# --- end of learning --------------------------------------------------------------------
+
+
 # --- users ------------------------------------------------------------------------------
 
 
@@ -894,6 +961,20 @@ def build_parser() -> argparse.ArgumentParser:
     root_option(p)
     p.set_defaults(func=cmd_notify_test)
     # --- end of notifications ---
+    # --- learning ---
+    learn = sub.add_parser("learn", help="teach Rspamd's Bayes spam and ham; its counts"
+                           ).add_subparsers(dest="learn_command", required=True)
+    for kind in ("spam", "ham"):
+        p = learn.add_parser(kind, help=f"learn messages as {kind} (each file one message "
+                             "or an mbox)")
+        p.add_argument("files", nargs="+", metavar="FILE")
+        p.add_argument("--author", help="who, for the audit log (default: the login user)")
+        root_option(p)
+        p.set_defaults(func=cmd_learn, kind=kind)
+    p = learn.add_parser("stats", help="messages learned as spam and ham")
+    root_option(p)
+    p.set_defaults(func=cmd_learn_stats)
+    # --- end of learning ---
 
     users = sub.add_parser("user", help="API and web UI users (first admin, recovery)"
                            ).add_subparsers(dest="user_command", required=True)
@@ -1023,7 +1104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The digests' links are signed with a key of the API's user's: so are their commands.
         if (args.command == "user" and args.user_command != "hash-password") or \
                 (args.command == "dkim" and args.dkim_command == "generate") or \
-                args.command == "digest":
+                args.command == "digest" or \
+                (args.command == "learn" and args.learn_command != "stats"):
             code = _as_store_owner(args, sys.argv[1:] if argv is None else argv)
             if code is not None:
                 return code

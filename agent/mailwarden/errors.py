@@ -106,6 +106,17 @@ class ScannerError(MailwardenError):
         super().__init__(f"{scanner}: {message}")
 
 
+class LearnError(MailwardenError):
+    """Rspamd would not learn a message (too few words to learn from, Bayes turned off):
+    the message is fine, this one cannot be learned; `code` says why."""
+
+    code = "learn_refused"
+
+    def __init__(self, message: str, code: str = "learn_refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class StoreError(MailwardenError):
     """The runtime store refused an operation (unknown id, wrong status...)."""
 

@@ -1,19 +1,25 @@
 """The web UI end to end on a whole gateway: the first-run wizard, GTUBE sent over SMTP found
 in the quarantine and previewed (no script, nothing remote) and released to the sink, a rule
 made in the UI tagging the next message and gone after a rollback, settings with their errors,
-a quarantine user's own view, a phone's width."""
+a quarantine user's own view, a phone's width, spam learning with Rspamd's counts rising."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
+from pathlib import Path
 
 import pyotp
 import pytest
 import yaml
 
 from mailwarden.firstboot import setupcode
+from mailwarden.mail.learning import Learner
+from mailwarden.mail.types import BayesCounts
+from mailwarden.state.load import load_state_file
 from mailwarden.state.revisions import RevisionStore
 from mailwarden.store.credentials import CredentialStore
 from mailwarden.store.db import Database
@@ -21,6 +27,7 @@ from mailwarden.store.quarantine import Quarantine
 from mailwarden.store.users import Users
 from mailwarden_dev.instance import Sandbox
 
+from ..integration.test_learning import TEXT
 from ..integration.test_mail_path import GTUBE, build, marker, send, wait_quarantined
 from .conftest import PASSWORD, SCREENSHOTS
 
@@ -337,7 +344,7 @@ def test_every_page_and_settings_section_renders(page: Page, admin: None) -> Non
     for route, heading in (("dashboard", "Dashboard"), ("quarantine", "Quarantine"),
                            ("tracking", "Tracking"), ("rules", "Rules"), ("dkim", "DKIM"),
                            ("history", "History"), ("users", "Users"), ("system", "System"),
-                           ("account", "My account")):
+                           ("account", "My account"), ("learning", "Learning")):
         p.goto(f"{page.base}/#/{route}")
         p.wait_for_selector(f"h1:has-text('{heading}')")
         assert "Something went wrong" not in p.inner_text("main"), route
@@ -681,3 +688,63 @@ def test_notification_settings_refuse_nobody_and_send_a_test(page: Page, ui_gate
     p.click("text=Check service alerts")
     p.wait_for_selector("#notification-output >> text=alert condition")
 # --- end of notifications ---
+# --- learning: a quarantine user's release as ham, an uploaded delivered copy as spam ------
+# (GTUBE is no use here: Rspamd answers "success" to learning it and learns nothing.)
+
+
+def _bayes_counts(gw: Sandbox) -> BayesCounts:
+    """Read from Redis by the agent's own reader, in a thread of its own: Playwright's sync
+    API keeps an event loop running in this one."""
+    learner = Learner(gw.layout.ports.rspamd_controller, gw.layout.ports.redis,
+                      lambda: load_state_file(gw.layout.state_file).spam.bayes)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(learner.counts).result()
+
+
+def test_release_as_ham_and_an_uploaded_spam_raise_the_learned_counts(
+        page: Page, ui_gateway: Sandbox, admin: None, tmp_path: Path) -> None:
+    users = Users(CredentialStore.for_layout(ui_gateway.layout))
+    if "learner@example.test" not in {u.username for u in users.list()}:
+        users.add("learner@example.test", PASSWORD, "quser")
+    # A spam of ordinary words, as the filter holds it.
+    subject = f"Garden furniture offer {uuid.uuid4().hex[:8]}"
+    Quarantine(Database(ui_gateway.layout.database), ui_gateway.layout.quarantine_dir).put(
+        build(subject, body=TEXT, to="learner@example.test"), kind="spam",
+        sender="alice@sender.test", recipients=["learner@example.test"], lifetime_days=7,
+        subject=subject, spam_score=12.5)
+    before = _bayes_counts(ui_gateway)
+    page.login("learner@example.test")
+    p = page.page
+    p.click(f"text={subject}")
+    p.click("button:has-text('Release and learn as not spam')")
+    p.wait_for_selector("text=Learned as ham, released")
+    ui_gateway.sink.wait_for_marker(subject)
+    assert _bayes_counts(ui_gateway).ham == before.ham + 1
+
+    # A clean message is delivered; its copy from the mailbox is uploaded as spam.
+    clean = f"Delivered newsletter {uuid.uuid4().hex[:8]}"
+    send(ui_gateway, build(clean, body=TEXT.replace("garden", "patio")))
+    [delivered] = ui_gateway.sink.wait_for_marker(clean)
+    copy = tmp_path / "delivered.eml"
+    copy.write_bytes(delivered)
+    p.click("#logout")
+    p.wait_for_selector("button:has-text('Log in')")
+    page.login("admin")
+    p.goto(f"{page.base}/#/learning")
+    p.wait_for_selector("h1:has-text('Learning')")
+    ham_card = p.locator(".card", has_text="Learned as ham")
+    assert ham_card.locator(".value").inner_text() == str(before.ham + 1)
+    p.select_option("select[name=kind]", "spam")
+    p.set_input_files("input[name=files]", str(copy))
+    p.click("button:has-text('Learn')")
+    p.wait_for_selector("text=Learning as spam: done")
+    after = _bayes_counts(ui_gateway)
+    assert after.spam == before.spam + 1
+    spam_card = p.locator(".card", has_text="Learned as spam")
+    spam_card.locator(f".value:text-is('{after.spam}')").wait_for()
+    row = p.locator("tr", has_text="delivered.eml")
+    assert row.locator("td").nth(2).inner_text() == "1"
+    # The audit log's entries: the upload, and the quarantine user's release.
+    recent = p.inner_text("table.responsive")
+    assert "1 uploaded" in recent and "learner@example.test" in recent
+    p.screenshot(path=str(SCREENSHOTS / "learning.png"), full_page=True)

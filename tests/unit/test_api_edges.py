@@ -93,9 +93,9 @@ def test_quarantine_user_cannot_have_a_virus_delivered_through_allow(env: Env,
     # What the web UI is told it may offer for this message.
     listed = env.client.simulate_get("/api/quarantine", headers=user,
                                      params={"status": "any"}).json["items"]
-    assert next(i for i in listed if i["id"] == entry)["actions"] == ["delete", "block"]
+    assert next(i for i in listed if i["id"] == entry)["actions"] == ["delete", "block", "spam"]
     shown = env.client.simulate_get(f"/api/quarantine/{entry}", headers=user).json
-    assert shown["actions"] == ["delete", "block"]
+    assert shown["actions"] == ["delete", "block", "spam"]
     # Block and delete stay open to the user.
     blocked = env.client.simulate_post(f"/api/quarantine/{entry}/block", headers=user)
     assert blocked.status_code == 200 and blocked.json["deleted"] == [USER]
@@ -127,7 +127,7 @@ def test_staff_release_and_allow_viruses(env: Env) -> None:
     assert bulk.json["results"][second] == {"released": [USER]}
     assert [d[2] for d in env.delivered] == [[USER], [USER]]
     listed = env.client.simulate_get(f"/api/quarantine/{second}", headers=manager).json
-    assert listed["actions"] == ["release", "delete", "allow", "block"]
+    assert listed["actions"] == ["release", "delete", "allow", "block", "spam"]
 
 
 def test_user_release_virus_lets_users_allow_and_release(env: Env) -> None:
@@ -137,7 +137,7 @@ def test_user_release_virus_lets_users_allow_and_release(env: Env) -> None:
         user = login(env.client, USER)
         env.delivered.clear()
         assert env.client.simulate_get(f"/api/quarantine/{entry}", headers=user).json[
-            "actions"] == ["release", "delete", "allow", "block"]
+            "actions"] == ["release", "delete", "allow", "block", "spam"]
         allowed = env.client.simulate_post(f"/api/quarantine/{entry}/allow", headers=user)
         assert allowed.status_code == 200, allowed.text
         assert env.delivered[0][2] == [USER]

@@ -23,10 +23,12 @@ from ..firstboot.answers import Answers
 from ..firstboot.configure import FirstbootResult, Host, NullHost, apply_answers, is_set_up
 from ..layout import Layout
 from ..mail.digest import Digests
+from ..mail.learning import Learner
 from ..mail.notify import Notifier, Sources
 from ..mail.reinject import reinject
 from ..state.load import load_state_file
 from ..state.revisions import RevisionStore
+from ..state.schema import Bayes
 from ..state.schema import Quarantine as QuarantineSettings
 from ..store.credentials import CredentialStore
 from ..store.db import Database
@@ -40,6 +42,7 @@ from . import accounts, errors, resources, system
 from .auth import AuthMiddleware, Forbidden
 from .digests import DigestResource
 from .dkim import DkimKeysResource
+from .learning import LearningResource, LearnUploadResource
 from .lists import GlobalListsResource, ListsResource
 from .metrics import MetricsResource
 from .notify import (
@@ -214,6 +217,15 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
     def users_may_release_viruses() -> bool:
         return quarantine_settings().user_release_virus
 
+    # --- learning ---
+    def bayes_settings() -> Bayes:
+        if not layout.state_file.exists():
+            return Bayes.model_validate({})  # before the first-run wizard: the defaults
+        return load_state_file(layout.state_file).spam.bayes
+
+    learner = Learner(layout.ports.rspamd_controller, layout.ports.redis, bayes_settings)
+    # --- end of learning ---
+
     app: falcon.App[falcon.Request, falcon.Response] = falcon.App(
         middleware=(AuthMiddleware(users), portal, SecurityHeaders()), cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
@@ -266,7 +278,11 @@ def create_app(services: Services) -> falcon.App[falcon.Request, falcon.Response
         "/api/quarantine/{entry_id}/preview": QuarantinePreviewResource(quarantine),
         "/api/quarantine/{entry_id}/{action}": QuarantineActionResource(
             quarantine, UserLists(db), services.deliver or deliver, audit,
-            users_may_release_viruses),
+            users_may_release_viruses, learner),
+        # --- learning ---
+        "/api/learning": LearningResource(learner, bayes_settings, audit),
+        "/api/learning/{kind}": LearnUploadResource(learner, audit),
+        # --- end of learning ---
     }
     # --- notifications (mail/notify.py) ---
     notifier = Notifier(db, Sources(

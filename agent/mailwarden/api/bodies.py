@@ -197,6 +197,11 @@ class QuarantineDecision(Body):
     recipients: list[Address] | None = Field(
         None, max_length=1000,
         description="The recipients to act for; all you may act for when left out.")
+    learn: bool = Field(
+        False, description="release: learn the message as ham (not spam) before it is "
+        "released; for messages quarantined as spam.")
+    delete: bool = Field(
+        False, description="spam: delete the message too, once it is learned as spam.")
 
 
 # An address, or "@domain" for everyone there: what a list entry names.
@@ -322,3 +327,34 @@ class RequestBody:
 def request_body(responder: object) -> RequestBody | None:
     body = getattr(responder, "request_body", None)
     return body if isinstance(body, RequestBody) else None
+
+
+# --- raw bodies (messages) ----------------------------------------------------------------
+
+
+class RawBody:
+    """What `accepts_raw` leaves on a responder for the OpenAPI document."""
+
+    def __init__(self, media_types: tuple[str, ...], max_bytes: int) -> None:
+        self.media_types = media_types
+        self.max_bytes = max_bytes
+
+
+def read_raw(req: falcon.Request, media_types: tuple[str, ...], max_bytes: int) -> bytes:
+    """The body as bytes, of one of `media_types` and at most max_bytes; 400 otherwise (a
+    413 would carry no field for the form to show)."""
+    media = (req.content_type or "").split(";")[0].strip().lower()
+    if media not in media_types:
+        raise BadInput(f"send the body as {' or '.join(media_types)}, not "
+                       f"{media or 'nothing'}", "Content-Type")
+    data = req.bounded_stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BadInput(f"the body is larger than {max_bytes // (1024 * 1024)} MiB", "body")
+    if not data.strip():
+        raise BadInput("the body is empty", "body")
+    return bytes(data)
+
+
+def raw_body(responder: object) -> RawBody | None:
+    body = getattr(responder, "raw_body", None)
+    return body if isinstance(body, RawBody) else None

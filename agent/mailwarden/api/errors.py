@@ -14,9 +14,11 @@ import falcon
 from ..errors import (
     AlreadySetUp,
     ConflictError,
+    LearnError,
     MailwardenError,
     NotFound,
     RevisionNotFound,
+    ScannerError,
     StateError,
     StoreError,
 )
@@ -50,6 +52,12 @@ def _status(exc: MailwardenError) -> str:
         return falcon.HTTP_401
     if isinstance(exc, StoreError):
         return falcon.HTTP_400
+    if isinstance(exc, LearnError):
+        # Turned off is the gateway's settings, not the request; a message Rspamd will
+        # not learn is this message.
+        return falcon.HTTP_409 if exc.code == "bayes_disabled" else falcon.HTTP_422
+    if isinstance(exc, ScannerError):
+        return falcon.HTTP_503  # a daemon the request needs is not answering
     return falcon.HTTP_500
 
 
@@ -65,7 +73,7 @@ def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: Mailwar
     elif isinstance(exc, ConflictError):
         _reply(resp, status, body(exc.code, exc.message, None, current_revision=exc.current))
     else:
-        if status == falcon.HTTP_500:
+        if status.startswith("5"):
             log.error("%s on %s %s: %s", exc.code, req.method, req.path, exc.message)
         _reply(resp, status, body(exc.code, exc.message))
 

@@ -13,9 +13,10 @@ from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from ..firstboot.answers import Answers
+from ..mail.learning import KINDS as LEARN_KINDS
 from ..state.schema import State
 from . import replies
-from .bodies import SECTIONS, request_body
+from .bodies import SECTIONS, raw_body, request_body
 from .quarantine import ACTIONS
 from .replies import returned
 from .system import QUEUE_ID
@@ -74,7 +75,14 @@ _DESCRIPTIONS = {
     "/api/quarantine/{entry_id}/preview": "Headers, text and sanitised HTML (?format=html: a "
     "page for a sandboxed frame, with a strict Content-Security-Policy).",
     "/api/quarantine/{entry_id}/raw": "The message as received (message/rfc822).",
-    "/api/quarantine/{entry_id}/{action}": "release, delete, allow or block the sender.",
+    "/api/quarantine/{entry_id}/{action}": "release (with learn: as not spam too), delete, "
+    "allow or block the sender, or spam: learn it as spam (with delete: and delete it).",
+    # --- learning ---
+    "/api/learning": "What Rspamd's Bayes has learned (spam and ham counts, its settings) "
+    "and the latest learning actions from the audit log.",
+    "/api/learning/{kind}": "Learn uploaded messages as spam or ham: one message "
+    "(message/rfc822) or several (application/mbox); a result per message.",
+    # --- end of learning ---
 }
 
 
@@ -84,6 +92,7 @@ _PATH_VALUES: dict[str, dict[str, Any]] = {
     "section": {"type": "string", "enum": list(SECTIONS)},
     "action": {"type": "string", "enum": list(ACTIONS)},
     "queue_id": {"type": "string", "pattern": QUEUE_ID.pattern},
+    "kind": {"type": "string", "enum": list(LEARN_KINDS)},
 }
 
 
@@ -169,6 +178,11 @@ def _operation(path: str, method: str, resource: Any, params: list[dict[str, Any
     if body is not None:
         operation["requestBody"] = {"required": body.required, "content": {
             "application/json": {"schema": _schema_of(body.model, schemas, "validation")}}}
+    raw = raw_body(responder)
+    if raw is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            media: {"schema": {"type": "string", "format": "binary",
+                               "maxLength": raw.max_bytes}} for media in raw.media_types}}
     return operation
 
 

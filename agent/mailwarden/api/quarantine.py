@@ -1,4 +1,5 @@
-"""Quarantine resources: list, view, download, release, delete, allow/block the sender.
+"""Quarantine resources: list, view, download, release, delete, allow/block the sender,
+learn as spam or (with a release) as ham.
 
 Quarantine users (role quser, logged in with their address as user name) see and act on
 their own recipient address only; the staff roles see everything. A message that carries a
@@ -17,21 +18,27 @@ from typing import Any, Literal
 import falcon
 
 from ..errors import MailwardenError
+from ..mail.learning import Kind, Learner
+from ..mail.types import Learned
 from ..store.lists import UserLists
 from ..store.quarantine import KINDS, Quarantine, QuarantineEntry
 from ..store.users import Audit, User
 from .auth import Forbidden
 from .bodies import QuarantineBulk, QuarantineDecision, accepts
 from .errors import BadInput, error_body
+from .learning import learn_recorded, outcome
 from .preview import PREVIEW_CSP, preview, preview_document
 from .replies import returns
 
 STAFF = ("admin", "qmanager", "helpdesk", "audit")
 ACTORS = ("admin", "qmanager", "helpdesk")
-ACTIONS = ("release", "delete", "allow", "block")
+ACTIONS = ("release", "delete", "allow", "block", "spam")
 # The actions that send the message on to its recipients.
 DELIVERING = ("release", "allow")
 Deliver = Callable[[bytes, str, list[str]], None]
+# Learn the message as spam or ham and record it (api/learning.learn_recorded, bound to the
+# user and the message).
+Learn = Callable[[bytes, Kind], Learned]
 # Whether quarantine users may have viruses delivered (quarantine.user_release_virus).
 UsersMayReleaseViruses = Callable[[], bool]
 
@@ -95,13 +102,30 @@ def _check_action(user: User, entry: QuarantineEntry, action: str,
 
 def act(quarantine: Quarantine, lists: UserLists, deliver: Deliver, user: User,
         entry: QuarantineEntry, action: str, recipients: list[str],
-        viruses_allowed: bool) -> dict[str, Any]:
+        viruses_allowed: bool, *, learn: Learn | None = None,
+        delete: bool = False) -> dict[str, Any]:
     """One action on one message for these recipients, by this user: the API's and the
     digest links' single way to act. Refused before anything is written: a refused allow
-    leaves no list entry behind either."""
+    leaves no list entry behind either. A release with `learn` learns the message as ham
+    first; "spam" learns it as spam (and deletes it with `delete`)."""
     _check_action(user, entry, action, viruses_allowed)
     if action == "release":
-        return {"released": quarantine.release(entry.id, deliver, recipients)}
+        reply: dict[str, Any] = {}
+        if learn is not None:
+            # Learned before it goes: a message Rspamd refuses is then still here to
+            # release without learning.
+            reply["learned"] = {"as": "ham", "result": outcome(
+                learn(_raw(quarantine, entry), "ham"))}
+        return {**reply, "released": quarantine.release(entry.id, deliver, recipients)}
+    if action == "spam":
+        if learn is None:
+            raise BadInput("learning needs the message itself: use the API", "action")
+        reply = {"learned": {"as": "spam", "result": outcome(
+            learn(_raw(quarantine, entry), "spam"))}}
+        if delete:
+            quarantine.delete(entry.id, recipients)
+            reply["deleted"] = recipients
+        return reply
     if action == "delete":
         quarantine.delete(entry.id, recipients)
         return {"deleted": recipients}
@@ -255,13 +279,15 @@ class QuarantineBulkResource:
 
 @dataclass
 class QuarantineActionResource:
-    """POST /api/quarantine/{id}/{action}: release, delete, allow, block."""
+    """POST /api/quarantine/{id}/{action}: release (learn: as ham too), delete, allow,
+    block, spam (learn as spam; delete: and delete it)."""
 
     quarantine: Quarantine
     lists: UserLists
     deliver: Deliver
     audit: Audit
     users_may_release_viruses: UsersMayReleaseViruses
+    learner: Learner
     roles = {"POST": (*ACTORS, "quser")}
 
     @accepts(QuarantineDecision, optional=True)
@@ -273,7 +299,23 @@ class QuarantineActionResource:
             raise falcon.HTTPNotFound(title="Not Found",
                                       description=f"no quarantine action '{action}'")
         recipients = _recipients(body.recipients, _visible(user, entry))
+        if body.learn and action != "release":
+            raise BadInput("learn goes with release (spam learns by itself)", "learn")
+        if body.learn and entry.kind != "spam":
+            raise BadInput(f"only a message quarantined as spam is learned as not spam; "
+                           f"this one is {entry.kind}", "learn")
+        if body.delete and action != "spam":
+            raise BadInput("delete goes with spam", "delete")
+
+        def learn(raw: bytes, kind: Kind) -> Learned:
+            return learn_recorded(self.learner, self.audit, user.username, raw, kind,
+                                  entry_id, req.remote_addr)
+
         resp.media = act(self.quarantine, self.lists, self.deliver, user, entry, action,
-                         recipients, _viruses_allowed(user, self.users_may_release_viruses))
+                         recipients, _viruses_allowed(user, self.users_may_release_viruses),
+                         learn=learn if body.learn or action == "spam" else None,
+                         delete=body.delete)
         self.audit.record(user.username, f"quarantine.{action}", entry_id,
-                          {"recipients": recipients}, req.remote_addr)
+                          {"recipients": recipients,
+                           **({"learned": resp.media["learned"]} if "learned" in resp.media
+                              else {})}, req.remote_addr)

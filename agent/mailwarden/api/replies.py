@@ -134,6 +134,55 @@ class Proposal(Reply):
     totp: bool | None = None
 
 
+# --- learning -----------------------------------------------------------------------------
+
+
+class LearnedCounts(Reply):
+    spam: int = Field(description="Messages Rspamd's Bayes has learned as spam.")
+    ham: int = Field(description="Messages Rspamd's Bayes has learned as ham (not spam).")
+
+
+class BayesSettings(Reply):
+    enabled: bool
+    autolearn: bool
+    min_learns: int = Field(description="Learned messages of each class before Bayes scores.")
+
+
+class LearningEvent(Reply):
+    time: float
+    actor: str
+    action: str = Field(description="learn.spam, learn.ham, or quarantine.spam/release.")
+    target: str | None = Field(description="The quarantined message's id, or how many were "
+                                           "uploaded.")
+    detail: dict[str, Any] | None
+
+
+class LearningStatus(Reply):
+    bayes: BayesSettings
+    counts: LearnedCounts | None = Field(description="Null when Redis does not answer.")
+    error: str | None = Field(None, description="Why there are no counts.")
+    recent: list[LearningEvent]
+
+
+class MessageLearned(Reply):
+    index: int = Field(description="The message's place in the upload, from 0.")
+    result: str = Field(description="learned, already_learned, or an error code.")
+    message: str = ""
+
+
+class LearnReport(Reply):
+    kind: str
+    messages: int
+    learned: int
+    already_learned: int
+    failed: int
+    results: list[MessageLearned]
+    counts: LearnedCounts | None = None
+
+
+# --- end of learning ----------------------------------------------------------------------
+
+
 class Returns:
     """What `returns` leaves on a responder for the OpenAPI document."""
 

@@ -27,8 +27,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from ..errors import ScannerError
-from .types import Envelope, SpamResult, VirusResult
+from ..errors import LearnError, ScannerError
+from .types import BayesCounts, Envelope, Learned, SpamResult, VirusResult
 
 CHUNK = 256 * 1024  # clamd INSTREAM chunks: fewer event-loop turns per large message
 T = TypeVar("T")
@@ -165,6 +165,97 @@ async def rspamd_check(
         raise ScannerError("rspamd", f"unexpected answer: {body[:200]!r} ({exc})") from None
 
 
+# --- the controller worker: learning -------------------------------------------------------
+# Rspamd's controller answers 208 for a message it has already learned as that class (its
+# Bayes keeps a digest of each learned message) and 204, with no body, for one with fewer
+# words than its classifier needs; every other status but 200 is a failure with
+# {"error": "..."}.
+ALREADY_LEARNED = 208
+TOO_FEW_TOKENS = 204
+
+
+async def rspamd_learn(raw: bytes, kind: str, *, port: int, timeout: float) -> Learned:
+    """POST the message to the controller's /learnspam or /learnham."""
+    if kind not in ("spam", "ham"):
+        raise ValueError(f"learn spam or ham, not {kind!r}")
+    request = (f"POST /learn{kind} HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive"
+               f"\r\nContent-Length: {len(raw)}\r\n\r\n").encode() + raw
+    status, body = await _controller(port, timeout, request)
+    if status == 200:
+        return Learned(kind=kind)
+    message = _error_text(body) or f"HTTP status {status}"
+    if status == ALREADY_LEARNED:
+        return Learned(kind=kind, already=True, message=message)
+    if status == TOO_FEW_TOKENS or "less tokens" in message:
+        raise LearnError("Rspamd will not learn this message: it has too few words to learn "
+                         "from", "learn_too_few_tokens")
+    raise ScannerError("rspamd", f"learning as {kind} failed: {message}")
+
+
+async def _controller(port: int, timeout: float, request: bytes) -> tuple[int, bytes]:
+    try:
+        return await asyncio.wait_for(
+            _pool("rspamd-controller", port).run(lambda conn: _exchange(conn, request)),
+            timeout)
+    except TimeoutError:
+        raise ScannerError("rspamd", f"the controller gave no answer within {timeout:.0f} s") \
+            from None
+    except OSError as exc:
+        raise ScannerError("rspamd", f"cannot reach the controller: {exc}") from None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body[:200].decode(errors="replace").strip()
+    if isinstance(answer, dict):
+        return str(answer.get("error", "")).strip()
+    return ""
+
+
+# --- Bayes' counts, from Redis ---------------------------------------------------------------
+# The controller's /stat shows each statfile's count only after its own periodic refresh
+# (about a minute after a learn, measured with 3.4); Rspamd's classifier reads the counts
+# from Redis, so the agent does too: the "RS" hash (its default statfile prefix, no per-user
+# statistics) has learns_spam and learns_ham.
+BAYES_KEY = b"RS"
+
+
+async def bayes_counts(*, port: int, timeout: float) -> BayesCounts:
+    request = b"*4\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in (
+        b"HMGET", BAYES_KEY, b"learns_spam", b"learns_ham"))
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), timeout)
+        try:
+            writer.write(request)
+            values = await asyncio.wait_for(_resp_array(reader), timeout)
+        finally:
+            writer.close()
+    except TimeoutError:
+        raise ScannerError("redis", f"no answer within {timeout:.0f} s") from None
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        raise ScannerError("redis", f"cannot read Bayes' counts: {exc}") from None
+    try:
+        spam, ham = (int(v) if v is not None else 0 for v in values)
+    except ValueError as exc:
+        raise ScannerError("redis", f"unexpected Bayes counts {values!r} ({exc})") from None
+    return BayesCounts(spam=spam, ham=ham)
+
+
+async def _resp_array(reader: asyncio.StreamReader) -> list[bytes | None]:
+    """A RESP array of bulk strings (nil for a missing field); an error reply is an OSError."""
+    head = (await reader.readuntil(b"\r\n")).rstrip(b"\r\n")
+    if not head.startswith(b"*"):
+        raise OSError(head.decode(errors="replace")[:200])
+    values: list[bytes | None] = []
+    for _ in range(int(head[1:])):
+        size = int((await reader.readuntil(b"\r\n")).rstrip(b"\r\n").removeprefix(b"$"))
+        values.append(None if size < 0 else (await reader.readexactly(size + 2))[:-2])
+    return values
+
+
 def _clean(header: str) -> str:
     # Envelope values come from the network: no header injection into our request.
     return header.replace("\r", " ").replace("\n", " ")
@@ -183,6 +274,14 @@ async def _answer(conn: _Connection, end: bytes, closed: str) -> bytes:
 
 
 async def _http(conn: _Connection, request: bytes) -> bytes:
+    status, body = await _exchange(conn, request)
+    if status != 200:
+        raise OSError(f"HTTP status {status}")
+    return body
+
+
+async def _exchange(conn: _Connection, request: bytes) -> tuple[int, bytes]:
+    """One request and its answer: the status code and the body, whatever the status."""
     conn.writer.write(request)
     await conn.writer.drain()
     head = await _answer(conn, b"\r\n\r\n", "connection closed during the answer")
@@ -193,7 +292,12 @@ async def _http(conn: _Connection, request: bytes) -> bytes:
         name, sep, value = line.partition(":")
         if sep:
             fields[name.strip().lower()] = value.strip()
-    if "chunked" in fields.get("transfer-encoding", "").lower():
+    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
+    if not code.isdigit():
+        raise OSError(f"not an HTTP answer: {status[:80]!r}")
+    if code in ("204", "304"):
+        body = b""  # never a body, whatever the fields say (the controller's "too few words")
+    elif "chunked" in fields.get("transfer-encoding", "").lower():
         body = await _read_chunked(conn.reader)
     elif "content-length" in fields:
         body = await conn.reader.readexactly(int(fields["content-length"]))
@@ -202,9 +306,7 @@ async def _http(conn: _Connection, request: bytes) -> bytes:
     if fields.get("connection", "").lower() == "close" or status.startswith("HTTP/1.0"):
         conn.writer.close()  # the server says so: not kept
         conn.reader.feed_eof()
-    if " 200 " not in status + " ":
-        raise OSError(f"HTTP status {status}")
-    return body
+    return int(code), body
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -32,6 +32,24 @@ class SpamResult:
 
 
 @dataclass(frozen=True)
+class Learned:
+    """Rspamd's answer to learning one message: learned now, or already learned as that
+    class before (then nothing changed)."""
+
+    kind: str  # "spam" or "ham"
+    already: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class BayesCounts:
+    """How many messages Rspamd's Bayes has learned as each class."""
+
+    spam: int
+    ham: int
+
+
+@dataclass(frozen=True)
 class VirusResult:
     virus: str | None  # signature name, or None when clean
     skipped: str | None = None  # not scanned though it should have been ("disabled", "failed")

@@ -16,6 +16,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -409,8 +410,15 @@ class Audit:
             "SELECT COUNT(*) FROM audit_log WHERE action = ? AND actor = ? AND time >= ?",
             (action, actor, since)).fetchone()[0])
 
-    def list(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    def list(self, limit: int = 100, offset: int = 0,
+             actions: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Newest first; only these actions when `actions` is given."""
+        where, params = "", []
+        if actions is not None:
+            where = f"WHERE action IN ({','.join('?' * len(actions))}) "
+            params = list(actions)
         rows = self.db.connection().execute(
-            "SELECT * FROM audit_log ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
+            f"SELECT * FROM audit_log {where}ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
+            (*params, limit, offset))
         return [{**dict(r), "detail": json.loads(r["detail"]) if r["detail"] else None}
                 for r in rows]
