@@ -452,6 +452,38 @@ async function viewQuarantine(arg, render) {
   await load();
 }
 
+// The add form of a sender list (with a recipient field for a staff member's per-recipient
+// view), and its error line; said(body) is the toast once added.
+function listEntryForm(path, withRecipient, said, load) {
+  const error = h("p", { class: "errors", role: "alert" });
+  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { sender: form.sender.value.trim(), kind: form.kind.value };
+    if (withRecipient) body.recipient = form.recipient.value.trim();
+    try {
+      await api("POST", path, body);
+      error.textContent = "";
+      toast(said(body));
+      form.sender.value = "";
+      await load();
+    } catch (err) { error.textContent = err.message; }
+  } },
+  withRecipient ? h("input", { name: "recipient", type: "email", required: true, placeholder: "recipient@example.org", "aria-label": "Recipient" }) : "",
+  h("input", { name: "sender", required: true, placeholder: "sender@example.com or @example.com", "aria-label": "Sender" }),
+  h("select", { name: "kind", "aria-label": "Allow or block" }, h("option", { value: "block" }, "Block"), h("option", { value: "allow" }, "Allow")),
+  h("button", { type: "submit", class: "primary" }, "Add"));
+  return { form, error };
+}
+
+// A sender list's search box and kind filter, writing into filters and loading again.
+function listFilters(filters, load, placeholder, label) {
+  const search = h("input", { type: "search", placeholder, "aria-label": label,
+    onchange: (e) => { filters.q = e.target.value; load(); } });
+  const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
+    h("option", { value: "" }, "Allow and block"), h("option", { value: "allow" }, "Allowed"), h("option", { value: "block" }, "Blocked"));
+  return [search, kind];
+}
+
 async function viewLists(arg, render) {
   // A quarantine user's own list; the staff see everyone's and search them.
   const own = state.user.role === "quser";
@@ -475,27 +507,8 @@ async function viewLists(arg, render) {
       } }, "Remove")))));
     if (!items.length) tbody.append(h("tr", {}, h("td", { colspan: own ? "4" : "5", class: "muted" }, "No entries.")));
   }
-  const error = h("p", { class: "errors", role: "alert" });
-  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
-    event.preventDefault();
-    const body = { sender: form.sender.value.trim(), kind: form.kind.value };
-    if (!own) body.recipient = form.recipient.value.trim();
-    try {
-      await api("POST", "/api/lists", body);
-      error.textContent = "";
-      toast(`${body.sender}: ${body.kind}`);
-      form.sender.value = "";
-      await load();
-    } catch (err) { error.textContent = err.message; }
-  } },
-  own ? "" : h("input", { name: "recipient", type: "email", required: true, placeholder: "recipient@example.org", "aria-label": "Recipient" }),
-  h("input", { name: "sender", required: true, placeholder: "sender@example.com or @example.com", "aria-label": "Sender" }),
-  h("select", { name: "kind", "aria-label": "Allow or block" }, h("option", { value: "block" }, "Block"), h("option", { value: "allow" }, "Allow")),
-  h("button", { type: "submit", class: "primary" }, "Add"));
-  const search = h("input", { type: "search", placeholder: "Search sender or recipient", "aria-label": "Search lists",
-    onchange: (e) => { filters.q = e.target.value; load(); } });
-  const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
-    h("option", { value: "" }, "Allow and block"), h("option", { value: "allow" }, "Allowed"), h("option", { value: "block" }, "Blocked"));
+  const { form, error } = listEntryForm("/api/lists", !own, (body) => `${body.sender}: ${body.kind}`, load);
+  const [search, kind] = listFilters(filters, load, "Search sender or recipient", "Search lists");
   render(
     h("h1", {}, own ? "My sender lists" : "Sender lists"),
     own ? "" : listsNav(false),
@@ -536,25 +549,8 @@ async function viewGlobalLists(render) {
       } }, "Remove")))));
     if (!items.length) tbody.append(h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No entries.")));
   }
-  const error = h("p", { class: "errors", role: "alert" });
-  const form = h("form", { class: "toolbar", onsubmit: async (event) => {
-    event.preventDefault();
-    const body = { sender: form.sender.value.trim(), kind: form.kind.value };
-    try {
-      await api("POST", "/api/lists/global", body);
-      error.textContent = "";
-      toast(`${body.sender}: ${body.kind} for everyone`);
-      form.sender.value = "";
-      await load();
-    } catch (err) { error.textContent = err.message; }
-  } },
-  h("input", { name: "sender", required: true, placeholder: "sender@example.com or @example.com", "aria-label": "Sender" }),
-  h("select", { name: "kind", "aria-label": "Allow or block" }, h("option", { value: "block" }, "Block"), h("option", { value: "allow" }, "Allow")),
-  h("button", { type: "submit", class: "primary" }, "Add"));
-  const search = h("input", { type: "search", placeholder: "Search sender", "aria-label": "Search global lists",
-    onchange: (e) => { filters.q = e.target.value; load(); } });
-  const kind = h("select", { "aria-label": "Kind", onchange: (e) => { filters.kind = e.target.value; load(); } },
-    h("option", { value: "" }, "Allow and block"), h("option", { value: "allow" }, "Allowed"), h("option", { value: "block" }, "Blocked"));
+  const { form, error } = listEntryForm("/api/lists/global", false, (body) => `${body.sender}: ${body.kind} for everyone`, load);
+  const [search, kind] = listFilters(filters, load, "Search sender", "Search global lists");
   render(
     h("h1", {}, "Sender lists"),
     listsNav(true),

@@ -180,8 +180,21 @@ def test_api_tokens(env) -> None:
 
 
 def test_every_change_and_login_is_audited(env) -> None:
+    # Its own events: under xdist the module's other tests may run in another worker.
     client, _, _ = env
-    items = client.simulate_get("/api/audit", headers=login(client)).json["items"]
+    refused = client.simulate_post("/api/session", json={"username": "admin",
+                                                         "password": "not-the-password"})
+    assert refused.status_code == 401
+    headers = login(client)
+    base = client.simulate_get("/api/state", headers=headers).json["revision"]
+    new = STATE.replace("192.0.2.10", "192.0.2.12")
+    changed = client.simulate_put("/api/state", json={"yaml": new, "comment": "audited"},
+                                  headers={**headers, "If-Match": f'"{base}"'})
+    assert changed.status_code == 200, changed.text
+    back = client.simulate_post("/api/state/rollback", json={"revision": base},
+                                headers={**headers, "If-Match": f'"{base + 1}"'})
+    assert back.status_code == 200, back.text
+    items = client.simulate_get("/api/audit", headers=headers).json["items"]
     actions = {item["action"] for item in items}
     assert {"login", "login.failed", "state.apply", "state.rollback"} <= actions
 

@@ -33,6 +33,18 @@ def _whose(user: User, recipient: str | None) -> str:
     return recipient.lower()
 
 
+def _kind(req: falcon.Request) -> Literal["allow", "block"] | None:
+    kind = req.get_param("kind")
+    if kind is not None and kind not in ("allow", "block"):
+        raise BadInput("kind must be allow or block", "kind")
+    return cast(Literal["allow", "block"] | None, kind)
+
+
+def _page(req: falcon.Request) -> tuple[int, int]:
+    return (req.get_param_as_int("limit", default=100, min_value=1, max_value=1000),
+            req.get_param_as_int("offset", default=0, min_value=0))
+
+
 @dataclass
 class ListsResource:
     lists: UserLists
@@ -47,14 +59,9 @@ class ListsResource:
         recipient = req.get_param("recipient")
         if user.role == "quser" and not (recipient and user.receives(recipient)):
             recipient = user.username
-        kind = req.get_param("kind")
-        if kind is not None and kind not in ("allow", "block"):
-            raise BadInput("kind must be allow or block", "kind")
-        limit = req.get_param_as_int("limit", default=100, min_value=1, max_value=1000)
-        offset = req.get_param_as_int("offset", default=0, min_value=0)
+        limit, offset = _page(req)
         items = self.lists.search(recipient=recipient, text=req.get_param("q"),
-                                  kind=cast(Literal["allow", "block"] | None, kind),
-                                  limit=limit, offset=offset)
+                                  kind=_kind(req), limit=limit, offset=offset)
         resp.media = {"items": items, "limit": limit, "offset": offset}
 
     @returns(media_types=("application/json",), status=201)
@@ -87,13 +94,6 @@ GLOBAL_READERS = ("admin", "qmanager", "helpdesk", "audit")
 GLOBAL_WRITERS = ("admin", "qmanager")
 
 
-def _kind(req: falcon.Request) -> Literal["allow", "block"] | None:
-    kind = req.get_param("kind")
-    if kind is not None and kind not in ("allow", "block"):
-        raise BadInput("kind must be allow or block", "kind")
-    return cast(Literal["allow", "block"] | None, kind)
-
-
 @dataclass
 class GlobalListsResource:
     """The lists for every recipient; a recipient's own entry for a sender comes first."""
@@ -106,8 +106,7 @@ class GlobalListsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """?q= a piece of the sender, ?kind=allow|block, ?limit=, ?offset=."""
         kind = _kind(req)
-        limit = req.get_param_as_int("limit", default=100, min_value=1, max_value=1000)
-        offset = req.get_param_as_int("offset", default=0, min_value=0)
+        limit, offset = _page(req)
         items = self.lists.search(text=req.get_param("q"), kind=kind, limit=limit,
                                   offset=offset)
         resp.media = {"items": items, "limit": limit, "offset": offset}

@@ -225,6 +225,13 @@ SCHEMA: list[str] = [
 ]
 
 
+def contains(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') matching any value that holds text as it is: its
+    own % and _ are not wildcards."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def _statements(script: str) -> Iterator[str]:
     """One statement at a time (a trigger's body holds semicolons of its own); executescript
     would commit the migration's transaction half way."""

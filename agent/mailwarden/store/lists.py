@@ -5,9 +5,15 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from .db import Database
+from .db import Database, contains
 
 ListKind = Literal["allow", "block"]
+
+
+def _sender_keys(sender: str) -> tuple[str, str | None]:
+    """The address and its '@domain', the two keys an entry may have."""
+    sender = sender.lower()
+    return sender, ("@" + sender.rpartition("@")[2] if "@" in sender else None)
 
 
 class UserLists:
@@ -39,9 +45,8 @@ class UserLists:
             where.append("recipient = ?")
             args.append(recipient.lower())
         if text:
-            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("(sender LIKE ? ESCAPE '\\' OR recipient LIKE ? ESCAPE '\\')")
-            args += [f"%{escaped}%", f"%{escaped}%"]
+            args += [contains(text.lower())] * 2
         if kind is not None:
             where.append("kind = ?")
             args.append(kind)
@@ -54,14 +59,11 @@ class UserLists:
 
     def lookup(self, recipient: str, sender: str) -> ListKind | None:
         """The entry for this sender address, else for its domain ('@domain')."""
-        sender = sender.lower()
-        domain = "@" + sender.rpartition("@")[2] if "@" in sender else None
+        address, domain = _sender_keys(sender)
         rows = self.db.connection().execute(
             "SELECT sender, kind FROM user_lists WHERE recipient = ? AND sender IN (?, ?)",
-            (recipient.lower(), sender, domain or sender)).fetchall()
-        by_sender = {r["sender"]: r["kind"] for r in rows}
-        kind = by_sender.get(sender) or (by_sender.get(domain) if domain else None)
-        return kind
+            (recipient.lower(), address, domain or address)).fetchall()
+        return _first_of({r["sender"]: r["kind"] for r in rows}, address, domain)
 
     def entries(self, recipient: str) -> list[tuple[str, str]]:
         return [(r["sender"], r["kind"]) for r in self.db.connection().execute(
@@ -69,10 +71,9 @@ class UserLists:
             (recipient.lower(),))]
 
 
-def _sender_keys(sender: str) -> tuple[str, str | None]:
-    """The address and its '@domain', the two keys an entry may have."""
-    sender = sender.lower()
-    return sender, ("@" + sender.rpartition("@")[2] if "@" in sender else None)
+def _first_of(found: dict[str, ListKind], address: str, domain: str | None) -> ListKind | None:
+    """The address's own entry beats its domain's."""
+    return found.get(address) or (found.get(domain) if domain else None)
 
 
 class GlobalLists:
@@ -109,9 +110,8 @@ class GlobalLists:
         where: list[str] = []
         args: list[object] = []
         if text:
-            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("sender LIKE ? ESCAPE '\\'")
-            args.append(f"%{escaped}%")
+            args.append(contains(text.lower()))
         if kind is not None:
             where.append("kind = ?")
             args.append(kind)
@@ -129,5 +129,4 @@ class GlobalLists:
         rows = self.db.connection().execute(
             "SELECT sender, kind FROM global_lists WHERE sender IN (?, ?)",
             (address, domain or address)).fetchall()
-        by_sender = {r["sender"]: r["kind"] for r in rows}
-        return by_sender.get(address) or (by_sender.get(domain) if domain else None)
+        return _first_of({r["sender"]: r["kind"] for r in rows}, address, domain)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import NotFound, StoreError
 from ..files import write_atomic
-from .db import Database
+from .db import Database, contains
 
 KINDS = ("spam", "virus", "attachment", "blocked")
 
@@ -122,9 +122,8 @@ class Quarantine:
                          " WHERE quarantine_text MATCH ?)")
             args.append('"' + search.replace('"', '""') + '"')
         elif search:  # too short for trigrams
-            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("(q.subject LIKE ? ESCAPE '\\' OR q.sender LIKE ? ESCAPE '\\')")
-            args += [f"%{escaped}%", f"%{escaped}%"]
+            args += [contains(search)] * 2
         if kind:
             where.append("q.kind = ?")
             args.append(kind)
